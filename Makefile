@@ -1,0 +1,38 @@
+# The two commands of the README. Both create .venv if missing and install exact pinned versions.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.vaelab-installed
+# A local directory of wheels (this workplace keeps the torch 2.13.0 CPU wheel in /opt/wheels).
+WHEELS ?= /opt/wheels
+FIND_LINKS := $(if $(wildcard $(WHEELS)/*.whl),--find-links $(WHEELS),)
+RUN_DIR ?= runs/gaussian_mnist
+CONFIG  ?= experiments/configs/gaussian_mnist.toml
+PYTEST_ARGS ?=
+
+.PHONY: run test install bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev]'
+	$(BIN)/python -c "import torch, pyro; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, '| pyro', pyro.__version__)"
+	touch $(STAMP)
+
+# Train the Gaussian VAE on binarized MNIST (short budget), evaluate log p(x) by IS, write a report.
+run: $(STAMP)
+	$(BIN)/vaelab train $(CONFIG) --out $(RUN_DIR) --evaluate \
+		$(if $(wildcard $(RUN_DIR)/checkpoints/last.pt),--resume,)
+	@echo "report: $(RUN_DIR)/report.md"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/marginal.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,545 @@
+r"""The data sets, each loaded into memory as three flattened float32 splits.
+
+A data set is a builder ``(DataConfig) -> DataSplits`` registered in :data:`DATASETS`;
+:func:`load_dataset` resolves ``data.name`` there, then applies the config's static binarization
+and per-split ``limit``. Values are in [0, 1]: binary data as {0, 1}, 8-bit grey levels ``k`` as
+``k / 255`` (``levels = 256``, see :mod:`vaelab.data.preprocess` for dequantization).
+
+============================  ==================  ===========  =====  =======================
+name                          splits (N)          dims         type   source
+============================  ==================  ===========  =====  =======================
+``binarized_mnist``           50000/10000/10000   784 (28×28)  {0,1}  Larochelle & Murray [1]
+``mnist``                     50000/10000/10000   784 (28×28)  8-bit  LeCun et al. [2]
+``frey_faces``                by fractions, 1965  560 (28×20)  8-bit  Kingma & Welling [3]
+``array``                     the user's file     any          any    ``data.path``
+``synthetic``                 400/100/100         64 (8×8)     {0,1}  a seeded generator
+============================  ==================  ===========  =====  =======================
+
+Files are found or downloaded by :func:`vaelab.data.files.resolve_file` (set ``VAELAB_DATA`` to a
+folder of local copies). Splits carved "by fractions" hold ``round(N * data.test_fraction)`` test
+and ``round(N * data.valid_fraction)`` validation points drawn by ``data.split_seed``; the rest is
+training data.
+
+Example::
+
+    splits = load_dataset(DataConfig(name="binarized_mnist"))
+    splits.train.shape  # torch.Size([50000, 784])
+
+References
+
+1. H. Larochelle, I. Murray. *The Neural Autoregressive Distribution Estimator*. AISTATS 2011.
+2. Y. LeCun, L. Bottou, Y. Bengio, P. Haffner. *Gradient-Based Learning Applied to Document
+   Recognition*. Proc. IEEE 1998.
+3. D. P. Kingma, M. Welling. *Auto-Encoding Variational Bayes*. ICLR 2014.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaelab.config import DataConfig
+from vaelab.data.errors import DataError, DataUnavailableError
+from vaelab.data.files import RemoteFile, cache_dir
+from vaelab.data.formats import load_numpy_pickle, read_amat, read_array_file, read_idx
+from vaelab.data.preprocess import check_binary
+from vaelab.data.rng import derived_generator
+from vaelab.registry import ConfigError, Registry
+
+__all__ = [
+    "DATASETS",
+    "FILES",
+    "SPLITS",
+    "DataSplits",
+    "load_amat_cached",
+    "load_dataset",
+    "split_indices",
+]
+
+SPLITS = ("train", "valid", "test")
+
+# stream tags: keep the draws of different purposes unrelated under one split_seed
+_SPLIT_STREAM = 0x5B117
+_STATIC_BINARIZE_STREAM = 0xB1A
+_SYNTHETIC_STREAM = 0x5E7
+
+
+@dataclass(repr=False)
+class DataSplits:
+    r"""Train, validation and test data of one data set, flattened to ``(N, D)`` float32.
+
+    :param train: shape ``(N_train, D)``.
+    :param valid: shape ``(N_valid, D)``.
+    :param test: shape ``(N_test, D)``.
+    :param name: the data set's registry name.
+    :param image_shape: ``(H, W)`` with ``H * W = D`` for image data, else ``None``.
+    :param binary: every value is 0 or 1.
+    :param levels: the number of discrete values a coordinate takes, data given as
+        ``level / (levels - 1)``: 256 for 8-bit grey levels, 2 for binary data, ``None`` for
+        continuous data.
+    :param labels: int64 class labels of shape ``(N_split,)`` by split name; may be empty.
+    """
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    name: str
+    image_shape: tuple[int, int] | None = None
+    binary: bool = False
+    levels: int | None = None
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        dims = {s: tuple(self.split(s).shape) for s in SPLITS}
+        if any(len(d) != 2 for d in dims.values()) or len({d[1] for d in dims.values()}) != 1:
+            raise DataError(f"data set {self.name!r}: splits must be (N, D) with one D, got {dims}")
+        if any(self.split(s).dtype != torch.float32 for s in SPLITS):
+            raise DataError(f"data set {self.name!r}: splits must be float32")
+        if self.image_shape is not None and math.prod(self.image_shape) != self.dim:
+            raise DataError(
+                f"data set {self.name!r}: image_shape {self.image_shape} does not hold D={self.dim}"
+            )
+        for s, y in self.labels.items():
+            if s not in SPLITS or y.shape != (self.split(s).shape[0],):
+                raise DataError(f"data set {self.name!r}: labels[{s!r}] do not match the split")
+
+    @property
+    def dim(self) -> int:
+        """D, the number of coordinates of a data point."""
+        return self.train.shape[1]
+
+    def split(self, name: str) -> torch.Tensor:
+        """The split ``"train"``, ``"valid"`` or ``"test"``."""
+        if name not in SPLITS:
+            raise KeyError(f"unknown split {name!r}; splits: {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    def sizes(self) -> dict[str, int]:
+        """Number of points per split."""
+        return {s: self.split(s).shape[0] for s in SPLITS}
+
+    def replace(self, **changes: object) -> DataSplits:
+        """A copy with some fields replaced (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        sizes = "/".join(str(n) for n in self.sizes().values())
+        return (
+            f"DataSplits(name={self.name!r}, train/valid/test={sizes}, D={self.dim}, "
+            f"image_shape={self.image_shape}, binary={self.binary}, levels={self.levels}, "
+            f"labels={sorted(self.labels)})"
+        )
+
+
+DATASETS: Registry[DataSplits] = Registry("data set")
+
+
+# --------------------------------------------------------------------------------------------
+# published files
+
+_AMAT = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist"
+_MNIST = "https://storage.googleapis.com/cvdf-datasets/mnist"
+
+#: every published file a built-in data set reads, by relative path
+FILES: dict[str, RemoteFile] = {
+    f.relpath: f
+    for f in [
+        RemoteFile(
+            "binarized_mnist/binarized_mnist_train.amat",
+            f"{_AMAT}/binarized_mnist_train.amat",
+            "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+            78_400_000,
+        ),
+        RemoteFile(
+            "binarized_mnist/binarized_mnist_valid.amat",
+            f"{_AMAT}/binarized_mnist_valid.amat",
+            "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+            15_680_000,
+        ),
+        RemoteFile(
+            "binarized_mnist/binarized_mnist_test.amat",
+            f"{_AMAT}/binarized_mnist_test.amat",
+            "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+            15_680_000,
+        ),
+        RemoteFile(
+            "mnist/train-images-idx3-ubyte.gz",
+            f"{_MNIST}/train-images-idx3-ubyte.gz",
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            9_912_422,
+        ),
+        RemoteFile(
+            "mnist/train-labels-idx1-ubyte.gz",
+            f"{_MNIST}/train-labels-idx1-ubyte.gz",
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            28_881,
+        ),
+        RemoteFile(
+            "mnist/t10k-images-idx3-ubyte.gz",
+            f"{_MNIST}/t10k-images-idx3-ubyte.gz",
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            1_648_877,
+        ),
+        RemoteFile(
+            "mnist/t10k-labels-idx1-ubyte.gz",
+            f"{_MNIST}/t10k-labels-idx1-ubyte.gz",
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            4_542,
+        ),
+        RemoteFile(
+            "frey_faces/freyfaces.pkl",
+            "https://github.com/y0ast/Variational-Autoencoder/raw/master/freyfaces.pkl",
+            "3b69410c6a5fd6e03f09012905168be3712373a094a776f7e58fcd0670d2138a",
+            3_568_521,
+        ),
+    ]
+}
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def split_indices(
+    n: int, valid_fraction: float, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Disjoint sorted index sets ``(train, valid, test)`` covering ``range(n)``.
+
+    ``round(n * test_fraction)`` test and ``round(n * valid_fraction)`` validation indices are
+    drawn by a permutation seeded by ``seed`` (independent of the global RNG); the rest is train.
+
+    :raises ConfigError: when the fractions leave no training point.
+    """
+    n_test, n_valid = round(n * test_fraction), round(n * valid_fraction)
+    if n - n_test - n_valid <= 0:
+        raise ConfigError(
+            f"data.valid_fraction={valid_fraction} and data.test_fraction={test_fraction} leave "
+            f"no training points out of {n}"
+        )
+    perm = torch.randperm(n, generator=derived_generator(seed, _SPLIT_STREAM))  # (n,)
+    test, valid, train = perm[:n_test], perm[n_test : n_test + n_valid], perm[n_test + n_valid :]
+    return train.sort().values, valid.sort().values, test.sort().values
+
+
+def _levels_to_unit(x: np.ndarray) -> torch.Tensor:
+    """uint8 grey levels ``k`` → float32 ``k / 255`` in [0, 1]."""
+    return torch.from_numpy(x).to(torch.float32).div_(255.0)
+
+
+def _flatten(x: np.ndarray) -> np.ndarray:
+    return x.reshape(x.shape[0], -1)  # (N, D)
+
+
+def _carve(
+    x: torch.Tensor, y: torch.Tensor | None, cfg: DataConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split one set of points (and labels) into train/valid/test by the config's fractions."""
+    idx = dict(zip(SPLITS, split_indices(x.shape[0], cfg.valid_fraction, cfg.test_fraction,
+                                         cfg.split_seed)))
+    xs = {s: x[i] for s, i in idx.items()}
+    ys = {s: y[i] for s, i in idx.items()} if y is not None else {}
+    return xs, ys
+
+
+def _cache_write_npy(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` to ``path`` atomically; an unwritable cache is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as err:
+        warnings.warn(f"could not cache {str(path)!r} ({err}); the next load parses again",
+                      stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# binarized MNIST
+
+
+def load_amat_cached(file: RemoteFile, dim: int) -> np.ndarray:
+    """An ``.amat`` file as a ``(N, dim)`` uint8 array, parsed once then read from a ``.npy`` copy.
+
+    The copy lives at ``<cache>/<relpath>.<sha256[:16]>.u8.npy``: keyed by the source file's
+    checksum, so a different file never reuses it.
+    """
+    path = file.resolve()
+    cached = cache_dir() / f"{file.relpath}.{file.sha256[:16]}.u8.npy"
+    if cached.is_file():
+        try:
+            array = np.load(cached, allow_pickle=False)
+            if array.dtype == np.uint8 and array.ndim == 2 and array.shape[1] == dim:
+                return array
+        except (ValueError, OSError, EOFError):
+            pass  # a damaged cache: parse again and overwrite it
+    array = read_amat(path, dim)
+    _cache_write_npy(cached, array)
+    return array
+
+
+@DATASETS.register("binarized_mnist")
+def build_binarized_mnist(cfg: DataConfig) -> DataSplits:
+    """Statically binarized MNIST of Larochelle & Murray (2011): 50k/10k/10k × 784, no labels."""
+    xs = {
+        s: torch.from_numpy(
+            load_amat_cached(FILES[f"binarized_mnist/binarized_mnist_{s}.amat"], 784)
+        ).to(torch.float32)  # (N, 784)
+        for s in SPLITS
+    }
+    return DataSplits(**xs, name="binarized_mnist", image_shape=(28, 28), binary=True, levels=2)
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST grey levels
+
+
+def _mnist_pair(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` of ``mnist/<prefix>-*-ubyte.gz``."""
+    images_file = FILES[f"mnist/{prefix}-images-idx3-ubyte.gz"]
+    labels_file = FILES[f"mnist/{prefix}-labels-idx1-ubyte.gz"]
+    images_path, labels_path = images_file.resolve(), labels_file.resolve()
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{str(images_path)!r}: expected uint8 images (N, 28, 28), "
+                        f"got {images.dtype} {images.shape}")
+    if labels.dtype != np.uint8 or labels.shape != images.shape[:1] or labels.max() > 9:
+        raise DataError(f"{str(labels_path)!r}: expected {images.shape[0]} uint8 labels in 0..9, "
+                        f"got {labels.dtype} {labels.shape}")
+    return images, labels
+
+
+@DATASETS.register("mnist")
+def build_mnist(cfg: DataConfig) -> DataSplits:
+    """MNIST grey levels k/255 with int64 labels: train/valid = first 50k/last 10k of the 60k
+    training images, test = the 10k test images.
+
+    Without the training files (absent locally, and no download possible) the 10k test images
+    are split by ``data.valid_fraction`` / ``data.test_fraction`` instead, with a warning.
+    """
+    test_x, test_y = _mnist_pair("t10k")
+    try:
+        train_x, train_y = _mnist_pair("train")
+    except DataUnavailableError as err:
+        warnings.warn(
+            "MNIST training files are unavailable, so train/valid/test are carved out of the "
+            f"10,000 test images by data.valid_fraction={cfg.valid_fraction}, "
+            f"data.test_fraction={cfg.test_fraction}, data.split_seed={cfg.split_seed}; results "
+            f"are not comparable with the standard split. ({err})",
+            stacklevel=2,
+        )
+        xs, ys = _carve(_levels_to_unit(_flatten(test_x)),
+                        torch.from_numpy(test_y).to(torch.int64), cfg)
+    else:
+        x = _levels_to_unit(_flatten(train_x))  # (60000, 784)
+        y = torch.from_numpy(train_y).to(torch.int64)  # (60000,)
+        xs = {"train": x[:50_000], "valid": x[50_000:], "test": _levels_to_unit(_flatten(test_x))}
+        ys = {"train": y[:50_000], "valid": y[50_000:], "test": torch.from_numpy(test_y).long()}
+    return DataSplits(**xs, name="mnist", image_shape=(28, 28), levels=256, labels=ys)
+
+
+# --------------------------------------------------------------------------------------------
+# Frey faces
+
+
+@DATASETS.register("frey_faces")
+def build_frey_faces(cfg: DataConfig) -> DataSplits:
+    """Frey faces: 1965 grey-level images of 28×20 (k/255), split by the config's fractions."""
+    path = FILES["frey_faces/freyfaces.pkl"].resolve()
+    obj = load_numpy_pickle(path)
+    array = obj[0] if isinstance(obj, (list, tuple)) and len(obj) == 1 else obj
+    if not (isinstance(array, np.ndarray) and array.dtype == np.uint8 and array.ndim == 2
+            and array.shape[1] == 560):
+        raise DataError(f"{str(path)!r}: expected a one-element list holding a (N, 560) uint8 "
+                        f"array, got {type(obj).__name__}")
+    xs, _ = _carve(_levels_to_unit(array), None, cfg)  # (N, 560) each
+    return DataSplits(**xs, name="frey_faces", image_shape=(28, 20), levels=256)
+
+
+# --------------------------------------------------------------------------------------------
+# the user's arrays
+
+
+def _points(array: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """``(N, D)`` or ``(N, H, W)`` → ``(N, D)`` and the image shape."""
+    if array.ndim == 3:
+        return _flatten(array), (array.shape[1], array.shape[2])
+    if array.ndim == 2:
+        side = math.isqrt(array.shape[1])
+        return array, ((side, side) if side > 1 and side * side == array.shape[1] else None)
+    raise DataError(f"{where}: expected shape (N, D) or (N, H, W), got {array.shape}")
+
+
+def _to_float(array: np.ndarray, where: str) -> tuple[torch.Tensor, int | None]:
+    """Values as float32 and their number of levels (256 for uint8, 2 for 0/1 data, else None)."""
+    if array.dtype == np.bool_:
+        return torch.from_numpy(array.astype(np.float32)), 2
+    if array.dtype == np.uint8:
+        if array.size and array.max() <= 1:
+            warnings.warn(f"{where}: uint8 values are all 0 or 1; reading them as binary data, "
+                          "not as 8-bit grey levels", stacklevel=4)
+            return torch.from_numpy(array.astype(np.float32)), 2
+        return _levels_to_unit(array), 256
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise DataError(
+                f"{where}: integer data ({array.dtype}) must be uint8 grey levels or 0/1; "
+                "convert other values to floats in [0, 1]"
+            )
+        return torch.from_numpy(array.astype(np.float32)), 2
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataError(f"{where}: unsupported dtype {array.dtype}; use uint8, bool or float")
+    x = torch.from_numpy(array.astype(np.float32))
+    bad = (~torch.isfinite(x)).sum().item()
+    if bad:
+        raise DataError(f"{where}: {bad} values are NaN or infinite (in float32)")
+    return x, None
+
+
+@DATASETS.register("array")
+def build_array(cfg: DataConfig) -> DataSplits:
+    """The user's ``.npy`` / ``.npz`` file at ``data.path``.
+
+    A ``.npz`` holding arrays ``train`` and optionally ``valid`` / ``test`` uses them, carving a
+    missing validation or test split out of ``train`` by the config's fractions; a single array
+    (``.npy``, or a one-array ``.npz``) is split by the fractions. Arrays are ``(N, D)`` or
+    ``(N, H, W)``; uint8 means 8-bit grey levels (scaled by 1/255), bool or 0/1 integers binary
+    data, floats are used as they are (NaN and infinity are refused).
+    """
+    if cfg.path is None:
+        raise ConfigError("data.path: the 'array' data set needs data.path, a .npy or .npz file")
+    path = Path(cfg.path).expanduser()
+    if path.suffix not in (".npy", ".npz"):
+        raise ConfigError(f"data.path: expected a .npy or .npz file, got {cfg.path!r}")
+    if not path.is_file():
+        raise ConfigError(f"data.path: file {cfg.path!r} does not exist")
+    arrays = read_array_file(path)
+    found = [s for s in SPLITS if s in arrays]
+    if found:
+        if "train" not in found:
+            raise DataError(f"{str(path)!r}: has {found} but no 'train' array")
+        extra = sorted(set(arrays) - set(SPLITS))
+        if extra:
+            warnings.warn(f"{str(path)!r}: ignoring arrays {extra}; read: {found}", stacklevel=2)
+    elif len(arrays) != 1:
+        raise DataError(f"{str(path)!r}: holds arrays {sorted(arrays)}; expected one array, or "
+                        "arrays named train (required), valid and test")
+    else:
+        found, arrays = ["train"], {"train": next(iter(arrays.values()))}
+
+    xs: dict[str, torch.Tensor] = {}
+    shapes, levels = set(), set()
+    for s in found:
+        where = f"{str(path)!r}[{s!r}]" if path.suffix == ".npz" else repr(str(path))
+        points, image_shape = _points(arrays[s], where)
+        xs[s], lv = _to_float(points, where)
+        shapes.add((points.shape[1], image_shape))
+        levels.add(lv)
+    if len(shapes) != 1:
+        raise DataError(f"{str(path)!r}: the arrays differ in shape: {sorted(map(str, shapes))}")
+    if len(levels) != 1:
+        raise DataError(f"{str(path)!r}: the arrays differ in kind (dtype or value set)")
+    ((_, image_shape),), (lv,) = shapes, levels
+
+    missing = [s for s in SPLITS if s not in xs]
+    if missing:
+        carved = dict(zip(SPLITS, split_indices(
+            xs["train"].shape[0],
+            cfg.valid_fraction if "valid" in missing else 0.0,
+            cfg.test_fraction if "test" in missing else 0.0,
+            cfg.split_seed,
+        )))
+        train = xs["train"]
+        for s in SPLITS:
+            if s == "train" or s in missing:
+                xs[s] = train[carved[s]]
+    binary = lv == 2 or all(check_binary(x) for x in xs.values())
+    return DataSplits(**xs, name="array", image_shape=image_shape, binary=binary,
+                      levels=2 if binary else lv)
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic
+
+
+@DATASETS.register("synthetic")
+def build_synthetic(cfg: DataConfig) -> DataSplits:
+    r"""400/100/100 binary points of dimension 64 (8×8) from a fixed linear-Bernoulli model.
+
+    .. math:: z \sim \mathcal{N}(0, I_4), \quad x \sim \mathrm{Bernoulli}(\sigma(W z + b)),
+
+    with :math:`W_{ij} \sim \mathcal{N}(0, 2^2)` and :math:`b_i \sim \mathcal{N}(0, 1)` drawn
+    from ``data.split_seed``: a smoke-test data set with real latent structure, built in
+    milliseconds. ``data.path`` is ignored.
+    """
+    g = derived_generator(cfg.split_seed, _SYNTHETIC_STREAM)
+    latent_dim, dim = 4, 64
+    w = 2.0 * torch.randn(dim, latent_dim, generator=g)  # (D, 4)
+    b = torch.randn(dim, generator=g)  # (D,)
+    xs = {}
+    for s, n in zip(SPLITS, (400, 100, 100)):
+        z = torch.randn(n, latent_dim, generator=g)  # (n, 4)
+        probs = torch.sigmoid(z @ w.T + b)  # (n, D)
+        xs[s] = torch.bernoulli(probs, generator=g)  # (n, D)
+    return DataSplits(**xs, name="synthetic", image_shape=(8, 8), binary=True, levels=2)
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _binarize_static(splits: DataSplits, seed: int) -> DataSplits:
+    """One seeded Bernoulli draw x' ~ Bernoulli(x) per split (a no-op on binary data)."""
+    if splits.binary:
+        return splits
+    xs = {}
+    for i, s in enumerate(SPLITS):
+        x = splits.split(s)
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ConfigError(
+                f"data.binarize='static' needs values in [0, 1]; data set {splits.name!r} "
+                f"split {s!r} spans [{x.min().item():g}, {x.max().item():g}]"
+            )
+        xs[s] = torch.bernoulli(x, generator=derived_generator(seed, _STATIC_BINARIZE_STREAM, i))
+    return splits.replace(**xs, binary=True, levels=2)
+
+
+def _limit(splits: DataSplits, limit: int) -> DataSplits:
+    """Keep the first ``limit`` points (and labels) of each split."""
+    xs = {s: splits.split(s)[:limit].clone() for s in SPLITS}
+    labels = {s: y[:limit].clone() for s, y in splits.labels.items()}
+    return splits.replace(**xs, labels=labels)
+
+
+def load_dataset(cfg: DataConfig) -> DataSplits:
+    """Load the data set ``cfg.name``, binarize it statically if asked, keep ``cfg.limit`` points.
+
+    Static binarization draws once, from ``cfg.split_seed``, on the full splits (before the
+    limit), so a limited smoke run sees a prefix of the full run's data. Dynamic binarization and
+    dequantization happen per batch, see :class:`vaelab.data.preprocess.Preprocessor`.
+
+    :param cfg: the ``[data]`` section.
+    :returns: the splits, float32 ``(N, D)``.
+    :raises ConfigError: unknown ``data.name`` (with the valid choices), or options that do not
+        fit the data.
+    :raises DataError: a missing, corrupt or unacceptable file.
+
+    Example::
+
+        splits = load_dataset(DataConfig(name="synthetic", limit=50))
+    """
+    entry = DATASETS.entry(cfg.name, key="data.name")
+    splits = entry.builder(cfg)
+    if cfg.binarize == "static":
+        splits = _binarize_static(splits, cfg.split_seed)
+    if cfg.limit is not None:
+        splits = _limit(splits, cfg.limit)
+    return splits

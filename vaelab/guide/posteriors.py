@@ -1,0 +1,79 @@
+r"""Posterior families q_φ(z | x): how the encoder's output becomes a distribution over z.
+
+Selected by ``guide.family``; a family declares ``param_size`` (the encoder's output width) and
+maps ``h (..., param_size)`` to a distribution with batch ``(...)`` and the latent's event shape.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn.functional import softplus
+
+from vaelab.registry import Options, Registry
+
+__all__ = ["FAMILIES", "Posterior", "NormalPosterior"]
+
+FAMILIES: Registry["Posterior"] = Registry("guide family")
+
+
+class Posterior(nn.Module):
+    """Base class: ``posterior(h, temperature) -> Distribution``."""
+
+    param_size: int
+    reparameterized: bool = True
+
+    def forward(self, h: torch.Tensor, temperature: torch.Tensor | None = None):
+        raise NotImplementedError
+
+
+class NormalPosterior(Posterior):
+    r"""q(z | x) = N(z_loc, diag z_scale²) with z_scale = softplus(·) + min_scale."""
+
+    def __init__(self, latent_dim: int, min_scale: float):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.param_size = 2 * latent_dim
+        self.min_scale = min_scale
+
+    def loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z_loc, raw = h.split(self.latent_dim, dim=-1)  # (..., d), (..., d)
+        return z_loc, softplus(raw) + self.min_scale
+
+    def forward(self, h, temperature=None):
+        z_loc, z_scale = self.loc_scale(h)
+        return dist.Normal(z_loc, z_scale, validate_args=False).to_event(1)
+
+
+class StudentTPosterior(NormalPosterior):
+    r"""q(z | x) = ∏ StudentT(ν, z_loc, z_scale): a heavier-tailed guide (fixed ν)."""
+
+    def __init__(self, latent_dim: int, min_scale: float, df: float):
+        super().__init__(latent_dim, min_scale)
+        self.df = df
+
+    def forward(self, h, temperature=None):
+        z_loc, z_scale = self.loc_scale(h)
+        return dist.StudentT(torch.full_like(z_loc, self.df), z_loc, z_scale).to_event(1)
+
+
+class NormalOptions(Options):
+    min_scale: float = Field(1e-5, ge=0.0, description="floor on z_scale")
+
+
+class StudentTOptions(NormalOptions):
+    df: float = Field(5.0, gt=0.0)
+
+
+@FAMILIES.register("normal", NormalOptions)
+def _normal(opts, latent):
+    """Diagonal normal (Kingma & Welling 2014)."""
+    return NormalPosterior(latent.flat_dim, opts.min_scale)
+
+
+@FAMILIES.register("student_t", StudentTOptions)
+def _student_t(opts, latent):
+    """Diagonal Student-t with fixed degrees of freedom."""
+    return StudentTPosterior(latent.flat_dim, opts.min_scale, opts.df)

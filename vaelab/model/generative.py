@@ -1,0 +1,86 @@
+r"""The generative model p_θ(x, z) = p(z) p_θ(x | z) as a Pyro model function.
+
+.. math::
+
+    z_n \sim p(z), \qquad x_n \mid z_n \sim p_θ(x \mid \mathrm{dec}_θ(z_n)), \qquad n = 1..B
+
+Sites: ``"z"`` (latent, event shape ``latent.event_shape``) and ``"x"`` (observed, event
+``(D,)``), both inside ``pyro.plate("data", B, dim=-1)``. The guide
+(:mod:`vaelab.guide.amortized`) samples the same ``"z"``. An outer vectorized particle plate
+(``dim=-2``) broadcasts everything to ``(K, B, ...)``.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from torch import nn
+
+from vaelab.model.latents import Latent
+from vaelab.model.likelihoods import Likelihood
+from vaelab.model.networks import MLP
+from vaelab.model.priors import Prior
+
+__all__ = ["Generative", "scaled"]
+
+
+def scaled(beta: float | torch.Tensor):
+    """``poutine.scale`` for a KL weight β, a no-op context when β is the Python float 1."""
+    if isinstance(beta, (int, float)) and beta == 1.0:
+        return _NULL
+    return poutine.scale(scale=beta)
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _Null()
+
+
+class Generative(nn.Module):
+    """Prior, decoder network and likelihood, with :meth:`forward` as the Pyro model."""
+
+    def __init__(self, latent: Latent, prior: Prior, decoder: MLP, likelihood: Likelihood):
+        super().__init__()
+        self.latent = latent
+        self.prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        beta: float | torch.Tensor = 1.0,
+        temperature: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""The model: ``x (B, D)`` observed; β scales the latent site (KL warm-up, β-VAE).
+
+        :param x: a batch of flattened data points, ``(B, D)``.
+        :param beta: weight of log p(z) (the guide scales log q(z|x) by the same β).
+        :param temperature: relaxation temperature of a discrete latent (scalar tensor).
+        :returns: the sampled z, ``(..., B, *event_shape)``.
+        """
+        pyro.module("decoder", self.decoder)
+        pyro.module("prior", self.prior)
+        pyro.module("likelihood", self.likelihood)
+        p_z = self.prior(temperature)  # batch (), event latent.event_shape
+        with pyro.plate("data", x.shape[0], dim=-1):
+            with scaled(beta):
+                z = pyro.sample("z", p_z)  # (..., B, *event)
+            params = self.decoder(self.latent.decoder_input(z))  # (..., B, param_size)
+            pyro.sample("x", self.likelihood(params), obs=x)
+        return z
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean images E[x | z] of ``n`` prior draws z ~ p(z), ``(n, D)``."""
+        z = self.prior(temperature).sample((n,))
+        if not self.latent.continuous:
+            z = self.latent.hard(z)
+        return self.likelihood.mean(self.decoder(self.latent.decoder_input(z)))

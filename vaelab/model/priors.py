@@ -1,0 +1,196 @@
+r"""Priors p(z), selectable by ``model.prior``.
+
+Each prior is an :class:`torch.nn.Module` (so learned priors train with everything else) whose
+call returns a Pyro distribution with ``batch_shape == ()`` and ``event_shape == (d,)``; the model
+broadcasts it over the data plate.
+
+Analytic KL (used by ``objective.name = "mean_field"``, i.e. :class:`~pyro.infer.TraceMeanField_ELBO`)
+exists for the diagonal-normal guide paired with ``standard_normal`` and ``normal``; every other
+pair (``laplace``, ``student_t``, ``mog``, ``vamp``, or a Student-t guide) is estimated by Monte
+Carlo. :func:`has_analytic_kl` says which.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pydantic import Field
+from torch import nn
+from torch.distributions import kl_divergence
+from torch.nn.functional import softplus
+
+from vaelab.registry import Options, Registry
+
+__all__ = ["PRIORS", "Prior", "has_analytic_kl"]
+
+
+class Prior(nn.Module):
+    """Base class: ``prior() -> Distribution`` over z with event shape ``(latent_dim,)``."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def forward(self, temperature: torch.Tensor | None = None) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def _zeros(self) -> torch.Tensor:
+        # a device/dtype anchor that follows .to(...) even for parameter-free priors
+        return self._anchor.new_zeros(self.latent_dim)
+
+
+def _anchor(module: nn.Module) -> None:
+    module.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+
+PRIORS: Registry[Prior] = Registry("prior")
+
+
+class StandardNormalPrior(Prior):
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim)
+        _anchor(self)
+
+    def forward(self, temperature=None):
+        zero = self._zeros()
+        return dist.Normal(zero, torch.ones_like(zero)).to_event(1)
+
+
+class LearnedNormalPrior(Prior):
+    """p(z) = N(μ, diag σ²) with learned μ and σ = softplus(ρ)."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim)
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.raw_scale = nn.Parameter(torch.full((latent_dim,), math.log(math.e - 1.0)))
+
+    def forward(self, temperature=None):
+        return dist.Normal(self.loc, softplus(self.raw_scale)).to_event(1)
+
+
+class LaplacePrior(Prior):
+    """p(z) = ∏ Laplace(0, b) with b chosen for unit variance (b = 1/√2) unless given."""
+
+    def __init__(self, latent_dim: int, scale: float):
+        super().__init__(latent_dim)
+        _anchor(self)
+        self.scale = scale
+
+    def forward(self, temperature=None):
+        zero = self._zeros()
+        return dist.Laplace(zero, torch.full_like(zero, self.scale)).to_event(1)
+
+
+class StudentTPrior(Prior):
+    """p(z) = ∏ StudentT(ν, 0, 1): heavier tails than the standard normal."""
+
+    def __init__(self, latent_dim: int, df: float):
+        super().__init__(latent_dim)
+        _anchor(self)
+        self.df = df
+
+    def forward(self, temperature=None):
+        zero = self._zeros()
+        return dist.StudentT(torch.full_like(zero, self.df), zero, torch.ones_like(zero)).to_event(1)
+
+
+class MixtureOfGaussiansPrior(Prior):
+    r"""p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), all of π, μ, σ learned."""
+
+    def __init__(self, latent_dim: int, components: int, init_spread: float):
+        super().__init__(latent_dim)
+        self.logits = nn.Parameter(torch.zeros(components))
+        self.locs = nn.Parameter(init_spread * torch.randn(components, latent_dim))
+        self.raw_scales = nn.Parameter(torch.full((components, latent_dim), math.log(math.e - 1.0)))
+
+    def forward(self, temperature=None):
+        comp = dist.Normal(self.locs, softplus(self.raw_scales)).to_event(1)  # batch (K,), event (d,)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp)
+
+
+class VampPrior(Prior):
+    r"""VampPrior: p(z) = (1/K) Σ_k q_φ(z | u_k) with K learned pseudo-inputs u_k.
+
+    The mixture components are the guide's own posterior at the pseudo-inputs, so the prior shares
+    the encoder's parameters. Pseudo-inputs live in data space and are kept in [0, 1] by a
+    hard-tanh, as in the paper.
+
+    References:
+      1. J. Tomczak, M. Welling. *VAE with a VampPrior*. AISTATS 2018.
+    """
+
+    def __init__(self, latent_dim: int, data_dim: int, components: int, encoder, posterior):
+        super().__init__(latent_dim)
+        self.pseudo_inputs = nn.Parameter(0.5 + 0.05 * torch.randn(components, data_dim))
+        # held by reference: the encoder's parameters are owned (and registered) by the guide
+        object.__setattr__(self, "_encoder", encoder)
+        object.__setattr__(self, "_posterior", posterior)
+
+    def forward(self, temperature=None):
+        u = torch.nn.functional.hardtanh(self.pseudo_inputs, 0.0, 1.0)  # (K, D)
+        q = self._posterior(self._encoder(u))  # batch (K,), event (d,)
+        logits = u.new_zeros(u.shape[0])  # uniform weights 1/K
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), q)
+
+
+class ComponentsOptions(Options):
+    components: int = Field(10, gt=0, description="number of mixture components K")
+
+
+class MoGOptions(ComponentsOptions):
+    init_spread: float = Field(1.0, ge=0.0, description="std of the initial component means")
+
+
+class LaplaceOptions(Options):
+    scale: float = Field(1.0 / math.sqrt(2.0), gt=0.0)
+
+
+class StudentTOptions(Options):
+    df: float = Field(3.0, gt=0.0)
+
+
+@PRIORS.register("standard_normal")
+def _standard_normal(opts, latent_dim, ctx):
+    """N(0, I)."""
+    return StandardNormalPrior(latent_dim)
+
+
+@PRIORS.register("normal")
+def _normal(opts, latent_dim, ctx):
+    """N(μ, diag σ²), learned."""
+    return LearnedNormalPrior(latent_dim)
+
+
+@PRIORS.register("laplace", LaplaceOptions)
+def _laplace(opts, latent_dim, ctx):
+    """∏ Laplace(0, scale)."""
+    return LaplacePrior(latent_dim, opts.scale)
+
+
+@PRIORS.register("student_t", StudentTOptions)
+def _student_t(opts, latent_dim, ctx):
+    """∏ StudentT(df, 0, 1)."""
+    return StudentTPrior(latent_dim, opts.df)
+
+
+@PRIORS.register("mog", MoGOptions)
+def _mog(opts, latent_dim, ctx):
+    """Learned mixture of K diagonal Gaussians."""
+    return MixtureOfGaussiansPrior(latent_dim, opts.components, opts.init_spread)
+
+
+@PRIORS.register("vamp", ComponentsOptions)
+def _vamp(opts, latent_dim, ctx):
+    """VampPrior with K learned pseudo-inputs (Tomczak & Welling 2018)."""
+    return VampPrior(latent_dim, ctx.data_dim, opts.components, ctx.encoder, ctx.posterior)
+
+
+def has_analytic_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
+    """True when ``kl_divergence(q, p)`` has a registered closed form (what TraceMeanField uses)."""
+    try:
+        kl_divergence(q, p)
+    except NotImplementedError:
+        return False
+    return True

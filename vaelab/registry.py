@@ -1,0 +1,133 @@
+"""Name → builder registries, resolved once when a config is validated.
+
+Every swappable component (prior, likelihood, latent type, posterior family, objective, data set)
+lives in a :class:`Registry`. A registry entry pairs a builder with a small pydantic options model,
+so a config such as ``likelihood = {name = "normal", scale = 0.1}`` is checked against the options
+of ``normal`` and nothing else: unknown names and unknown option keys fail with the valid choices
+and a close-match suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = ["ConfigError", "Options", "Registry", "suggest"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, malformed or does not fit the data.
+
+    The message always names the offending key (dotted path), the bad value and, where there is a
+    finite set of valid choices, the choices and the closest match.
+    """
+
+
+class Options(BaseModel):
+    """Base class of a component's options: strict about unknown keys, immutable once resolved."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+
+
+def suggest(value: str, choices: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` when ``value`` is close to one of ``choices``, else ``''``."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_validation_error(key: str, err: ValidationError) -> str:
+    """One line per pydantic error, each naming the dotted key and the offending input."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
+        full = f"{key}.{loc}" if loc else key
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{full}: {msg} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    builder: Callable[..., T]
+    options: type[Options]
+    doc: str
+
+
+class Registry(Generic[T]):
+    """A named family of components, e.g. ``PRIORS`` or ``LIKELIHOODS``.
+
+    Example::
+
+        PRIORS = Registry("prior")
+
+        @PRIORS.register("laplace", LaplaceOptions)
+        def build_laplace(opts, latent_dim): ...
+
+        opts = PRIORS.parse({"name": "laplace"}, key="model.prior")
+        prior = PRIORS.build(opts, latent_dim=20)
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, options: type[Options] | None = None):
+        def deco(builder: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise KeyError(f"{self.kind} {name!r} is registered twice")
+            opts = options
+            if opts is None:
+                opts = type(f"{name.title().replace('_', '')}Options", (Options,), {})
+            self._entries[name] = Entry(name, builder, opts, (builder.__doc__ or "").strip())
+            return builder
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def entry(self, name: str, key: str | None = None) -> Entry[T]:
+        if name not in self._entries:
+            where = f"{key}: " if key else ""
+            raise ConfigError(
+                f"{where}unknown {self.kind} {name!r}{suggest(name, self.names())}; "
+                f"valid choices: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def parse(self, spec: Any, key: str) -> Options:
+        """Resolve ``spec`` (a name, a ``{name = ..., **options}`` table or parsed options)."""
+        if isinstance(spec, Options):
+            spec = spec.model_dump()
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(
+                f"{key}: expected a {self.kind} name or a table with 'name' and its options, "
+                f"got {spec!r}; valid names: {', '.join(self.names())}"
+            )
+        entry = self.entry(spec["name"], key)
+        try:
+            return entry.options.model_validate(spec)
+        except ValidationError as err:
+            fields = sorted(set(entry.options.model_fields) - {"name"})
+            raise ConfigError(
+                format_validation_error(key, err)
+                + f"; options of {self.kind} {spec['name']!r}: {', '.join(fields) or '(none)'}"
+            ) from None
+
+    def build(self, options: Options, *args: Any, **kwargs: Any) -> T:
+        return self.entry(options.name).builder(options, *args, **kwargs)

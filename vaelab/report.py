@@ -1,0 +1,108 @@
+"""Run reports: training curves, reconstructions beside inputs, prior samples, ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["image_grid", "save_grid", "plot_curves", "write_report"]
+
+
+def image_grid(images: torch.Tensor, image_shape: tuple[int, int] | None, ncol: int = 8) -> np.ndarray:
+    """``(n, D)`` → one ``(rows·h, ncol·w)`` array with 1-pixel gaps."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, D = images.shape
+    if image_shape is None:
+        side = int(math.isqrt(D))
+        image_shape = (side, D // side) if side * (D // side) == D else (1, D)
+    h, w = image_shape
+    rows = math.ceil(n / ncol)
+    grid = np.ones((rows * (h + 1) - 1, ncol * (w + 1) - 1), dtype=np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i].reshape(h, w)
+    return grid
+
+
+def save_grid(path: Path, images: torch.Tensor, image_shape, ncol: int = 8, title: str = "") -> Path:
+    grid = image_grid(images, image_shape, ncol)
+    fig, ax = plt.subplots(figsize=(max(3, grid.shape[1] / 25), max(3, grid.shape[0] / 25)))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, bbox_inches="tight", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [-r["train_loss"] for r in history], "o-", label="train ELBO")
+    ax.plot(epochs, [r["valid_elbo"] for r in history], "s-", label="valid ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per data point")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
+    """Write ``run.dir/report.md`` and its PNGs; returns the report's path."""
+    out = Path(run.dir)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    shape = run.data.image_shape
+    plot_curves(history, out / "curves.png")
+    gen = torch.Generator().manual_seed(0)
+    x = run.pre.eval_batch(run.data.test[:n] if run.data.test.shape[0] else run.data.valid[:n], gen)
+    torch.manual_seed(0)
+    recon = run.vae.reconstruct(x)
+    pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[1])  # input, reconstruction, ...
+    save_grid(out / "reconstructions.png", pairs, shape, ncol=16, title="input | reconstruction")
+    save_grid(out / "samples.png", run.vae.generative.sample(64), shape, ncol=8, title="prior samples")
+    c = run.cfg
+    lines = [
+        f"# vaelab run `{out.name}`",
+        "",
+        f"data `{c.data.name}`, latent `{c.model.latent['name']}` (dim {c.model.latent_dim}), "
+        f"prior `{c.model.prior['name']}`, likelihood `{c.model.likelihood['name']}`, "
+        f"hidden {c.model.hidden_sizes}, objective `{c.objective.name}` "
+        f"(particles {c.objective.num_particles}), {len(history)} epochs of batch "
+        f"{c.train.batch_size}, lr {c.train.lr}, seed {c.train.seed}.",
+        "",
+        "| epoch | train −ELBO | valid ELBO | s/epoch |",
+        "|---:|---:|---:|---:|",
+        *[
+            f"| {r['epoch']} | {r['train_loss']:.2f} | {r['valid_elbo']:.2f} | {r['epoch_time']:.1f} |"
+            for r in history
+        ],
+        "",
+    ]
+    if metrics:
+        lines += ["## Evaluation", "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines.append("")
+    lines += [
+        "![training curves](curves.png)",
+        "",
+        "![reconstructions](reconstructions.png)",
+        "",
+        "![samples](samples.png)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    if metrics:
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+    return out / "report.md"
