@@ -81,6 +81,8 @@ def test_discretized_logistic_sums_to_one(dtype, tol):
     loc, scale = torch.meshgrid(
         torch.tensor(LOCS, dtype=dtype), torch.tensor(SCALES, dtype=dtype), indexing="ij"
     )
+    loc.requires_grad_(True)
+    scale = scale.clone().requires_grad_(True)
     d = DiscretizedLogistic(loc, scale)  # batch (9, 5)
     lp = d.log_prob(d.enumerate_support())  # (L, 9, 5)
     assert lp.shape == (L, len(LOCS), len(SCALES))
@@ -90,9 +92,20 @@ def test_discretized_logistic_sums_to_one(dtype, tol):
     assert err < tol, f"max |sum_k P(k) - 1| = {err:.2e} over all loc/scale pairs (tol {tol})"
     # log_prob_levels is the same table, levels last
     torch.testing.assert_close(d.log_prob_levels(), lp.movedim(0, -1), rtol=0, atol=0)
+    # gradients are finite at every level, including the extreme loc/scale pairs
+    lp.sum().backward()
+    assert torch.isfinite(loc.grad).all() and torch.isfinite(scale.grad).all()
+    # chunked exact moments equal the full-table sums
+    grid = torch.arange(L, dtype=dtype) / (L - 1)
+    probs = lp.detach().exp().movedim(0, -1)  # (9, 5, L)
+    mean = (probs * grid).sum(-1)
+    torch.testing.assert_close(d.mean.detach(), mean)
+    torch.testing.assert_close(
+        d.variance.detach(), (probs * (grid - mean[..., None]) ** 2).sum(-1)
+    )
 
 
-@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 2e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
 def test_discretized_logistic_log_prob_matches_reference(dtype, rtol):
     n = 400
     gen = np.random.default_rng(0)

@@ -249,7 +249,7 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error("", err).lstrip(".")) from None
+        raise ConfigError(format_validation_error("", err, RunConfig)) from None
     from vaelab import components  # populates the registries
 
     return components.resolve_components(cfg)

@@ -10,6 +10,7 @@ and a close-match suggestion.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
@@ -42,16 +43,52 @@ def suggest(value: str, choices: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def format_validation_error(key: str, err: ValidationError) -> str:
-    """One line per pydantic error, each naming the dotted key and the offending input."""
+def _fields_at(model: type[BaseModel] | None, path: list) -> list[str] | None:
+    """The field names of the (nested) pydantic model reached by ``path``, if it is one."""
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        ann = field.annotation if field is not None else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model is not None else None
+
+
+def format_validation_error(
+    key: str,
+    err: ValidationError,
+    model: type[BaseModel] | None = None,
+    list_keys: bool = True,
+) -> str:
+    """One clause per pydantic error, each naming the dotted key and the offending input.
+
+    An unknown key (pydantic's ``extra_forbidden``) gets a close-match suggestion among the keys
+    of its table when ``model`` (the validated class) is given, and the list of valid keys unless
+    ``list_keys`` is false; a value outside a ``Literal`` gets a suggestion among its choices.
+
+    :param key: dotted prefix of every location (``""`` for a whole config).
+    :param err: the pydantic error.
+    :param model: the pydantic model class that raised ``err``.
+    :param list_keys: whether to list the valid keys after an unknown key.
+    """
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p != "__root__")
-        full = f"{key}.{loc}" if loc else key
-        msg = e["msg"]
+        parts = [p for p in e["loc"] if p != "__root__"]
+        loc = ".".join(str(p) for p in parts)
+        full = f"{key}.{loc}" if key and loc else (key or loc)
+        got = e.get("input")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{full}: {msg} (got {e.get('input')!r})")
+            fields = _fields_at(model, parts[:-1]) if parts else None
+            hint = ""
+            if fields:
+                hint = suggest(str(parts[-1]), fields)
+                if list_keys:
+                    hint += f"; valid keys: {', '.join(fields)}"
+            lines.append(f"{full}: unknown key (set to {got!r}){hint}")
+            continue
+        hint = ""
+        if e["type"] == "literal_error":
+            choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
+            hint = suggest(str(got), choices)
+        lines.append(f"{full}: {e['msg']} (got {got!r}){hint}")
     return "; ".join(lines)
 
 
@@ -125,7 +162,7 @@ class Registry(Generic[T]):
         except ValidationError as err:
             fields = sorted(set(entry.options.model_fields) - {"name"})
             raise ConfigError(
-                format_validation_error(key, err)
+                format_validation_error(key, err, entry.options, list_keys=False)
                 + f"; options of {self.kind} {spec['name']!r}: {', '.join(fields) or '(none)'}"
             ) from None
 

@@ -65,8 +65,7 @@ def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     shape = run.data.image_shape
     plot_curves(history, out / "curves.png")
-    gen = torch.Generator().manual_seed(0)
-    x = run.pre.eval_batch(run.data.test[:n] if run.data.test.shape[0] else run.data.valid[:n], gen)
+    x = run.pre.eval_split(run.data.test[:n] if run.data.test.shape[0] else run.data.valid[:n], 0)
     torch.manual_seed(0)
     recon = run.vae.reconstruct(x)
     pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[1])  # input, reconstruction, ...

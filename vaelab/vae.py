@@ -45,12 +45,19 @@ class VAE(nn.Module):
         super().__init__()
         self.generative = generative
         self.inference = inference
+        # One bound-method object each, created once: Pyro's JIT objectives key their compiled
+        # graph on id(model) and id(guide), and a fresh bound method per access would recompile
+        # every step.
+        self.model = self._model
+        self.guide = self._guide
 
-    # Pyro model and guide: bound methods with identical signatures
-    def model(self, x, beta=1.0, temperature=None):
+    # Pyro model and guide: identical signatures, matching "z" sites
+    def _model(self, x, beta=1.0, temperature=None):
+        """The Pyro model p_θ(x, z) (see :class:`~vaelab.model.generative.Generative`)."""
         return self.generative(x, beta, temperature)
 
-    def guide(self, x, beta=1.0, temperature=None):
+    def _guide(self, x, beta=1.0, temperature=None):
+        """The Pyro guide q_φ(z | x) (see :class:`~vaelab.guide.amortized.AmortizedGuide`)."""
         return self.inference(x, beta, temperature)
 
     def eval_pair(self) -> tuple:

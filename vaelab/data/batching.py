@@ -3,7 +3,7 @@ r"""Mini-batches of an in-memory tensor, in an order fixed by ``(seed, epoch)``.
 Data sets here fit in memory as one ``(N, D)`` tensor, so a batch is an index slice of it: no
 per-item :class:`torch.utils.data.Dataset`, no worker processes. The shuffle permutation of epoch
 ``e`` comes from a dedicated generator seeded by ``(seed, e)``
-(:func:`vaelab.data.rng.derived_generator`), never from the global RNG, so
+(:func:`vaelab.seed.derived_generator`), never from the global RNG, so
 
 * the same ``(seed, epoch)`` always gives the same batches, and
 * a run resumed at epoch ``e``, batch ``b`` (``start_batch=b``) continues exactly where it stopped.
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from vaelab.data.rng import derived_generator
+from vaelab.seed import derived_generator
 
 __all__ = ["batch_indices", "iterate_batches", "num_batches"]
 

@@ -51,7 +51,7 @@ from vaelab.data.errors import DataError, DataUnavailableError
 from vaelab.data.files import RemoteFile, cache_dir
 from vaelab.data.formats import load_numpy_pickle, read_amat, read_array_file, read_idx
 from vaelab.data.preprocess import check_binary
-from vaelab.data.rng import derived_generator
+from vaelab.seed import derived_generator
 from vaelab.registry import ConfigError, Registry
 
 __all__ = [
@@ -139,6 +139,7 @@ class DataSplits:
         )
 
 
+#: name → builder ``(DataConfig) -> DataSplits``; call :func:`load_dataset` rather than a builder
 DATASETS: Registry[DataSplits] = Registry("data set")
 
 
@@ -301,6 +302,8 @@ def build_binarized_mnist(cfg: DataConfig) -> DataSplits:
 # --------------------------------------------------------------------------------------------
 # MNIST grey levels
 
+_MNIST_TRAIN = 50_000  # the first 50k of the 60k training images train, the last 10k validate
+
 
 def _mnist_pair(prefix: str) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` of ``mnist/<prefix>-*-ubyte.gz``."""
@@ -334,15 +337,16 @@ def build_mnist(cfg: DataConfig) -> DataSplits:
             f"10,000 test images by data.valid_fraction={cfg.valid_fraction}, "
             f"data.test_fraction={cfg.test_fraction}, data.split_seed={cfg.split_seed}; results "
             f"are not comparable with the standard split. ({err})",
-            stacklevel=2,
+            stacklevel=3  # the caller of load_dataset,
         )
         xs, ys = _carve(_levels_to_unit(_flatten(test_x)),
                         torch.from_numpy(test_y).to(torch.int64), cfg)
     else:
         x = _levels_to_unit(_flatten(train_x))  # (60000, 784)
         y = torch.from_numpy(train_y).to(torch.int64)  # (60000,)
-        xs = {"train": x[:50_000], "valid": x[50_000:], "test": _levels_to_unit(_flatten(test_x))}
-        ys = {"train": y[:50_000], "valid": y[50_000:], "test": torch.from_numpy(test_y).long()}
+        n = _MNIST_TRAIN
+        xs = {"train": x[:n], "valid": x[n:], "test": _levels_to_unit(_flatten(test_x))}
+        ys = {"train": y[:n], "valid": y[n:], "test": torch.from_numpy(test_y).to(torch.int64)}
     return DataSplits(**xs, name="mnist", image_shape=(28, 28), levels=256, labels=ys)
 
 
@@ -423,6 +427,7 @@ def build_array(cfg: DataConfig) -> DataSplits:
         raise ConfigError(f"data.path: file {cfg.path!r} does not exist")
     arrays = read_array_file(path)
     found = [s for s in SPLITS if s in arrays]
+    keys = {s: s for s in found}  # split → key in the file
     if found:
         if "train" not in found:
             raise DataError(f"{str(path)!r}: has {found} but no 'train' array")
@@ -433,12 +438,13 @@ def build_array(cfg: DataConfig) -> DataSplits:
         raise DataError(f"{str(path)!r}: holds arrays {sorted(arrays)}; expected one array, or "
                         "arrays named train (required), valid and test")
     else:
-        found, arrays = ["train"], {"train": next(iter(arrays.values()))}
+        ((key, array),) = arrays.items()
+        found, keys, arrays = ["train"], {"train": key}, {"train": array}
 
     xs: dict[str, torch.Tensor] = {}
     shapes, levels = set(), set()
     for s in found:
-        where = f"{str(path)!r}[{s!r}]" if path.suffix == ".npz" else repr(str(path))
+        where = f"{str(path)!r}[{keys[s]!r}]" if keys[s] else repr(str(path))
         points, image_shape = _points(arrays[s], where)
         xs[s], lv = _to_float(points, where)
         shapes.add((points.shape[1], image_shape))

@@ -151,7 +151,7 @@ def _write_marker(path: Path, relpath: str, sha256: str) -> None:
 def _hint(relpath: str) -> str:
     here = data_dir()
     note = ""
-    if here is not None:
+    if here is not None and not (here / relpath).is_file():
         note = f" ({ENV_DATA} is set to {str(here)!r}, but {str(here / relpath)!r} does not exist.)"
     return (
         f"To use a local copy, put the file at /path/to/data/{relpath} and run "
@@ -173,7 +173,9 @@ def _check(path: Path, relpath: str, url: str, sha256: str, size: int | None) ->
 def _mismatch(path: Path, relpath: str, url: str, sha256: str, size: int | None, actual: str,
               what: str) -> ChecksumError:
     got_size = path.stat().st_size if path.exists() else None
-    sizes = f"; expected {size} bytes, got {got_size}" if size is not None and got_size != size else ""
+    sizes = ""
+    if size is not None and got_size != size:
+        sizes = f"; expected {size} bytes, got {got_size}"
     return ChecksumError(
         f"data file {relpath!r} at {str(path)!r} (canonical URL {url}) fails its checksum: "
         f"expected SHA-256 {sha256}, got {actual}{sizes}. {what} {_hint(relpath)}"

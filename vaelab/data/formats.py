@@ -1,4 +1,4 @@
-r"""Readers of the raw file formats: Larochelle's ``.amat`` text, IDX, NumPy pickles, ``.npy``/``.npz``.
+r"""Readers of raw file formats: Larochelle's ``.amat`` text, IDX, NumPy pickles, ``.npy``/``.npz``.
 
 Each reader validates the layout and raises :class:`~vaelab.data.errors.DataError` naming the file
 (and the line or field) on anything unexpected, instead of returning silently wrong numbers.
@@ -133,7 +133,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{str(path)!r}: IDX header declares shape {shape} ({expected} bytes in all), but the "
             f"file holds {len(raw)} bytes; the file is corrupt"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    body = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return body.astype(dtype.newbyteorder("="))  # native byte order, a writable copy
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from vaelab.config import DataConfig
-from vaelab.data.rng import derived_generator
+from vaelab.seed import derived_generator
 from vaelab.registry import ConfigError
 
 if TYPE_CHECKING:

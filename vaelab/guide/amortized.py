@@ -15,7 +15,7 @@ from torch import nn
 
 from vaelab.guide.posteriors import Posterior
 from vaelab.model.generative import scaled
-from vaelab.model.networks import MLP
+from vaelab.model.networks import MLP, register_module
 
 __all__ = ["AmortizedGuide"]
 
@@ -39,8 +39,8 @@ class AmortizedGuide(nn.Module):
         temperature: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The guide, with the model's signature; β scales log q(z|x) like the model's log p(z)."""
-        pyro.module("encoder", self.encoder)
-        pyro.module("posterior", self.posterior)
+        register_module("encoder", self.encoder)
+        register_module("posterior", self.posterior)
         q_z = self.posterior_dist(x, temperature)
         with pyro.plate("data", x.shape[0], dim=-1):
             with scaled(beta):

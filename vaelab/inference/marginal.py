@@ -14,11 +14,19 @@ The guide's network runs once per chunk of particles on the data batch; only the
 so K = 5000 on 10,000 images runs in bounded memory.
 
 Per point this module also returns the K-sample ELBO estimate (the mean of log w), the effective
-sample size ESS = (Σw)² / Σw², and the delta-method Monte Carlo standard error of log p̂,
-:math:`\mathrm{se} ≈ \sqrt{(K/\mathrm{ESS} - 1)/K}`.
+sample size ESS = (Σw)² / Σw², the delta-method Monte Carlo standard error of log p̂,
+:math:`\mathrm{se} ≈ \sqrt{(K/\mathrm{ESS} - 1)/K}`, and the Pareto k̂ of the weights
+(:mod:`vaelab.inference.psis`): points with k̂ > 0.7 are flagged, since there the variance of
+the weights is likely infinite and both log p̂ and its standard error are unreliable. The
+convergence curve of log p̂ against K is read from prefixes of the same K draws.
+
+.. note:: The standard error is a first-order (delta-method) figure; it is itself estimated from
+   the weights and understates the error exactly when k̂ is large.
 
 References:
   1. Y. Burda, R. Grosse, R. Salakhutdinov. *Importance Weighted Autoencoders*. ICLR 2016.
+  2. A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry. *Pareto Smoothed Importance
+     Sampling*. JMLR 2024.
 """
 
 from __future__ import annotations
@@ -31,24 +39,66 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab.inference.importance import log_weights
+from vaelab.inference.psis import K_THRESHOLD, pareto_k
 
 __all__ = [
     "MarginalEstimate",
     "chunk_size_for",
     "importance_sample_batch",
     "estimate_marginal",
+    "default_curve_ks",
+    "quantile_summary",
 ]
+
+
+def quantile_summary(v: torch.Tensor) -> dict[str, float]:
+    """mean, min, 5 %, 50 %, 95 % quantiles and max of a per-point tensor (finite values)."""
+    v = v.double().flatten()
+    if v.numel() == 0:
+        return {}
+    q = torch.quantile(v, v.new_tensor([0.05, 0.5, 0.95]))
+    return {
+        "mean": float(v.mean()),
+        "min": float(v.min()),
+        "q05": float(q[0]),
+        "median": float(q[1]),
+        "q95": float(q[2]),
+        "max": float(v.max()),
+    }
 
 
 @dataclass
 class MarginalEstimate:
-    """Per-point importance-sampling results over a data set (all in nats per data point)."""
+    """Per-point marginal-likelihood results over a data set (all in nats per data point).
+
+    For ``method == "is"`` the K weights are importance weights; for ``method == "ais"``
+    (:mod:`vaelab.inference.ais`) they are the final AIS weights of K = ``num_samples`` chains,
+    and ``elbo`` holds their mean log weight (a stochastic lower bound, not the guide's ELBO).
+    """
 
     log_px: torch.Tensor  #: (N,) log p̂(x_n)
     elbo: torch.Tensor  #: (N,) mean over the K draws of log w: an unbiased ELBO estimate
     ess: torch.Tensor  #: (N,) effective sample size of the K weights
     num_samples: int
     extra: dict = field(default_factory=dict)
+    pareto_k: torch.Tensor | None = None  #: (N,) PSIS k̂ of each point's K weights
+    curve_ks: list[int] | None = None  #: K values of the convergence curve
+    curve_log_px: torch.Tensor | None = None  #: (len(curve_ks), N) log p̂ from the first K draws
+    method: str = "is"
+
+    @property
+    def flagged(self) -> torch.Tensor:
+        """(N,) bool: points whose Pareto k̂ exceeds 0.7 (unreliable estimate)."""
+        if self.pareto_k is None:
+            return torch.zeros(self.log_px.shape, dtype=torch.bool)
+        return self.pareto_k > K_THRESHOLD
+
+    def curve(self) -> dict[int, float]:
+        """Mean over points of log p̂ from the first K draws, for each K of the curve."""
+        if self.curve_ks is None:
+            return {}
+        means = self.curve_log_px.double().mean(-1)
+        return {k: float(m) for k, m in zip(self.curve_ks, means)}
 
     @property
     def mc_stderr(self) -> torch.Tensor:
@@ -67,20 +117,29 @@ class MarginalEstimate:
         return float(v.double().mean()), se
 
     def summary(self) -> dict:
-        """Means over points and their standard errors (spread across the data set)."""
+        """Means over points and their standard errors (spread across the data set), and the
+        per-point diagnostics summarised over points: ``ess`` and ``pareto_k`` (mean, min,
+        quantiles, max; k̂ over its finite values) and ``num_flagged`` (points with k̂ > 0.7,
+        ``inf`` included)."""
         ll, ll_se = self._mean_se(self.log_px)
         elbo, elbo_se = self._mean_se(self.elbo)
-        return {
-            "log_likelihood": ll,
-            "log_likelihood_stderr": ll_se,
-            "elbo": elbo,
-            "elbo_stderr": elbo_se,
-            "mc_stderr_mean": float(self.mc_stderr.double().mean()),
-            "ess_mean": float(self.ess.double().mean()),
-            "ess_min": float(self.ess.min()),
-            "num_samples": self.num_samples,
-            "num_points": self.num_points,
-        }
+        out = {"method": self.method, "log_likelihood": ll, "log_likelihood_stderr": ll_se}
+        if self.method == "is":
+            out.update(elbo=elbo, elbo_stderr=elbo_se)
+        else:
+            out.update(mean_log_w=elbo, mean_log_w_stderr=elbo_se)
+        out.update(
+            mc_stderr_mean=float(self.mc_stderr.double().mean()),
+            ess_mean=float(self.ess.double().mean()),
+            ess_min=float(self.ess.min()),
+            num_samples=self.num_samples,
+            num_points=self.num_points,
+            ess=quantile_summary(self.ess),
+        )
+        if self.pareto_k is not None:
+            out["pareto_k"] = quantile_summary(self.pareto_k[self.pareto_k.isfinite()])
+            out["num_flagged"] = int(self.flagged.sum())
+        return out
 
 
 def chunk_size_for(
@@ -129,6 +188,19 @@ def importance_sample_batch(
     return out
 
 
+def default_curve_ks(num_samples: int, num: int = 25) -> list[int]:
+    """About ``num`` log-spaced K values from 1 to ``num_samples`` (both included)."""
+    ks = torch.logspace(0, math.log10(num_samples), num, dtype=torch.float64).round().long()
+    return sorted(set(ks.tolist()) | {1, num_samples})
+
+
+def _prefix_log_px(log_w: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """``(len(ks), B)``: log p̂ from the first k draws, from ``log_w (K, B)``."""
+    idx = torch.tensor(ks, device=log_w.device) - 1
+    lse = torch.logcumsumexp(log_w.double(), 0).index_select(0, idx)  # (len(ks), B)
+    return lse - torch.tensor(ks, dtype=torch.float64, device=log_w.device).log().unsqueeze(-1)
+
+
 def estimate_marginal(
     model: Callable,
     guide: Callable,
@@ -141,26 +213,39 @@ def estimate_marginal(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
+    diagnostics: bool = True,
+    curve_ks: list[int] | None = None,
 ) -> MarginalEstimate:
     r"""Importance-sampled log p(x) for every row of ``data (N, D)``.
 
     :param model: a vaelab (or any Pyro) model ``model(x)`` with a ``"data"`` plate.
-    :param guide: its guide, with the same sites.
+    :param guide: its guide, with the same sites, or any proposal of
+        :mod:`vaelab.inference.proposals`.
     :param num_samples: K particles per data point.
     :param batch_size: data points per pass.
     :param chunk_size: particles per pass; by default the largest that fits ``max_memory_mb``
         given ``bytes_per_particle`` (bytes of activations per particle per data point).
     :param transform: applied to each data batch first (e.g. a fixed binarization).
+    :param diagnostics: compute the Pareto k̂ of each point (keeps the batch's ``(K, B)`` log
+        weights, ``4 K B`` bytes, for the fit).
+    :param curve_ks: K values (≤ ``num_samples``) at which to record log p̂ from the first K
+        draws (see :func:`default_curve_ks`); ``None``: no curve.
     :returns: :class:`MarginalEstimate`.
 
     Example::
 
         est = estimate_marginal(vae.model, vae.guide, x_test, num_samples=5000)
-        print(est.summary()["log_likelihood"])
+        print(est.summary()["log_likelihood"], int(est.flagged.sum()))
     """
     if chunk_size is None:
         chunk_size = chunk_size_for(num_samples, batch_size, bytes_per_particle, max_memory_mb)
-    log_px, elbo, ess = [], [], []
+    if curve_ks is not None:
+        curve_ks = sorted({int(k) for k in curve_ks})
+        if curve_ks[0] < 1 or curve_ks[-1] > num_samples:
+            raise ValueError(f"curve_ks must lie in [1, K={num_samples}], got {curve_ks}")
+    diagnostics = diagnostics and num_samples > 10  # fewer draws: no tail to fit
+    keep = diagnostics or curve_ks is not None
+    log_px, elbo, ess, k_hat, curve = [], [], [], [], []
     log_K = math.log(num_samples)
     bar = tqdm(
         total=data.shape[0], desc=f"IS K={num_samples}", unit="pt", disable=not progress, leave=False
@@ -171,10 +256,22 @@ def estimate_marginal(
             x = x.to(device)
         if transform is not None:
             x = transform(x)
-        r = importance_sample_batch(model, guide, x, num_samples, chunk_size)
+        r = importance_sample_batch(model, guide, x, num_samples, chunk_size, keep_log_w=keep)
         log_px.append((r["lse_w"] - log_K).double().cpu())
         elbo.append((r["sum_log_w"] / num_samples).cpu())
         ess.append((2.0 * r["lse_w"].double() - r["lse_2w"].double()).exp().cpu())
+        if diagnostics:
+            k_hat.append(pareto_k(r["log_w"]).cpu())  # (B,)
+        if curve_ks is not None:
+            curve.append(_prefix_log_px(r["log_w"], curve_ks).cpu())  # (len(ks), B)
         bar.update(x.shape[0])
     bar.close()
-    return MarginalEstimate(torch.cat(log_px), torch.cat(elbo), torch.cat(ess), num_samples)
+    return MarginalEstimate(
+        torch.cat(log_px),
+        torch.cat(elbo),
+        torch.cat(ess),
+        num_samples,
+        pareto_k=torch.cat(k_hat) if diagnostics else None,
+        curve_ks=curve_ks,
+        curve_log_px=torch.cat(curve, -1) if curve_ks is not None else None,
+    )

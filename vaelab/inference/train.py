@@ -54,6 +54,24 @@ class TrainResult:
     best_valid_elbo: float = -math.inf
 
 
+#: settings that may change when a run is resumed (extend it, watch it, run it elsewhere)
+RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.num_threads", "train.device")
+
+
+def _config_changes(saved: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ, ignoring :data:`RESUMABLE_KEYS` and the [eval] section."""
+    out = []
+    for section in saved.keys() | new.keys():
+        if section == "eval":
+            continue
+        a, b = saved.get(section, {}), new.get(section, {})
+        for key in a.keys() | b.keys():
+            name = f"{section}.{key}"
+            if name not in RESUMABLE_KEYS and a.get(key) != b.get(key):
+                out.append(name)
+    return sorted(out)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,10 +93,9 @@ def _valid_elbo(vae, x_valid, pre, cfg: RunConfig, device) -> float:
     if x_valid is None or x_valid.shape[0] == 0:
         return float("nan")
     model, guide = vae.eval_pair()
-    gen = derived_generator(cfg.train.seed, 7919)
     est = estimate_marginal(
         model, guide, x_valid, num_samples=1, batch_size=max(cfg.train.batch_size, 500),
-        transform=lambda x: pre.eval_batch(x, gen), device=device,
+        device=device,
     )
     return float(est.elbo.mean())
 
@@ -112,10 +129,12 @@ def train(
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {str(last_path)!r}")
         state = load_checkpoint(last_path)
-        if state["config"] != to_dict(cfg):
+        changed = _config_changes(state["config"], to_dict(cfg))
+        if changed:
             raise ValueError(
-                f"--resume: the config differs from the one saved in {str(last_path)!r}; "
-                "resume with the saved config (vaelab train DIR/config.toml --out DIR --resume)"
+                f"--resume: the config differs from the one saved in {str(last_path)!r} in "
+                f"{', '.join(changed)} (only {', '.join(RESUMABLE_KEYS)} and [eval] may change); "
+                "resume with the saved config: vaelab train DIR/config.toml --out DIR --resume"
             )
     elif last_path.exists():
         raise FileExistsError(
@@ -142,7 +161,7 @@ def train(
         optimizer = None
     else:
         svi = None
-        optimizer = torch.optim.Adam(params, lr=tc.lr, foreach=True)
+        optimizer = torch.optim.Adam(params, lr=tc.lr, fused=True)  # one fused kernel per step
 
     history: list[dict] = []
     start_epoch, step, best, best_epoch, stale = 0, 0, -math.inf, None, 0
@@ -158,10 +177,11 @@ def train(
         set_rng_state(state["rng"])
     else:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.toml", dump_toml(cfg))
+    atomic_write_text(out / "config.toml", dump_toml(cfg))
 
     x_train = data.train
     x_valid = data.valid[: tc.valid_limit] if tc.valid_limit else data.valid
+    x_valid = pre.eval_split(x_valid, tc.seed)  # fixed preprocessing noise across epochs
     n_batches = math.ceil(x_train.shape[0] / tc.batch_size)
     if tc.max_steps_per_epoch:
         n_batches = min(n_batches, tc.max_steps_per_epoch)
@@ -190,9 +210,10 @@ def train(
             else:
                 loss = objective.loss_and_grads(vae.model, vae.guide, x, beta, temperature)
             grad_norm = None
-            if optimizer is not None:
-                max_norm = tc.clip_norm if tc.clip_norm > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+            if optimizer is not None and tc.clip_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.clip_norm, foreach=True))
+            # without clipping only the loss is checked: a NaN gradient makes the next loss NaN,
+            # and the error fires before any checkpoint is written
             if not (math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))):
                 raise NonFiniteLossError(
                     f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} "

@@ -99,8 +99,12 @@ def _check_num_levels(num_levels: int) -> int:
 
 
 def _log1mexp(x: Tensor) -> Tensor:
-    r"""Stable :math:`\log(1 - e^{-x})` for :math:`x > 0` (Mächler 2012)."""
-    return torch.where(x < math.log(2.0), torch.log(-torch.expm1(-x)), torch.log1p(-torch.exp(-x)))
+    r"""Stable :math:`\log(1 - e^{-x})` for :math:`x > 0` (Mächler 2012), with each branch fed
+    only the inputs it is selected for, so neither yields an inf/NaN gradient."""
+    small = x < math.log(2.0)
+    x_small = torch.where(small, x, torch.full_like(x, math.log(2.0)))
+    x_large = torch.where(small, torch.full_like(x, math.log(2.0)), x)
+    return torch.where(small, torch.log(-torch.expm1(-x_small)), torch.log1p(-torch.exp(-x_large)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,8 +151,9 @@ class DiscretizedLogistic(TorchDistribution):
     the CDF difference is below 1e-5): it returns the exact bin mass where that fallback returns
     an approximation, and agrees with it to :math:`O((\Delta/s)^2)` in the tails.
 
-    ``log_prob`` costs :math:`O(1)` per pixel; ``mean``, ``variance`` and
-    :meth:`log_prob_levels` sum over all :math:`L` levels (memory ``L x batch``).
+    ``log_prob`` costs :math:`O(1)` per pixel. ``mean`` and ``variance`` are exact sums over the
+    :math:`L` levels, accumulated 32 levels at a time; :meth:`log_prob_levels` returns the whole
+    ``batch x L`` table.
 
     Example::
 
@@ -234,20 +239,25 @@ class DiscretizedLogistic(TorchDistribution):
             y = self.loc + self.scale * (u.log() - torch.log1p(-u))
             return self._level(y) * self.bin_width
 
+    def _expect(self, fn, chunk: int = 32) -> Tensor:
+        r""":math:`\sum_k P(k) f(x_k)`, accumulated over chunks of ``chunk`` levels so the peak
+        memory is ``chunk x batch`` rather than ``L x batch``."""
+        total = torch.zeros((), dtype=self.loc.dtype, device=self.loc.device)
+        for grid in self.enumerate_support(expand=False).split(chunk):  # (C, 1, ..., 1)
+            total = total + (self.log_prob(grid).exp() * fn(grid)).sum(0)  # batch_shape
+        return total.expand(self.batch_shape)
+
     @property
     def mean(self):
         r"""Exact mean :math:`\sum_k x_k P(k)` (a sum over the :math:`L` levels)."""
-        probs = self.log_prob_levels().exp()  # batch_shape + (L,)
-        grid = self.enumerate_support(expand=False).reshape(-1)  # (L,)
-        return (probs * grid).sum(-1)
+        return self._expect(lambda x: x)
 
     @property
     def variance(self):
-        r"""Exact variance :math:`\sum_k (x_k - \mathbb{E}x)^2 P(k)` (no cancellation)."""
-        probs = self.log_prob_levels().exp()  # batch_shape + (L,)
-        grid = self.enumerate_support(expand=False).reshape(-1)  # (L,)
-        mean = (probs * grid).sum(-1, keepdim=True)
-        return (probs * (grid - mean) ** 2).sum(-1)
+        r"""Exact variance :math:`\sum_k (x_k - \mathbb{E}x)^2 P(k)` (two passes, no
+        cancellation)."""
+        mean = self.mean
+        return self._expect(lambda x: (x - mean) ** 2)
 
 
 # --------------------------------------------------------------------------------------------

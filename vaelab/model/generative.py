@@ -19,16 +19,20 @@ from torch import nn
 
 from vaelab.model.latents import Latent
 from vaelab.model.likelihoods import Likelihood
-from vaelab.model.networks import MLP
+from vaelab.model.networks import MLP, register_module
 from vaelab.model.priors import Prior
 
 __all__ = ["Generative", "scaled"]
 
 
 def scaled(beta: float | torch.Tensor):
-    """``poutine.scale`` for a KL weight β, a no-op context when β is the Python float 1."""
-    if isinstance(beta, (int, float)) and beta == 1.0:
-        return _NULL
+    """``poutine.scale`` for a KL weight β: a no-op when β is the Python float 1, and a mask
+    (log-densities dropped, as β = 0 requires; ``poutine.scale`` refuses 0) when β == 0."""
+    if isinstance(beta, (int, float)):
+        if beta == 1.0:
+            return _NULL
+        if beta == 0.0:
+            return poutine.mask(mask=False)
     return poutine.scale(scale=beta)
 
 
@@ -66,9 +70,9 @@ class Generative(nn.Module):
         :param temperature: relaxation temperature of a discrete latent (scalar tensor).
         :returns: the sampled z, ``(..., B, *event_shape)``.
         """
-        pyro.module("decoder", self.decoder)
-        pyro.module("prior", self.prior)
-        pyro.module("likelihood", self.likelihood)
+        register_module("decoder", self.decoder)
+        register_module("prior", self.prior)
+        register_module("likelihood", self.likelihood)
         p_z = self.prior(temperature)  # batch (), event latent.event_shape
         with pyro.plate("data", x.shape[0], dim=-1):
             with scaled(beta):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyro
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ACTIVATIONS"]
+__all__ = ["MLP", "ACTIVATIONS", "register_module"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -53,3 +54,21 @@ class MLP(nn.Sequential):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Module's name
         return super().forward(input)
+
+
+def register_module(name: str, module: nn.Module) -> nn.Module:
+    """``pyro.module(name, module)``, robust to Pyro's process-global param store.
+
+    Another model built in the same process (a second VAE, a test, a benchmark) may have left
+    tensors under the same names; plain ``pyro.module`` would then put *those* tensors in the
+    trace (and SVI or the JIT would optimize or trace the wrong ones). Stale entries are dropped
+    first, so the trace always holds this module's own parameters.
+    """
+    store = pyro.get_param_store()
+    params = store._params  # unconstrained values; the identity map for real parameters
+    for pname, p in module.named_parameters():
+        full = f"{name}$$${pname}"
+        old = params.get(full)
+        if old is not None and old is not p:
+            del store[full]
+    return pyro.module(name, module)

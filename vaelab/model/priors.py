@@ -2,12 +2,39 @@ r"""Priors p(z), selectable by ``model.prior``.
 
 Each prior is an :class:`torch.nn.Module` (so learned priors train with everything else) whose
 call returns a Pyro distribution with ``batch_shape == ()`` and ``event_shape == (d,)``; the model
-broadcasts it over the data plate.
+broadcasts it over the data plate (and an outer particle plate) with ``.expand``.
 
-Analytic KL (used by ``objective.name = "mean_field"``, i.e. :class:`~pyro.infer.TraceMeanField_ELBO`)
-exists for the diagonal-normal guide paired with ``standard_normal`` and ``normal``; every other
-pair (``laplace``, ``student_t``, ``mog``, ``vamp``, or a Student-t guide) is estimated by Monte
-Carlo. :func:`has_analytic_kl` says which.
+* ``standard_normal``: :math:`\mathcal{N}(0, I)`;
+* ``normal``: :math:`\mathcal{N}(\mu, \mathrm{diag}\,\sigma^2)`, μ and σ learned;
+* ``laplace``: :math:`\prod_j \mathrm{Laplace}(0, b)`, :math:`b = 1/\sqrt2` (unit variance);
+* ``student_t``: :math:`\prod_j \mathrm{StudentT}(\nu, 0, 1)`, heavier tails;
+* ``mog``: :math:`\sum_k \pi_k \mathcal{N}(\mu_k, \mathrm{diag}\,\sigma_k^2)`, all learned;
+* ``vamp``: :math:`\frac1K \sum_k q_\phi(z \mid u_k)`, K learned pseudo-inputs
+  :math:`u_k` through the guide's own encoder (VampPrior [1]).
+
+**Analytic or Monte Carlo KL.** :class:`~pyro.infer.TraceMeanField_ELBO` uses
+:math:`\mathrm{KL}(q \,\|\, p)` in closed form wherever
+:func:`torch.distributions.kl_divergence` has one registered for the pair of distribution types
+(here after the plate's ``.expand``, which keeps ``Independent(Normal)`` an
+``Independent(Normal)``), and silently falls back to the Monte Carlo estimate
+:math:`\log q(z|x) - \log p(z)` otherwise. For vaelab's guide families and priors
+(:data:`ANALYTIC_KL`, checked against torch's registry in the tests):
+
+=================  ===============  ========  ========  =========  ===  ====
+guide / prior      standard_normal  normal    laplace   student_t  mog  vamp
+=================  ===============  ========  ========  =========  ===  ====
+``normal``         analytic         analytic  analytic  MC         MC   MC
+``student_t``      MC               MC        MC        MC         MC   MC
+=================  ===============  ========  ========  =========  ===  ====
+
+``mog`` and ``vamp`` are ``MixtureSameFamily`` (no closed-form KL exists); torch registers no KL
+from or to ``StudentT``; Normal → Laplace is torch's ``_kl_normal_laplace``.
+:class:`~pyro.infer.Trace_ELBO` (``objective.name = "trace"``) always uses the Monte Carlo form. :func:`has_analytic_kl` answers
+for two built distributions.
+
+References:
+  1. J. Tomczak, M. Welling. *VAE with a VampPrior*. AISTATS 2018.
+  2. D. Kingma, M. Welling. *Auto-Encoding Variational Bayes*. ICLR 2014.
 """
 
 from __future__ import annotations
@@ -23,7 +50,7 @@ from torch.nn.functional import softplus
 
 from vaelab.registry import Options, Registry
 
-__all__ = ["PRIORS", "Prior", "has_analytic_kl"]
+__all__ = ["ANALYTIC_KL", "PRIORS", "Prior", "has_analytic_kl"]
 
 
 class Prior(nn.Module):

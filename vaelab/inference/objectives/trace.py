@@ -18,12 +18,17 @@ from __future__ import annotations
 from pyro.infer import JitTrace_ELBO, Trace_ELBO
 
 from vaelab.inference.objectives import OBJECTIVES
+from vaelab.inference.objectives._jit import TensorArgsMixin
+
+
+class JitTraceELBO(TensorArgsMixin, JitTrace_ELBO):
+    """:class:`~pyro.infer.JitTrace_ELBO` called with the loop's (x, β, τ) arguments."""
 
 
 @OBJECTIVES.register("trace")
 def build_trace(cfg, vae):
     """Trace_ELBO (JitTrace_ELBO with ``objective.jit``)."""
-    cls = JitTrace_ELBO if cfg.jit else Trace_ELBO
+    cls = JitTraceELBO if cfg.jit else Trace_ELBO
     return cls(
         num_particles=cfg.num_particles,
         vectorize_particles=cfg.num_particles > 1,

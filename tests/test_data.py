@@ -1,0 +1,566 @@
+"""Tests of :mod:`vaelab.data`: file resolution, parsers, data sets, preprocessing, batching.
+
+No test touches the network: downloads are simulated with ``file://`` URLs into a temporary cache.
+The test that reads the real files runs only when ``VAELAB_DATA`` points at them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import pickle
+import struct
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.config import DataConfig
+from vaelab.data import (
+    DATASETS,
+    ChecksumError,
+    DataError,
+    DataSplits,
+    DataUnavailableError,
+    Preprocessor,
+    RemoteFile,
+    batch_indices,
+    bits_per_dim,
+    check_binary,
+    iterate_batches,
+    load_dataset,
+    num_batches,
+    resolve_file,
+    split_indices,
+)
+from vaelab.data import datasets, files, formats
+from vaelab.registry import ConfigError
+
+REAL_DATA = os.environ.get("VAELAB_DATA")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """Every test gets an empty cache, no VAELAB_DATA, and downloads of ``file://`` URLs only."""
+    monkeypatch.setenv("VAELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VAELAB_DATA", raising=False)
+    monkeypatch.delenv("VAELAB_OFFLINE", raising=False)
+    real_urlopen = urllib.request.urlopen
+
+    def local_only(url, *args, **kwargs):
+        if not str(url).startswith("file:"):
+            raise urllib.error.URLError(f"tests never use the network (asked for {url})")
+        return real_urlopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", local_only)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def publish(tmp_path: Path, relpath: str, data: bytes) -> RemoteFile:
+    """Write ``data`` to a fake server folder and describe it as a published file."""
+    src = tmp_path / "server" / relpath
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(data)
+    return RemoteFile(relpath, src.as_uri(), sha256(data), len(data))
+
+
+def amat_bytes(rows: np.ndarray) -> bytes:
+    return "".join(" ".join(str(v) for v in row) + "\n" for row in rows).encode()
+
+
+# --------------------------------------------------------------------------------------------
+# .amat
+
+
+def test_read_amat_values(tmp_path):
+    rows = np.array([[0, 1, 1, 0, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=np.uint8)
+    path = tmp_path / "tiny.amat"
+    path.write_bytes(amat_bytes(rows))
+    x = formats.read_amat(path, dim=5)
+    assert x.dtype == np.uint8 and x.shape == (3, 5)
+    np.testing.assert_array_equal(x, rows)
+    path.write_bytes(amat_bytes(rows)[:-1])  # no final newline
+    np.testing.assert_array_equal(formats.read_amat(path, dim=5), rows)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("0 1 1\n1 2 0\n0 0 0\n", "line 2, column 3"),  # a digit other than 0/1
+        ("0 1 1\n1 1\n0 0 0\n", "line 2"),  # short line
+        ("0 1 1\n1  1 0\n0 0 0\n", "line 2"),  # double space: long line
+        ("0 1 1\n1,1,0\n0 0 0\n", "line 2, column 2"),  # wrong separator
+        ("", "empty"),
+    ],
+)
+def test_read_amat_corrupt(tmp_path, text, where):
+    path = tmp_path / "corrupt.amat"
+    path.write_text(text)
+    with pytest.raises(DataError, match="corrupt.amat") as err:
+        formats.read_amat(path, dim=3)
+    assert where in str(err.value)
+
+
+def test_amat_binary_cache(tmp_path, monkeypatch):
+    rows = np.random.default_rng(0).integers(0, 2, size=(7, 6)).astype(np.uint8)
+    remote = publish(tmp_path, "binarized_mnist/tiny.amat", amat_bytes(rows))
+    np.testing.assert_array_equal(datasets.load_amat_cached(remote, 6), rows)
+    cached = list((tmp_path / "cache" / "binarized_mnist").glob("tiny.amat.*.u8.npy"))
+    assert len(cached) == 1 and remote.sha256[:16] in cached[0].name
+
+    def no_parse(*args):
+        raise AssertionError("parsed again instead of reading the cached copy")
+
+    monkeypatch.setattr(datasets, "read_amat", no_parse)
+    np.testing.assert_array_equal(datasets.load_amat_cached(remote, 6), rows)
+
+
+# --------------------------------------------------------------------------------------------
+# file resolution
+
+
+def test_resolve_prefers_vaelab_data_and_caches_verification(tmp_path, monkeypatch):
+    data = b"local copy"
+    local = tmp_path / "local"
+    (local / "set").mkdir(parents=True)
+    (local / "set" / "f.bin").write_bytes(data)
+    monkeypatch.setenv("VAELAB_DATA", str(local))
+    url = "http://example.invalid/f.bin"  # never contacted
+    assert resolve_file("set/f.bin", url, sha256(data), len(data)) == local / "set" / "f.bin"
+
+    calls = []
+    real_hash = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: calls.append(p) or real_hash(p))
+    resolve_file("set/f.bin", url, sha256(data), len(data))
+    assert calls == [], "a verified, unchanged file was hashed again"
+
+    (local / "set" / "f.bin").write_bytes(b"local copx")  # same size, new content and mtime
+    os.utime(local / "set" / "f.bin", ns=(1, 1))
+    with pytest.raises(ChecksumError):
+        resolve_file("set/f.bin", url, sha256(data), len(data))
+    assert len(calls) == 1
+
+
+def test_checksum_mismatch_message(tmp_path, monkeypatch):
+    local = tmp_path / "local"
+    (local / "set").mkdir(parents=True)
+    (local / "set" / "f.bin").write_bytes(b"tampered")
+    monkeypatch.setenv("VAELAB_DATA", str(local))
+    expected = sha256(b"original")
+    url = "https://example.invalid/f.bin"
+    with pytest.raises(ChecksumError) as err:
+        resolve_file("set/f.bin", url, expected, None)
+    msg = str(err.value)
+    for part in ("set/f.bin", str(local / "set" / "f.bin"), url, expected, sha256(b"tampered"),
+                 "export VAELAB_DATA="):
+        assert part in msg, f"{part!r} missing from: {msg}"
+
+
+def test_offline_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAELAB_OFFLINE", "1")
+    url = "https://example.invalid/missing.bin"
+    with pytest.raises(DataUnavailableError) as err:
+        resolve_file("set/missing.bin", url, "ab" * 32, 10)
+    msg = str(err.value)
+    assert url in msg and "ab" * 32 in msg and "VAELAB_OFFLINE" in msg
+    assert "export VAELAB_DATA=/path/to/data" in msg and "/path/to/data/set/missing.bin" in msg
+
+
+def test_download_file_url(tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 17)  # several read chunks
+    remote = publish(tmp_path, "set/blob.bin", data)
+    path = remote.resolve()
+    assert path == tmp_path / "cache" / "set" / "blob.bin"
+    assert path.read_bytes() == data
+    assert list(path.parent.iterdir()) == [path], "temporary download left behind"
+    assert (tmp_path / "cache" / ".verified" / "set" / "blob.bin.sha256-ok").is_file()
+    (tmp_path / "server" / "set" / "blob.bin").unlink()  # now served from the cache
+    assert remote.resolve() == path
+
+
+def test_download_mismatch_is_removed(tmp_path):
+    remote = publish(tmp_path, "set/blob.bin", b"served bytes")
+    expected = sha256(b"published bytes")
+    with pytest.raises(ChecksumError) as err:
+        resolve_file(remote.relpath, remote.url, expected, None)
+    msg = str(err.value)
+    assert remote.url in msg and expected in msg and sha256(b"served bytes") in msg
+    assert "deleted" in msg and "VAELAB_DATA" in msg
+    cache = tmp_path / "cache" / "set"
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_unreachable_url(tmp_path):
+    url = (tmp_path / "nowhere.bin").as_uri()
+    with pytest.raises(DataUnavailableError, match="could not be downloaded") as err:
+        resolve_file("set/nowhere.bin", url, "cd" * 32, None)
+    assert url in str(err.value) and "VAELAB_DATA" in str(err.value)
+
+
+def test_corrupt_cache_is_downloaded_again(tmp_path):
+    remote = publish(tmp_path, "set/blob.bin", b"good bytes")
+    cached = tmp_path / "cache" / "set" / "blob.bin"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"bad bytes")
+    with pytest.warns(UserWarning, match="fails its checksum"):
+        assert remote.resolve().read_bytes() == b"good bytes"
+
+
+# --------------------------------------------------------------------------------------------
+# restricted unpickling
+
+
+class _Evil:
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return os.system, (f"echo pwned > {self.target}",)
+
+
+def test_unpickler_loads_numpy_arrays(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    for protocol in (3, 4):
+        path = tmp_path / f"arrays{protocol}.pkl"
+        path.write_bytes(pickle.dumps([array, {"b": array.astype(np.float32)}], protocol=protocol))
+        obj = formats.load_numpy_pickle(path)
+        np.testing.assert_array_equal(obj[0], array)
+        assert obj[1]["b"].dtype == np.float32
+
+
+@pytest.mark.parametrize("wrap", [lambda e: e, lambda e: [np.zeros(3), {"x": e}]])
+def test_unpickler_refuses_code(tmp_path, wrap):
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(wrap(_Evil(target)), protocol=4))
+    with pytest.raises(DataError, match=r"refusing to unpickle global (posix|nt)\.system"):
+        formats.load_numpy_pickle(path)
+    assert not target.exists(), "the payload ran"
+
+
+def test_unpickler_refuses_builtins(tmp_path):
+    path = tmp_path / "eval.pkl"
+    path.write_bytes(b"cbuiltins\neval\n(S'1+1'\ntR.")
+    with pytest.raises(DataError, match="refusing to unpickle global builtins.eval"):
+        formats.load_numpy_pickle(path)
+
+
+def test_frey_faces_from_fake_file(tmp_path, monkeypatch):
+    faces = np.random.default_rng(1).integers(0, 256, size=(50, 560)).astype(np.uint8)
+    remote = publish(tmp_path, "frey_faces/freyfaces.pkl", pickle.dumps([faces], protocol=4))
+    monkeypatch.setitem(datasets.FILES, "frey_faces/freyfaces.pkl", remote)
+    splits = load_dataset(DataConfig(name="frey_faces", valid_fraction=0.2, test_fraction=0.1))
+    assert splits.sizes() == {"train": 35, "valid": 10, "test": 5}
+    assert splits.image_shape == (28, 20) and splits.levels == 256 and not splits.binary
+    together = torch.cat([splits.train, splits.valid, splits.test]) * 255
+    assert sorted(map(tuple, together.round().to(torch.uint8).tolist())) == sorted(
+        map(tuple, faces.tolist()))
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST (IDX)
+
+
+def idx_gz(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def publish_mnist(tmp_path, monkeypatch, prefix: str, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+        relpath = f"mnist/{prefix}-{kind}-ubyte.gz"
+        monkeypatch.setitem(datasets.FILES, relpath, publish(tmp_path, relpath, idx_gz(array)))
+
+
+def test_mnist_test_files_only(tmp_path, monkeypatch):
+    publish_mnist(tmp_path, monkeypatch, "t10k", 20, seed=0)
+    for relpath in ("mnist/train-images-idx3-ubyte.gz", "mnist/train-labels-idx1-ubyte.gz"):
+        missing = datasets.FILES[relpath]
+        monkeypatch.setitem(datasets.FILES, relpath, RemoteFile(
+            relpath, (tmp_path / "absent.gz").as_uri(), missing.sha256, missing.size))
+    with pytest.warns(UserWarning, match="carved out of the 10,000 test images"):
+        splits = load_dataset(DataConfig(name="mnist", valid_fraction=0.25, test_fraction=0.25))
+    assert splits.sizes() == {"train": 10, "valid": 5, "test": 5}
+    assert splits.levels == 256 and splits.image_shape == (28, 28)
+    assert all(splits.labels[s].dtype == torch.int64 for s in ("train", "valid", "test"))
+    assert 0.0 <= splits.train.min() and splits.train.max() <= 1.0
+
+
+def test_mnist_with_train_files(tmp_path, monkeypatch):
+    publish_mnist(tmp_path, monkeypatch, "t10k", 4, seed=0)
+    publish_mnist(tmp_path, monkeypatch, "train", 6, seed=1)
+    monkeypatch.setattr(datasets, "_MNIST_TRAIN", 5)
+    splits = load_dataset(DataConfig(name="mnist"))
+    assert splits.sizes() == {"train": 5, "valid": 1, "test": 4}
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (b"\x00\x00\x08", "magic"),
+        (b"\x01\x00\x08\x01" + struct.pack(">I", 2) + b"ab", "magic"),
+        (b"\x00\x00\x08\x01" + struct.pack(">I", 5) + b"ab", "declares shape"),
+    ],
+)
+def test_idx_corrupt(tmp_path, raw, match):
+    path = tmp_path / "bad-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(raw))
+    with pytest.raises(DataError, match=match):
+        formats.read_idx(path)
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="gzip"):
+        formats.read_idx(path)
+
+
+# --------------------------------------------------------------------------------------------
+# the array data set
+
+
+def test_array_npy_float(tmp_path):
+    x = np.random.default_rng(0).random((100, 5)).astype(np.float64)
+    np.save(tmp_path / "x.npy", x)
+    splits = load_dataset(DataConfig(name="array", path=str(tmp_path / "x.npy"),
+                                     valid_fraction=0.1, test_fraction=0.2))
+    assert splits.sizes() == {"train": 70, "valid": 10, "test": 20}
+    assert splits.dim == 5 and splits.image_shape is None and splits.levels is None
+    assert splits.train.dtype == torch.float32 and not splits.binary
+    together = torch.cat([splits.train, splits.valid, splits.test])
+    expected = torch.tensor(x, dtype=torch.float32)
+    assert torch.allclose(together.sort(0).values, expected.sort(0).values)
+
+
+def test_array_uint8_images(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, size=(30, 4, 3)).astype(np.uint8)
+    np.save(tmp_path / "img.npy", x)
+    splits = load_dataset(DataConfig(name="array", path=str(tmp_path / "img.npy")))
+    assert splits.levels == 256 and splits.image_shape == (4, 3) and splits.dim == 12
+    assert splits.train.max() <= 1.0
+    levels = torch.cat([splits.train, splits.valid, splits.test]) * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert sorted(levels.round().to(torch.uint8).flatten().tolist()) == sorted(x.flatten().tolist())
+
+
+def test_array_npz_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    train, test = rng.random((40, 16)), rng.random((8, 16))
+    np.savez(tmp_path / "d.npz", train=train, test=test)
+    splits = load_dataset(DataConfig(name="array", path=str(tmp_path / "d.npz"),
+                                     valid_fraction=0.25, test_fraction=0.5))
+    assert splits.sizes() == {"train": 30, "valid": 10, "test": 8}  # test kept, valid carved
+    assert torch.allclose(splits.test, torch.tensor(test, dtype=torch.float32))
+    assert splits.image_shape == (4, 4)  # D = 16 is a perfect square
+
+    np.savez(tmp_path / "all.npz", train=train, valid=test, test=test)
+    assert load_dataset(DataConfig(name="array", path=str(tmp_path / "all.npz"))).sizes() == {
+        "train": 40, "valid": 8, "test": 8}
+
+    np.savez(tmp_path / "one.npz", anything=(train > 0.5))
+    splits = load_dataset(DataConfig(name="array", path=str(tmp_path / "one.npz")))
+    assert splits.binary and splits.levels == 2 and sum(splits.sizes().values()) == 40
+
+    np.savez(tmp_path / "two.npz", a=train, b=train)
+    with pytest.raises(DataError, match="two.npz"):
+        load_dataset(DataConfig(name="array", path=str(tmp_path / "two.npz")))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_array_rejects_non_finite(tmp_path, bad):
+    x = np.zeros((10, 3))
+    x[4, 1] = bad
+    np.save(tmp_path / "bad.npy", x)
+    with pytest.raises(DataError, match="bad.npy.*NaN or infinite"):
+        load_dataset(DataConfig(name="array", path=str(tmp_path / "bad.npy")))
+
+
+def test_array_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="data.path"):
+        load_dataset(DataConfig(name="array"))
+    with pytest.raises(ConfigError, match="data.path.*does not exist"):
+        load_dataset(DataConfig(name="array", path=str(tmp_path / "none.npy")))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="obj.npy"):
+        load_dataset(DataConfig(name="array", path=str(tmp_path / "obj.npy")))
+    np.save(tmp_path / "int.npy", np.arange(20).reshape(10, 2))
+    with pytest.raises(DataError, match="uint8"):
+        load_dataset(DataConfig(name="array", path=str(tmp_path / "int.npy")))
+
+
+# --------------------------------------------------------------------------------------------
+# load_dataset
+
+
+def test_unknown_dataset_suggests():
+    with pytest.raises(ConfigError, match=r"data.name.*did you mean 'binarized_mnist'"):
+        load_dataset(DataConfig(name="binarised_mnist"))
+    assert {"array", "binarized_mnist", "frey_faces", "mnist", "synthetic"} <= set(DATASETS.names())
+
+
+def test_synthetic_limit_and_static_binarization(tmp_path):
+    a = load_dataset(DataConfig(name="synthetic", split_seed=3))
+    b = load_dataset(DataConfig(name="synthetic", split_seed=3, limit=50))
+    c = load_dataset(DataConfig(name="synthetic", split_seed=4))
+    assert a.sizes() == {"train": 400, "valid": 100, "test": 100} and a.image_shape == (8, 8)
+    assert a.binary and check_binary(a.train)
+    assert b.sizes() == {"train": 50, "valid": 50, "test": 50}
+    assert torch.equal(a.train[:50], b.train) and not torch.equal(a.train, c.train)
+
+    x = np.random.default_rng(0).random((200, 9)).astype(np.float32)
+    np.save(tmp_path / "g.npy", x)
+    cfg = DataConfig(name="array", path=str(tmp_path / "g.npy"), binarize="static", split_seed=1)
+    s1, s2 = load_dataset(cfg), load_dataset(cfg)
+    assert s1.binary and s1.levels == 2 and check_binary(s1.train)
+    assert torch.equal(s1.train, s2.train)
+    small = load_dataset(cfg.model_copy(update={"limit": 10}))
+    assert torch.equal(small.train, s1.train[:10])  # a limited run sees a prefix
+
+
+def test_split_indices_partition():
+    train, valid, test = split_indices(103, 0.1, 0.2, seed=5)
+    assert (len(train), len(valid), len(test)) == (72, 10, 21)
+    assert torch.equal(torch.cat([train, valid, test]).sort().values, torch.arange(103))
+    assert torch.equal(split_indices(103, 0.1, 0.2, seed=5)[1], valid)
+    with pytest.raises(ConfigError, match="no training points"):
+        split_indices(10, 0.5, 0.5, seed=0)
+
+
+def test_datasplits_validates_shapes():
+    x = torch.zeros(3, 4)
+    with pytest.raises(DataError, match="one D"):
+        DataSplits(x, x, torch.zeros(3, 5), name="bad")
+    with pytest.raises(DataError, match="image_shape"):
+        DataSplits(x, x, x, name="bad", image_shape=(3, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# preprocessing
+
+
+def grey_splits(n: int = 256) -> DataSplits:
+    x = (torch.arange(n) % 256).to(torch.float32).div(255.0).unsqueeze(1).repeat(1, 3)  # (n, 3)
+    return DataSplits(x, x[:10], x[:10], name="grey", levels=256)
+
+
+def test_dequantization_range_and_determinism():
+    splits = grey_splits()
+    pre = Preprocessor(DataConfig(dequantize=True), splits)
+    k = torch.round(splits.train * 255)  # (256, 3), levels 0..255
+    x1 = pre.train_batch(splits.train, torch.Generator().manual_seed(0))
+    x2 = pre.train_batch(splits.train, torch.Generator().manual_seed(0))
+    x3 = pre.train_batch(splits.train, torch.Generator().manual_seed(1))
+    assert torch.equal(x1, x2) and not torch.equal(x1, x3)
+    assert ((x1 >= k / 256) & (x1 < (k + 1) / 256)).all()  # each point stays in its level's cube
+    assert torch.equal(torch.floor(x1 * 256), k)
+    assert torch.equal(pre.eval_split(splits.train), pre.eval_split(splits.train))
+    assert pre.log_jacobian_per_point(784) == pytest.approx(-784 * math.log(256))
+    # an 8-bit model at 8 bits/dim: nats = D log 256
+    assert bits_per_dim(784 * math.log(256), 784) == pytest.approx(8.0)
+
+
+def test_dynamic_binarization():
+    probs = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+    x = probs.repeat(20000, 1)  # (20000, 5)
+    splits = DataSplits(x, x[:5], x[:5], name="p")
+    pre = Preprocessor(DataConfig(binarize="dynamic"), splits)
+    g = torch.Generator().manual_seed(0)
+    b1, b2 = pre.train_batch(x, g), pre.train_batch(x, g)
+    assert check_binary(b1) and not torch.equal(b1, b2)  # a fresh draw each batch
+    # mean of 20000 Bernoulli(p) draws: standard error <= 0.0036; tolerance 5 standard errors
+    assert torch.allclose(b1.mean(0), probs, atol=5 * math.sqrt(0.25 / 20000))
+    assert pre.log_jacobian_per_point(5) == 0.0
+    g_eval = pre.eval_generator()
+    assert torch.equal(pre.eval_batch(x, g_eval), pre.eval_batch(x, pre.eval_generator()))
+
+
+def test_preprocess_refusals():
+    binary = load_dataset(DataConfig(name="synthetic"))
+    with pytest.raises(ConfigError, match="data.dequantize.*binary"):
+        Preprocessor(DataConfig(dequantize=True), binary)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        Preprocessor(DataConfig(dequantize=True, binarize="dynamic"), grey_splits())
+    pre = Preprocessor(DataConfig(binarize="dynamic"), binary)  # binary data: a no-op
+    assert pre.is_identity
+    assert pre.train_batch(binary.train, torch.Generator()) is binary.train
+    wide = DataSplits(torch.full((4, 2), 2.0), torch.zeros(1, 2), torch.zeros(1, 2), name="w")
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        Preprocessor(DataConfig(binarize="dynamic"), wide)
+
+
+# --------------------------------------------------------------------------------------------
+# batching
+
+
+def test_batches_reproducible_and_cover_every_index():
+    x = torch.arange(103).unsqueeze(1)  # (103, 1)
+    def epoch(e, **kw):
+        return [b.squeeze(1) for b in iterate_batches(x, 10, shuffle=True, seed=7, epoch=e, **kw)]
+
+    torch.manual_seed(0)
+    first = epoch(0)
+    torch.manual_seed(123)  # the global RNG plays no part
+    torch.rand(5)
+    again = epoch(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(first) == len(again) == 11
+    assert torch.equal(torch.cat(first).sort().values, torch.arange(103))
+    assert not torch.equal(torch.cat(first), torch.cat(epoch(1)))
+    assert not torch.equal(torch.cat(first), torch.arange(103))
+
+    dropped = epoch(0, drop_last=True)
+    assert len(dropped) == 10 and all(len(b) == 10 for b in dropped)
+    resumed = epoch(0, start_batch=4)
+    assert all(torch.equal(a, b) for a, b in zip(first[4:], resumed)) and len(resumed) == 7
+
+    ordered = list(iterate_batches(x, 50, shuffle=False, seed=7, epoch=0))
+    assert torch.equal(torch.cat(ordered).squeeze(1), torch.arange(103))
+
+
+def test_num_batches_matches_iteration():
+    for n in (0, 1, 99, 100, 101):
+        for drop_last in (False, True):
+            count = sum(1 for _ in batch_indices(n, 25, shuffle=True, seed=0, epoch=0,
+                                                  drop_last=drop_last))
+            assert num_batches(n, 25, drop_last) == count
+
+
+# --------------------------------------------------------------------------------------------
+# the real files (only when VAELAB_DATA points at them)
+
+
+def _real(relpath: str) -> bool:
+    return REAL_DATA is not None and (Path(REAL_DATA) / relpath).is_file()
+
+
+@pytest.mark.skipif(not _real("binarized_mnist/binarized_mnist_train.amat"),
+                    reason="VAELAB_DATA does not hold the real data files")
+def test_real_data_sets(monkeypatch):
+    monkeypatch.setenv("VAELAB_DATA", REAL_DATA)
+    monkeypatch.setenv("VAELAB_OFFLINE", "1")
+    bm = load_dataset(DataConfig(name="binarized_mnist"))
+    assert bm.sizes() == {"train": 50000, "valid": 10000, "test": 10000} and bm.dim == 784
+    assert bm.binary and check_binary(bm.train) and check_binary(bm.test)
+
+    if _real("frey_faces/freyfaces.pkl"):
+        ff = load_dataset(DataConfig(name="frey_faces"))
+        assert sum(ff.sizes().values()) == 1965 and ff.dim == 560 and ff.levels == 256
+
+    if _real("mnist/t10k-images-idx3-ubyte.gz"):
+        if _real("mnist/train-images-idx3-ubyte.gz") and _real("mnist/train-labels-idx1-ubyte.gz"):
+            mn = load_dataset(DataConfig(name="mnist"))
+            assert mn.sizes() == {"train": 50000, "valid": 10000, "test": 10000}
+        else:
+            with pytest.warns(UserWarning, match="MNIST training files are unavailable"):
+                mn = load_dataset(DataConfig(name="mnist"))
+            assert sum(mn.sizes().values()) == 10000
+        assert mn.dim == 784 and 0.0 <= mn.test.min() and mn.test.max() == 1.0
+        assert mn.labels["test"].dtype == torch.int64
+        assert set(mn.labels["test"].tolist()) == set(range(10))
