@@ -1,4 +1,4 @@
-"""The ``vaelab`` command line: train, evaluate, sample, config show.
+"""The ``vaelab`` command line: train, evaluate, sample, config show, bdmc, diagnose.
 
 ::
 
@@ -6,6 +6,9 @@
     vaelab evaluate runs/g --num-samples 5000 --json
     vaelab sample runs/g -n 64 --out samples.png
     vaelab config show experiments/configs/gaussian_mnist.toml --set model.prior=vamp
+    vaelab evaluate runs/g --method ais --steps 1000 --chains 16 --limit 100
+    vaelab bdmc runs/g --num-points 100 --steps 1000 --json
+    vaelab diagnose runs/g --objectives iwae:5,iwae:50,iwae_dreg:50 --draws 100
 """
 
 from __future__ import annotations
@@ -25,6 +28,23 @@ def _add_set(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_marginal_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``evaluate``'s estimators: IS proposal and diagnostics, AIS, exact."""
+    p.add_argument("--method", choices=["is", "ais"], default="is",
+                   help="importance sampling (default) or annealed importance sampling")
+    p.add_argument("--proposal", default="guide", metavar="SPEC",
+                   help="IS proposal: guide (default), inflated:FACTOR, student_t:DF, prior")
+    p.add_argument("--no-diagnostics", action="store_true", help="skip the per-point Pareto k-hat")
+    p.add_argument("--curve", default=None, metavar="PNG",
+                   help="plot mean log p(x) against K = 1..K (prefixes of the same draws)")
+    p.add_argument("--steps", "-T", type=int, default=1000, help="AIS: intermediate distributions")
+    p.add_argument("--chains", "-C", type=int, default=16, help="AIS: chains per data point")
+    p.add_argument("--leapfrog", type=int, default=10, help="AIS: leapfrog steps per HMC move")
+    p.add_argument("--ais-base", choices=["prior", "guide"], default="prior",
+                   help="AIS: the distribution the chains start from")
+    p.add_argument("--no-exact", action="store_true", help="skip the exact log p(x) where known")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaelab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--evaluate", action="store_true", help="evaluate (IS) after training")
 
-    p = sub.add_parser("evaluate", help="ELBO and importance-sampled log p(x) of a trained run")
+    p = sub.add_parser(
+        "evaluate", help="ELBO and log p(x) (IS with diagnostics, or AIS) of a trained run"
+    )
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["train", "valid", "test"], default=None)
     p.add_argument("--num-samples", "-K", type=int, default=None, help="importance samples K")
@@ -49,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", action="store_true", help="(re)write RUN_DIR/report.md with the result")
     p.add_argument("--no-progress", action="store_true")
+    _add_marginal_args(p)
 
     p = sub.add_parser("sample", help="decode prior samples into an image grid")
     p.add_argument("run_dir")
@@ -62,6 +85,41 @@ def build_parser() -> argparse.ArgumentParser:
     cs = csub.add_parser("show", help="print the resolved config")
     cs.add_argument("config", nargs="?", default=None, help="TOML file (default: all defaults)")
     _add_set(cs)
+
+    p = sub.add_parser(
+        "diagnose", help="gradient variance / SNR, bound, time and memory of objectives at a run"
+    )
+    p.add_argument("run_dir")
+    p.add_argument(
+        "--objectives", default="iwae:5,iwae:50,iwae_dreg:50",
+        help="comma-separated NAME[:K][:key=value] specs (default: iwae:5,iwae:50,iwae_dreg:50)",
+    )
+    p.add_argument("--batch-size", type=int, default=100, help="points in the fixed batch")
+    p.add_argument("--draws", "-M", type=int, default=100, help="gradient draws per objective")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="train")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH",
+        help="write the results as JSON to PATH (bare --json: print JSON instead of the table)",
+    )
+    p = sub.add_parser(
+        "bdmc", help="bidirectional Monte Carlo: bounds on log p(x) of data simulated from a run"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--num-points", "-n", type=int, default=100, help="points to simulate")
+    p.add_argument("--steps", "-T", type=int, default=1000, help="AIS steps, each direction")
+    p.add_argument("--chains", "-C", type=int, default=16, help="chains per point and direction")
+    p.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
+    p.add_argument("--base", choices=["prior", "guide"], default="prior",
+                   help="the normalized end of the annealing path")
+    p.add_argument("--num-samples", "-K", type=int, default=0,
+                   help="also IS with the guide on the simulated data, K draws (0: skip)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -85,17 +143,40 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _print_metrics(metrics: dict) -> None:
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a} {b:.4g}" if isinstance(b, float) else f"{a} {b}" for a, b in v.items())
+        print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
+
+
 def _cmd_evaluate(args) -> int:
     from vaelab.run import evaluate, load_run
 
     run = load_run(args.run_dir, args.checkpoint)
+    curve_ks = None
+    if args.curve and args.method == "is":
+        from vaelab.inference.marginal import default_curve_ks
+
+        curve_ks = default_curve_ks(args.num_samples or run.cfg.eval.num_samples)
+    elif args.curve:
+        raise ValueError("--curve applies to --method is (prefixes of the K importance draws)")
     est = evaluate(
         run, split=args.split, num_samples=args.num_samples, limit=args.limit,
         batch_size=args.batch_size, max_memory_mb=args.max_memory, seed=args.seed,
         progress=not args.no_progress and not args.json,
+        method=args.method, proposal=args.proposal, diagnostics=not args.no_diagnostics,
+        curve_ks=curve_ks, num_steps=args.steps, num_chains=args.chains,
+        num_leapfrog=args.leapfrog, ais_base=args.ais_base, exact=not args.no_exact,
     )
     metrics = {**est.summary(), "split": est.extra["split"], "checkpoint": args.checkpoint}
     metrics.update({k: v for k, v in est.extra.items() if k != "split"})
+    if args.curve:
+        from vaelab.inference.marginal import save_convergence_plot
+
+        save_convergence_plot(est, args.curve, title=f"{run.dir.name}: {est.num_points} points")
+        metrics["curve"] = {str(k): v for k, v in est.curve().items()}
+        metrics["curve_png"] = str(args.curve)
     if args.report:
         from vaelab.report import write_report
 
@@ -103,8 +184,7 @@ def _cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        for k, v in metrics.items():
-            print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
+        _print_metrics(metrics)
     return 0
 
 
@@ -129,7 +209,88 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_diagnose(args) -> int:
+    import torch
+
+    from vaelab.inference.diagnostics import diagnose, format_table
+    from vaelab.run import load_run
+
+    run = load_run(args.run_dir, args.checkpoint)
+    x = run.pre.eval_split(run.split(args.split, args.batch_size), args.seed)  # fixed batch
+    temperature = None
+    metrics = run.dir / "metrics.jsonl"
+    if not run.vae.latent.continuous and metrics.is_file():  # the checkpoint's temperature
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        t = rows[min(run.epoch, len(rows) - 1)].get("temperature") if rows else None
+        temperature = None if t is None else torch.tensor(float(t))
+    specs = [s for s in args.objectives.split(",") if s.strip()]
+    results = diagnose(
+        run.vae, x, specs, draws=args.draws, temperature=temperature, seed=args.seed
+    )
+    payload = {
+        "run_dir": str(run.dir), "checkpoint": args.checkpoint, "epoch": run.epoch + 1,
+        "split": args.split, "results": [r.to_dict() for r in results],
+    }
+    if args.json == "-":
+        print(json.dumps(payload))
+        return 0
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"JSON: {args.json}")
+    return 0
+
+
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "config": _cmd_config}
+COMMANDS["diagnose"] = _cmd_diagnose
+
+
+def _cmd_bdmc(args) -> int:
+    import pyro
+    import torch
+
+    from vaelab.inference.bdmc import bdmc
+    from vaelab.inference.exact import exact_log_likelihood
+    from vaelab.run import load_run
+    from vaelab.seed import seed_all
+
+    run = load_run(args.run_dir, args.checkpoint)
+    if not run.vae.latent.continuous:
+        raise ValueError(
+            f"bdmc runs AIS, which needs a continuous latent; latent type "
+            f"{run.cfg.model.latent['name']!r} is discrete"
+        )
+    seed_all(args.seed)
+    pyro.enable_validation(False)
+    model, guide = run.vae.eval_pair()
+    anchor = next(run.vae.parameters())
+    x_like = anchor.new_zeros(args.num_points, run.data.train.shape[1])  # shape of the data
+    r = bdmc(
+        model, guide, x_like, num_steps=args.steps, num_chains=args.chains,
+        num_leapfrog=args.leapfrog, base=args.base, batch_size=args.batch_size,
+        progress=not args.no_progress and not args.json,
+    )
+    metrics = {"run_dir": str(run.dir), "checkpoint": args.checkpoint, **r.summary()}
+    exact = exact_log_likelihood(run.vae, r.x.to(anchor))
+    if exact is not None:
+        metrics["exact_log_likelihood"] = float(exact.double().mean())
+    if args.num_samples:
+        from vaelab.inference.marginal import estimate_marginal
+
+        est = estimate_marginal(model, guide, r.x.to(anchor), num_samples=args.num_samples,
+                                batch_size=args.batch_size)
+        metrics["is_log_likelihood"] = float(est.log_px.mean())
+        metrics["is_num_samples"] = args.num_samples
+        metrics["is_num_flagged"] = int(est.flagged.sum())
+    metrics["note"] = "nats per simulated point (the model's own samples, not the data set)"
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        _print_metrics(metrics)
+    return 0
+
+
+COMMANDS["bdmc"] = _cmd_bdmc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,29 +68,85 @@ def evaluate(
     max_memory_mb: float | None = None,
     seed: int | None = None,
     progress: bool = False,
+    method: str = "is",
+    proposal: str = "guide",
+    diagnostics: bool = True,
+    curve_ks: list[int] | None = None,
+    num_steps: int = 1000,
+    num_chains: int = 16,
+    num_leapfrog: int = 10,
+    ais_base: str = "prior",
+    exact: bool = True,
 ) -> MarginalEstimate:
-    """Importance-sampled log p(x) and ELBO per point on a split (defaults from ``[eval]``)."""
+    r"""log p(x) per point on a split, with diagnostics (defaults from ``[eval]``).
+
+    :param method: ``"is"``: importance sampling with K = ``num_samples`` draws from
+        ``proposal`` (per-point ESS, MC standard error and Pareto k̂); ``"ais"``: annealed
+        importance sampling (:mod:`vaelab.inference.ais`) with ``num_steps`` HMC-linked
+        distributions and ``num_chains`` chains from ``ais_base`` (continuous latents only).
+    :param proposal: IS proposal, see :func:`vaelab.inference.proposals.make_proposal`:
+        ``guide``, ``inflated:2``, ``student_t:5``, ``prior``.
+    :param curve_ks: K values of the IS convergence curve (prefixes of the same draws).
+    :param exact: also compute the exact log p(x) where a method of
+        :mod:`vaelab.inference.exact` applies (``est.exact_log_px``, reported by ``summary``).
+    :returns: :class:`~vaelab.inference.marginal.MarginalEstimate` (nats of the data, the
+        dequantization Jacobian included).
+    """
+    from vaelab.inference.exact import exact_log_likelihood
+
     ec = run.cfg.eval
     split = split or ec.split
     seed = ec.seed if seed is None else seed
+    batch_size = batch_size or ec.batch_size
     x = run.split(split, limit if limit is not None else ec.limit)
     seed_all(seed)
     pyro.enable_validation(False)
     x = run.pre.eval_split(x, seed)  # one fixed draw of binarization / dequantization noise
     model, guide = run.vae.eval_pair()
-    est = estimate_marginal(
-        model, guide, x,
-        num_samples=num_samples or ec.num_samples,
-        batch_size=batch_size or ec.batch_size,
-        bytes_per_particle=bytes_per_particle(run.vae, x.shape[1]),
-        max_memory_mb=max_memory_mb or ec.max_memory_mb,
-        progress=progress,
-    )
+    if method == "is":
+        from vaelab.inference.proposals import make_proposal, parse_proposal, proposal_name
+
+        opts = parse_proposal(proposal)
+        est = estimate_marginal(
+            model, make_proposal(opts, model, guide), x,
+            num_samples=num_samples or ec.num_samples,
+            batch_size=batch_size,
+            bytes_per_particle=bytes_per_particle(run.vae, x.shape[1]),
+            max_memory_mb=max_memory_mb or ec.max_memory_mb,
+            progress=progress,
+            diagnostics=diagnostics,
+            curve_ks=curve_ks,
+        )
+        est.extra["proposal"] = proposal_name(opts)
+    elif method == "ais":
+        from vaelab.inference.ais import estimate_marginal_ais
+
+        if not run.vae.latent.continuous:
+            raise ValueError(
+                f"--method ais needs a continuous latent; this run's latent type "
+                f"{run.cfg.model.latent['name']!r} is discrete: use --method is (and the exact "
+                "enumeration, reported when the latent space is small)"
+            )
+        est = estimate_marginal_ais(
+            model, guide, x, num_steps=num_steps, num_chains=num_chains,
+            batch_size=batch_size, progress=progress, num_leapfrog=num_leapfrog, base=ais_base,
+        )
+    else:
+        raise ValueError(f"unknown evaluation method {method!r}; choices: is, ais")
+    if exact:
+        parts = [exact_log_likelihood(run.vae, x[i : i + batch_size])
+                 for i in range(0, x.shape[0], batch_size)]
+        if parts and all(p is not None for p in parts):
+            est.exact_log_px = torch.cat([p.double().cpu() for p in parts])
     jac = run.pre.log_jacobian_per_point(x.shape[1])
     if jac:
         # densities on dequantized [0, 1] data → nats of the 8-bit data (a lower bound)
         est.log_px = est.log_px + jac
         est.elbo = est.elbo + jac
+        if est.curve_log_px is not None:
+            est.curve_log_px = est.curve_log_px + jac
+        if est.exact_log_px is not None:
+            est.exact_log_px = est.exact_log_px + jac
     est.extra["split"] = split
     est.extra["log_jacobian"] = jac
     return est

@@ -45,4 +45,9 @@ class AmortizedGuide(nn.Module):
         with pyro.plate("data", x.shape[0], dim=-1):
             with scaled(beta):
                 z = pyro.sample("z", q_z)  # (..., B, *event)
+                # optional per-point guide terms of the family, under the same plate and β
+                # (e.g. the categorical-KL factor of vaelab.guide.relaxed); none for Gaussians
+                guide_terms = getattr(self.posterior, "guide_terms", None)
+                if guide_terms is not None:
+                    guide_terms(q_z, z)
         return z

@@ -48,6 +48,7 @@ __all__ = [
     "estimate_marginal",
     "default_curve_ks",
     "quantile_summary",
+    "save_convergence_plot",
 ]
 
 
@@ -85,6 +86,7 @@ class MarginalEstimate:
     curve_ks: list[int] | None = None  #: K values of the convergence curve
     curve_log_px: torch.Tensor | None = None  #: (len(curve_ks), N) log p̂ from the first K draws
     method: str = "is"
+    exact_log_px: torch.Tensor | None = None  #: (N,) exact log p(x_n), where a method applies
 
     @property
     def flagged(self) -> torch.Tensor:
@@ -120,7 +122,7 @@ class MarginalEstimate:
         """Means over points and their standard errors (spread across the data set), and the
         per-point diagnostics summarised over points: ``ess`` and ``pareto_k`` (mean, min,
         quantiles, max; k̂ over its finite values) and ``num_flagged`` (points with k̂ > 0.7,
-        ``inf`` included)."""
+        ``inf`` included); ``exact_log_likelihood`` where the exact value is known."""
         ll, ll_se = self._mean_se(self.log_px)
         elbo, elbo_se = self._mean_se(self.elbo)
         out = {"method": self.method, "log_likelihood": ll, "log_likelihood_stderr": ll_se}
@@ -139,6 +141,13 @@ class MarginalEstimate:
         if self.pareto_k is not None:
             out["pareto_k"] = quantile_summary(self.pareto_k[self.pareto_k.isfinite()])
             out["num_flagged"] = int(self.flagged.sum())
+        if self.exact_log_px is not None:
+            ex, ex_se = self._mean_se(self.exact_log_px)
+            out.update(
+                exact_log_likelihood=ex,
+                exact_log_likelihood_stderr=ex_se,
+                estimate_minus_exact=float((self.log_px.double() - self.exact_log_px).mean()),
+            )
         return out
 
 
@@ -173,12 +182,12 @@ def importance_sample_batch(
         while done < num_samples:
             k = min(chunk_size, num_samples - done)
             lw = log_weights(model, guide, k, x, *args, **kwargs)
-            log_w = lw.local + lw.global_.unsqueeze(-1)  # (k, B)
+            log_w = (lw.local + lw.global_.unsqueeze(-1)).double()  # (k, B), float64 sums
             c_w = torch.logsumexp(log_w, 0)  # (B,)
             c_2w = torch.logsumexp(2.0 * log_w, 0)
             lse_w = c_w if lse_w is None else torch.logaddexp(lse_w, c_w)
             lse_2w = c_2w if lse_2w is None else torch.logaddexp(lse_2w, c_2w)
-            sum_log_w += log_w.double().sum(0)
+            sum_log_w += log_w.sum(0)
             if keep_log_w:
                 kept.append(log_w)
             done += k
@@ -275,3 +284,33 @@ def estimate_marginal(
         curve_ks=curve_ks,
         curve_log_px=torch.cat(curve, -1) if curve_ks is not None else None,
     )
+
+
+def save_convergence_plot(est: MarginalEstimate, path, title: str = ""):
+    """PNG of the mean over points of log p̂ from the first K draws against K (log axis), with
+    the ELBO (dashed) and the exact mean log p(x) (solid) where known; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    if est.curve_ks is None:
+        raise ValueError("no convergence curve: pass curve_ks to estimate_marginal")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    curve = est.curve()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(list(curve), list(curve.values()), "o-", ms=3, label="IS: mean log p̂(x), first K draws")
+    ax.axhline(float(est.elbo.double().mean()), ls="--", c="gray", label="ELBO")
+    if est.exact_log_px is not None:
+        ax.axhline(float(est.exact_log_px.mean()), c="k", lw=1, label="exact log p(x)")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (importance samples)")
+    ax.set_ylabel("nats per data point")
+    ax.set_title(title or f"IS convergence ({est.num_points} points)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

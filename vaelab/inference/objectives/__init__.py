@@ -35,3 +35,9 @@ def build_objective(cfg: "ObjectiveConfig", vae: "VAE") -> "ELBO":
 
 # modules that register objectives (import order = listing order)
 from vaelab.inference.objectives import trace  # noqa: E402,F401
+from vaelab.inference.objectives import mean_field  # noqa: E402,F401
+from vaelab.inference.objectives import renyi  # noqa: E402,F401
+from vaelab.inference.objectives import iwae  # noqa: E402,F401
+from vaelab.inference.objectives import dreg  # noqa: E402,F401
+from vaelab.inference.objectives import stl  # noqa: E402,F401
+from vaelab.inference.objectives import graph, enum  # noqa: E402,F401  (discrete latents)

@@ -10,8 +10,8 @@ particle plate (:func:`vaelab.inference.importance.log_weights`) and returns
     \qquad g = \log p(s) - \log q(s) \quad \text{(sites outside the data plate)}
 
 Sites outside the ``"data"`` plate (global latents s) are drawn **once per step and shared by
-all K particles and all data points** (the guide is replayed on one draw of them), so every
-per-point bound is conditional on the same s and
+all K particles and all data points** (the guide runs once more with its global sites set to
+that draw), so every per-point bound is conditional on the same s and
 
 .. math:: \mathcal{L} = g(s) + \sum_n \mathcal{L}_n(x_n \mid s) \le \log p(x_{1:B})
 
@@ -38,6 +38,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from vaelab.inference.importance import DATA_PLATE, log_weights
@@ -48,6 +49,7 @@ __all__ = [
     "ParticleELBO",
     "draw_particles",
     "latent_sites",
+    "refuse_guide_factors",
     "require_reparameterized",
     "stop_gradient_params",
 ]
@@ -81,29 +83,35 @@ def require_reparameterized(guide_trace: poutine.Trace, objective: str) -> None:
             )
 
 
+def refuse_guide_factors(guide_trace: poutine.Trace, objective: str) -> None:
+    """Raise :class:`ConfigError` when the guide has an observed site (a ``pyro.factor``): an
+    extra term of the guide has no place in an importance weight p(x, z) / q(z | x)."""
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site):
+            raise ConfigError(
+                f"objective.name = {objective!r} builds importance weights p(x, z) / q(z | x), "
+                f"but the guide has a factor site {name!r} (e.g. the categorical-KL convention "
+                "of a relaxed guide, guide.family.kl = 'categorical'), which is not part of any "
+                "weight; use guide.family.kl = 'relaxed', or objective.name = 'trace' or "
+                "'mean_field'"
+            )
+
+
 def _detach_tree(obj, memo: dict):
-    """A shallow copy of ``obj`` with every tensor it holds (recursively) detached."""
+    """``obj`` with every tensor it holds detached: distributions and transforms are shallow-copied
+    and their attributes (base distributions, parameters, cached properties) detached in turn;
+    anything else (numbers, shapes, modules) is returned as it is."""
     if torch.is_tensor(obj):
         return obj.detach()
-    if id(obj) in memo:
-        return memo[id(obj)]
     if isinstance(obj, (list, tuple)):
-        out = type(obj)(_detach_tree(v, memo) for v in obj)
-    elif isinstance(obj, torch.nn.Module):
+        return type(obj)(_detach_tree(v, memo) for v in obj)
+    if not isinstance(obj, (torch.distributions.Distribution, torch.distributions.Transform)):
         return obj  # a module's parameters are caught by the check in stop_gradient_params
-    elif hasattr(obj, "__dict__") and (
-        isinstance(obj, torch.distributions.Distribution)
-        or isinstance(obj, torch.distributions.Transform)
-    ):
-        out = copy.copy(obj)
-        memo[id(obj)] = out
+    if id(obj) not in memo:
+        out = memo[id(obj)] = copy.copy(obj)
         for k, v in vars(obj).items():
             setattr(out, k, _detach_tree(v, memo))
-        return out
-    else:
-        return obj
-    memo[id(obj)] = out
-    return out
+    return memo[id(obj)]
 
 
 _VERIFIED: set[tuple] = set()
@@ -164,17 +172,32 @@ def _guide_key(fn) -> tuple:
     return (id(getattr(fn, "__self__", None)), getattr(fn, "__func__", fn))
 
 
-def _shared_globals(guide, args, kwargs) -> poutine.Trace | None:
-    """One draw of the guide's sites outside the data plate, or None when it has none."""
+class _SetValues(Messenger):
+    """Give sample sites fixed values without marking them done (unlike ``poutine.replay``), so
+    enclosing plates still broadcast their distributions."""
+
+    def __init__(self, values: dict[str, torch.Tensor]):
+        super().__init__()
+        self.values = values
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] in self.values and not msg["is_observed"]:
+            msg["value"] = self.values[msg["name"]]
+
+
+def _shared_globals(guide, args, kwargs, K: int, plates: int) -> dict[str, torch.Tensor]:
+    """One draw of the guide's latent sites outside the data plate (empty when it has none),
+    each broadcast to ``(K, 1.., *batch, *event)`` as if drawn under the particle plate."""
     trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    local = [name for name, site in latent_sites(trace) if _in_data_plate(site)]
-    globals_ = [name for name, site in latent_sites(trace) if not _in_data_plate(site)]
-    if not globals_:
-        return None
-    for name in list(trace.nodes):
-        if name in local or trace.nodes[name]["type"] != "sample":
-            trace.remove_node(name)
-    return trace
+    values = {}
+    for name, site in latent_sites(trace):
+        if _in_data_plate(site):
+            continue
+        v = site["value"]  # (*batch, *event)
+        pad = plates - len(site["fn"].batch_shape)
+        v = v.reshape((1,) * (pad + 1) + tuple(v.shape))  # (1, 1.., *batch, *event)
+        values[name] = v.expand((K,) + tuple(v.shape[1:]))  # (K, 1.., *batch, *event)
+    return values
 
 
 def draw_particles(
@@ -196,8 +219,10 @@ def draw_particles(
         are drawn once and replayed into every particle (one extra guide pass).
     :returns: :class:`Particles`.
     """
-    shared = _shared_globals(guide, args, kwargs) if has_globals else None
-    run_guide = guide if shared is None else poutine.replay(guide, trace=shared)
+    shared = {}
+    if has_globals:
+        shared = _shared_globals(guide, args, kwargs, num_particles, max_plate_nesting)
+    run_guide = _SetValues(shared)(guide) if shared else guide
     lw = log_weights(
         model, run_guide, num_particles, *args, max_plate_nesting=max_plate_nesting, **kwargs
     )
@@ -251,6 +276,7 @@ class ParticleELBO(ELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=True,
         )
+        self.model_plate_nesting = max_plate_nesting  # Pyro adds one for the particle plate
         self._has_globals: dict[tuple, bool] = {}
 
     def particles(self, model, guide, *args, **kwargs) -> Particles:
@@ -263,17 +289,23 @@ class ParticleELBO(ELBO):
                 model, guide, self.num_particles, args, kwargs,
                 stop_guide_params=self.stop_guide_params and torch.is_grad_enabled(),
                 has_globals=has_globals,
-                max_plate_nesting=self.max_plate_nesting,
+                max_plate_nesting=self.model_plate_nesting,
             )
 
         p = draw(self._has_globals.get(key, False))
         if not known:  # first call with this guide: check it, and redraw if it has globals
             require_reparameterized(p.guide_trace, self.name)
+            refuse_guide_factors(p.guide_trace, self.name)
             has_globals = any(not _in_data_plate(s) for _, s in latent_sites(p.guide_trace))
             self._has_globals[key] = has_globals
             if has_globals:
                 p = draw(True)
         return p
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """(model_trace, guide_trace) of one vectorized draw of K particles."""
+        p = self.particles(model, guide, *args, **kwargs)
+        return p.model_trace, p.guide_trace
 
     def surrogate_and_bound(self, p: Particles) -> tuple[torch.Tensor, torch.Tensor]:
         """``(surrogate, bound)``, both summed over the batch: the gradient of ``surrogate`` is the

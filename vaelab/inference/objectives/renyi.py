@@ -10,7 +10,8 @@ r"""``renyi``: the Rényi α-bound (variational Rényi bound), per data point.
 with K = ``objective.num_particles`` and α = ``objective.alpha``. α = 0 is IWAE_K exactly; α → 1
 tends to the ELBO. For 0 ≤ α < 1 the K-sample estimate is a stochastic lower bound of
 :math:`\log p_θ(x_n)` for every K; for α < 0 (whose K → ∞ limit is an upper bound) or α > 1 it
-is not guaranteed to bound anything at finite K. At K = 1 every α gives the one-sample ELBO. Gradients are pathwise:
+is not guaranteed to bound anything at finite K. At K = 1 every α gives the one-sample ELBO.
+Gradients are pathwise:
 :math:`\nabla \mathcal{L}_α = \mathbb{E}\big[\sum_k \tilde w^{(α)}_{kn} \nabla \log w_{kn}\big]`,
 :math:`\tilde w^{(α)}_{kn} \propto w_{kn}^{1-α}`.
 

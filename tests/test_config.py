@@ -1,0 +1,237 @@
+"""Typed configuration: TOML, ``--set`` parsing by type, resolved configs that reproduce a run,
+``vaelab config show``, and bad configs that fail with a clear message and write nothing."""
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.cli import main
+from vaelab.config import apply_overrides, dump_toml, load_config, to_dict
+from vaelab.registry import ConfigError
+
+TINY = [
+    "data.name=synthetic", "model.latent_dim=2", "model.hidden_sizes=[8]", "train.epochs=2",
+    "train.batch_size=50", "train.progress=false", "train.valid_limit=50", "eval.num_samples=8",
+    "eval.limit=10",
+]
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def without_none(d):
+    if isinstance(d, dict):
+        return {k: without_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# loading and overriding
+
+
+def test_toml_load_fills_component_tables(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[data]\nname = "frey_faces"\ndequantize = true\n'
+        '[model]\nlatent_dim = 7\nhidden_sizes = [30, 20]\nprior = "vamp"\n'
+        'likelihood = {name = "laplace", learn = "pixel"}\n'
+        "[train]\nepochs = 3\nlr = 3e-4\n"
+    )
+    cfg = load_config(path)
+    assert cfg.data.name == "frey_faces" and cfg.data.dequantize is True
+    assert cfg.model.latent_dim == 7 and cfg.model.hidden_sizes == [30, 20]
+    assert cfg.train.epochs == 3 and cfg.train.lr == 3e-4
+    # components come back as full tables, defaults filled in
+    assert cfg.model.prior == {"name": "vamp", "components": 10, "init_mean": 0.05, "init_std": 0.01}
+    assert cfg.model.likelihood == {"name": "laplace", "scale": 0.1, "learn": "pixel",
+                                    "min_scale": 1e-3}
+    assert cfg.guide.family == {"name": "normal", "min_scale": 1e-5}
+
+
+def test_set_parses_values_by_type():
+    raw = apply_overrides({}, [
+        "train.epochs=5", "train.lr=1e-4", "objective.beta=0.5", "train.progress=false",
+        "train.pyro_validation=True", "model.hidden_sizes=[300, 300]", "guide.hidden_sizes=[]",
+        "train.valid_limit=none", "data.name=frey_faces", "data.path=/tmp/some dir/x.npy",
+        'model.prior={name = "mog", components = 4}', "model.activation='tanh'",
+    ])
+    assert raw["train"] == {"epochs": 5, "lr": 1e-4, "progress": False, "pyro_validation": True,
+                            "valid_limit": None}
+    assert raw["objective"]["beta"] == 0.5 and isinstance(raw["train"]["epochs"], int)
+    assert raw["model"]["hidden_sizes"] == [300, 300] and raw["guide"]["hidden_sizes"] == []
+    assert raw["data"] == {"name": "frey_faces", "path": "/tmp/some dir/x.npy"}
+    assert raw["model"]["prior"] == {"name": "mog", "components": 4}
+    assert raw["model"]["activation"] == "tanh"
+    cfg = load_config(None, ["model.likelihood=normal", "train.epochs=5", "model.hidden_sizes=[3]"])
+    assert cfg.train.epochs == 5 and cfg.model.hidden_sizes == [3]
+
+
+def test_setting_an_option_promotes_a_name_to_a_table(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nlikelihood = "normal"\nprior = "mog"\n')
+    cfg = load_config(path, ["model.likelihood.scale=0.05", "model.likelihood.learn=shared",
+                             "model.prior.components=3"])
+    assert cfg.model.likelihood == {"name": "normal", "scale": 0.05, "learn": "shared",
+                                    "min_scale": 1e-3}
+    assert cfg.model.prior["components"] == 3
+    # the schema's default component is promoted too: guide.family defaults to "normal"
+    cfg = load_config(None, ["guide.family.min_scale=0.01"])
+    assert cfg.guide.family == {"name": "normal", "min_scale": 0.01}
+    # a later name replaces the table
+    cfg = load_config(path, ["model.likelihood.scale=0.05", "model.likelihood=beta"])
+    assert cfg.model.likelihood["name"] == "beta"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.epochs", r"expected KEY=VALUE"),
+    ("trian.epochs=3", r"section \(did you mean 'train'\?\)"),
+    ("train.epochs.x=1", r"train\.epochs: Input should be a valid integer \(got \{.x.: 1\}\)"),
+])
+def test_malformed_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ['model.prior={name = "vamp", components = 7}', "data.dequantize=true",
+                             "data.name=frey_faces", "model.likelihood=beta", "train.lr=2e-4",
+                             "guide.hidden_sizes=[5]"])
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(cfg))
+    again = load_config(path)
+    assert again == cfg
+    assert dump_toml(again) == dump_toml(cfg)
+
+
+def test_config_show_prints_the_resolved_toml(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nlikelihood = "normal"\n')
+    overrides = ["model.likelihood.scale=0.2", "model.prior=laplace", "train.epochs=4"]
+    assert main(["config", "show", str(path), *sets(overrides)]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown == without_none(to_dict(load_config(path, overrides)))
+    assert shown["model"]["likelihood"] == {"name": "normal", "scale": 0.2, "learn": "fixed",
+                                            "min_scale": 1e-3}
+    assert shown["model"]["prior"] == {"name": "laplace", "scale": pytest.approx(0.5**0.5)}
+    assert main(["config", "show"]) == 0  # all defaults, no file
+    assert tomllib.loads(capsys.readouterr().out)["train"]["epochs"] == 10
+
+
+def test_saved_config_reproduces_the_run(tmp_path):
+    """The run folder's config.toml (and the checkpoint's copy) hold the resolved config; training
+    from it alone gives the same metrics and parameters (same seed, CPU)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    overrides = [*TINY, "model.prior=mog", "model.likelihood=continuous_bernoulli"]
+    assert main(["train", str(empty), "--out", str(first), *sets(overrides)]) == 0
+    saved = tomllib.loads((first / "config.toml").read_text())
+    assert saved == without_none(to_dict(load_config(empty, overrides)))
+    ckpt = torch.load(first / "checkpoints" / "last.pt", weights_only=False)
+    assert without_none(ckpt["config"]) == saved
+
+    assert main(["train", str(first / "config.toml"), "--out", str(second)]) == 0
+    assert (second / "config.toml").read_text() == (first / "config.toml").read_text()
+
+    def metrics(run):
+        rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "epoch_time"} for r in rows]
+
+    assert metrics(first) == metrics(second)
+    a = torch.load(first / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(second / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------------------------
+# bad configs: a clear message naming key, value and choices; exit 2; nothing written
+
+
+@pytest.fixture
+def grey_npy(tmp_path):
+    path = tmp_path / "grey.npy"
+    rng = np.random.default_rng(0)
+    np.save(path, rng.integers(0, 256, (60, 4, 4), dtype=np.uint8))
+    return path
+
+
+BAD = {
+    "unknown-prior": (["model.prior=vampp"],
+                      ["model.prior", "'vampp'", "did you mean 'vamp'", "valid choices:", "mog"]),
+    "misspelled-key": (["train.epoch=3"],
+                       ["train.epoch", "unknown key", "did you mean 'epochs'", "valid keys:"]),
+    "wrong-type": (["train.epochs=abc"], ["train.epochs", "valid integer", "'abc'"]),
+    "negative-scale": (["model.likelihood=normal", "model.likelihood.scale=-0.1"],
+                       ["model.likelihood.scale", "greater than 0", "-0.1",
+                        "options of likelihood 'normal'"]),
+    "bad-choice": (["data.binarize=statc"],
+                   ["data.binarize", "'statc'", "'none', 'static' or 'dynamic'",
+                    "did you mean 'static'"]),
+    "misspelled-option": (['model.likelihood={name = "laplace", scal = 0.1}'],
+                          ["model.likelihood.scal", "unknown key", "did you mean 'scale'"]),
+    "unknown-likelihood": (["model.likelihood=gaussian"],
+                           ["model.likelihood", "'gaussian'", "valid choices:", "normal"]),
+    "bernoulli-on-grey": (["data.name=array", "data.path={grey}", "model.likelihood=bernoulli"],
+                          ["model.likelihood", "binary", "grey levels", "data.binarize"]),
+    "dequantized-discrete": (["data.name=array", "data.path={grey}", "data.dequantize=true",
+                              "model.likelihood=discretized_logistic"],
+                             ["model.likelihood", "off that grid", "data.dequantize = false"]),
+    "dequantize-binary": (["data.dequantize=true", "model.likelihood=beta"],
+                          ["data.dequantize", "binary"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_config_fails_clearly_and_writes_nothing(case, tmp_path, grey_npy, capsys):
+    overrides, expected = BAD[case]
+    overrides = [o.format(grey=grey_npy) for o in overrides]
+    out = tmp_path / "run"
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert main(["train", str(empty), "--out", str(out), *sets([*TINY, *overrides])]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    for text in expected:
+        assert text in err, (text, err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[train]\nepoch = 3\n", ["train.epoch", "did you mean 'epochs'"]),
+    ("[trian]\nepochs = 3\n", ["[trian]", "did you mean 'train'"]),
+    ("[model]\nprior = {name = \"mog\", component = 3}\n",
+     ["model.prior.component", "did you mean 'components'"]),
+    ("[train\nepochs = 3\n", ["not valid TOML"]),
+])
+def test_bad_toml_file_fails_clearly(text, expected, tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    for e in expected:
+        assert e in err, (e, err)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not os.environ.get("VAELAB_DATA") or not (
+    Path(os.environ.get("VAELAB_DATA", "")) / "frey_faces" / "freyfaces.pkl").is_file(),
+    reason="needs the Frey faces file in $VAELAB_DATA")
+def test_bernoulli_on_frey_faces_fails_before_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["config", "show", "--set", "data.name=frey_faces"]) == 0  # a valid config
+    capsys.readouterr()
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    rc = main(["train", str(empty), "--out", str(out), *sets(
+        ["data.name=frey_faces", "model.likelihood=bernoulli", "train.epochs=1"])])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "needs binary data" in err and "data.binarize" in err
+    assert not out.exists()

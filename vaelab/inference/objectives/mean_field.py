@@ -1,0 +1,137 @@
+r"""``mean_field``: the ELBO with analytic KL terms, :class:`pyro.infer.TraceMeanField_ELBO`.
+
+.. math::
+
+    \mathcal{L}(x_n) = \mathbb{E}_{q_φ(z \mid x_n)}\big[\log p_θ(x_n \mid z)\big]
+        - β\,\mathrm{KL}\big(q_φ(z \mid x_n)\,\|\,p(z)\big)
+
+The KL is computed in closed form wherever ``kl_divergence(q, p)`` is registered (the diagonal
+normal guide with the ``standard_normal`` and ``normal`` priors), and by Monte Carlo otherwise
+(Laplace, Student-t, MoG and VampPrior priors, a Student-t guide: see
+:func:`vaelab.model.priors.has_analytic_kl`); only the expected log-likelihood is then sampled, with
+``objective.num_particles`` draws. Same expectation as ``trace``, lower variance where the KL is
+analytic. β scales the KL through the latent sites' scales (both the model's and the guide's).
+
+The guide must be fully reparameterized (Pyro's estimator has no score-function term): a
+non-reparameterized guide family is refused with a :class:`~vaelab.registry.ConfigError`.
+
+With ``objective.jit = true`` the loss is compiled by :func:`pyro.ops.jit.trace` through
+:class:`CachedJitTraceMeanField_ELBO`, which fixes Pyro 1.9.2's
+:class:`~pyro.infer.JitTraceMeanField_ELBO`: it tests ``_loss_and_surrogate_loss`` but caches the
+compiled function under ``_differentiable_loss``, so it re-traces on every step (4–5× slower than
+no JIT). Never combine the JIT with multi-process (DDP) training: the ranks silently drift apart
+(see PYRO_NOTES).
+
+References:
+  1. D. Kingma, M. Welling. *Auto-Encoding Variational Bayes*. ICLR 2014 (eq. 10, the
+     analytic-KL estimator).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import pyro.ops.jit
+from pyro.infer import JitTraceMeanField_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import torch_item
+from pyro.util import warn_if_nan
+
+from vaelab.inference.objectives import OBJECTIVES
+from vaelab.inference.objectives._jit import TensorArgsMixin
+from vaelab.inference.objectives._particles import require_reparameterized
+from vaelab.registry import ConfigError
+
+__all__ = ["MeanFieldELBO", "CachedJitTraceMeanField_ELBO", "build_mean_field"]
+
+
+class _ReparameterizedCheck:
+    """Refuse (ConfigError) a guide with a non-reparameterized site, validation on or off; let a
+    reparameterized guide factor count as a term of log q.
+
+    A ``pyro.factor(name, f, has_rsample=True)`` in the guide (the categorical-KL convention of a
+    relaxed guide adds +KL this way) is a deterministic term of log q: Pyro's mean-field loop
+    accepts guide-only sites only when marked ``is_auxiliary``, and then subtracts their
+    log-density, which is exactly −f. It is marked so here; a factor without ``has_rsample`` is
+    refused.
+    """
+
+    def _get_trace(self, model, guide, args, kwargs):
+        model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+        require_reparameterized(guide_trace, "mean_field")
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and site["is_observed"] and name not in model_trace.nodes:
+                if not site["fn"].has_rsample:
+                    raise ConfigError(
+                        f"objective.name = 'mean_field': guide factor {name!r} is not declared "
+                        "reparameterized (pyro.factor(..., has_rsample=True)); use 'trace'"
+                    )
+                site["infer"]["is_auxiliary"] = True
+        return model_trace, guide_trace
+
+
+class MeanFieldELBO(_ReparameterizedCheck, TraceMeanField_ELBO):
+    """:class:`~pyro.infer.TraceMeanField_ELBO` that refuses a non-reparameterized guide."""
+
+
+def _fn_key(fn) -> tuple:
+    """Identity of a model/guide function (bound methods compare by owner and function)."""
+    return (id(getattr(fn, "__self__", None)), getattr(fn, "__func__", fn))
+
+
+class _CachingJitTraceMeanField_ELBO(_ReparameterizedCheck, JitTraceMeanField_ELBO):
+    """:class:`~pyro.infer.JitTraceMeanField_ELBO` that compiles once per (model, guide).
+
+    Pyro 1.9.2 checks one attribute and caches under another, so it builds a fresh
+    :func:`pyro.ops.jit.trace` closure (and re-traces) on every call. This class keeps one
+    compiled closure per (model, guide) pair; :func:`pyro.ops.jit.trace` itself recompiles per
+    number of arguments and per keyword arguments.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        cache = self.__dict__.setdefault("_compiled_losses", {})
+        key = (_fn_key(model), _fn_key(guide))
+        if key not in cache:
+            weakself = weakref.ref(self)
+
+            @pyro.ops.jit.trace(
+                ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options
+            )
+            def differentiable_loss(*args, **kwargs):
+                self = weakself()
+                loss = 0.0
+                for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                    _, loss_particle = self._differentiable_loss_particle(model_trace, guide_trace)
+                    loss = loss + loss_particle / self.num_particles
+                return loss
+
+            cache[key] = differentiable_loss
+        return cache[key](*args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+
+class CachedJitTraceMeanField_ELBO(TensorArgsMixin, _CachingJitTraceMeanField_ELBO):
+    """The fixed JIT mean-field ELBO, called with the loop's ``(x, β, τ)`` arguments."""
+
+
+@OBJECTIVES.register("mean_field")
+def build_mean_field(cfg, vae) -> TraceMeanField_ELBO:
+    """TraceMeanField_ELBO: analytic KL where registered (the fixed JIT with ``objective.jit``)."""
+    if not getattr(vae.inference.posterior, "reparameterized", True):
+        raise ConfigError(
+            "objective.name = 'mean_field' needs a reparameterized guide (TraceMeanField_ELBO has "
+            f"no score-function term); guide family {type(vae.inference.posterior).__name__} is "
+            "not. Use 'trace', 'graph' or 'enum'"
+        )
+    cls = CachedJitTraceMeanField_ELBO if cfg.jit else MeanFieldELBO
+    return cls(
+        num_particles=cfg.num_particles,
+        vectorize_particles=cfg.num_particles > 1,
+        max_plate_nesting=1,
+        ignore_jit_warnings=True,
+    )
