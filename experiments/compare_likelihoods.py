@@ -70,7 +70,8 @@ def parse_args(argv):
     p.add_argument("--categorical-epochs", type=int, default=40,
                    help="epochs of the (256x wider, ~100x slower) categorical decoder")
     p.add_argument("--num-samples", "-K", type=int, default=None, help="IS samples (default 1000)")
-    p.add_argument("--reuse", action="store_true", help="evaluate finished runs instead of retraining")
+    p.add_argument("--reuse", action="store_true",
+                   help="evaluate finished runs instead of retraining")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p.parse_args(argv)
 

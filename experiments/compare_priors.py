@@ -56,8 +56,10 @@ def parse_args(argv):
     p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=list(PRIORS))
     p.add_argument("--epochs", type=int, default=None, help="default: the config's")
     p.add_argument("--num-samples", "-K", type=int, default=None, help="IS samples (default 5000)")
-    p.add_argument("--test-limit", type=int, default=None, help="first N test images (default 1000)")
-    p.add_argument("--reuse", action="store_true", help="evaluate finished runs instead of retraining")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="first N test images (default 1000)")
+    p.add_argument("--reuse", action="store_true",
+                   help="evaluate finished runs instead of retraining")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p.parse_args(argv)
 
@@ -108,10 +110,12 @@ def run_prior(name: str, args, runs: Path) -> dict:
               title=f"{name}: E[x|z], z ~ p(z)")
     arch = "-".join(str(h) for h in [run.data.dim, *cfg.model.hidden_sizes, cfg.model.latent_dim])
     return {
-        "prior": name, "spec": cfg.model.prior, "arch": arch, "valid_limit": cfg.train.valid_limit, "epochs": len(history), "best_epoch": run.epoch + 1,
+        "prior": name, "spec": cfg.model.prior, "arch": arch, "valid_limit": cfg.train.valid_limit,
+        "epochs": len(history), "best_epoch": run.epoch + 1,
         "steps": history[-1]["step"], "test_elbo": s["elbo"], "test_elbo_se": s["elbo_stderr"],
         "test_log_px": s["log_likelihood"], "test_log_px_se": s["log_likelihood_stderr"],
-        "mc_stderr": s["mc_stderr_mean"], "ess_mean": s["ess_mean"], "K": K, "n_test": est.num_points,
+        "mc_stderr": s["mc_stderr_mean"], "ess_mean": s["ess_mean"], "K": K,
+        "n_test": est.num_points,
         "params": sum(p.numel() for p in run.vae.parameters()),
         "train_s": train_time, "eval_s": eval_time, "png": png.name,
     }
@@ -127,15 +131,18 @@ def write_table(rows: list[dict], args, out: Path, argv) -> Path:
         f"Data: {data}. Architecture (all priors): {r0['arch']} encoder and decoder (mirrored), "
         "ReLU, diagonal-normal guide, Bernoulli likelihood; Trace_ELBO with 1 particle, Adam lr "
         "1e-3, batch 100, no KL warm-up, seed 0, 1 CPU thread. MoG and VampPrior: K = "
-        + "/".join(sorted({str(r["spec"]["components"]) for r in rows if "components" in r["spec"]}))
+        + "/".join(sorted({str(r["spec"]["components"]) for r in rows
+                           if "components" in r["spec"]}))
         + " components.",
         "",
-        f"**Budget**: {r0['epochs']} epochs ({r0['steps']} steps) per prior; checkpoint with the best "
-        f"ELBO on {r0['valid_limit']} validation images; test metrics on the first {r0['n_test']} test images "
+        f"**Budget**: {r0['epochs']} epochs ({r0['steps']} steps) per prior; checkpoint with the "
+        f"best ELBO on {r0['valid_limit']} validation images; test metrics on the first "
+        f"{r0['n_test']} test images "
         f"with K = {r0['K']} importance samples per image (nats per image, ± standard error "
         "across images; MC s.e. is the mean delta-method Monte Carlo error of one log p̂).",
         "",
-        "| prior | epochs (best) | parameters | test ELBO | test log p̂ (IS, K) | log p̂ − ELBO "
+        "| prior | epochs (best) | parameters | test ELBO | test log p̂ (IS, K) "
+        "| log p̂ − ELBO "
         "| MC s.e. | mean ESS | train / eval time | literature, fully trained |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -144,7 +151,8 @@ def write_table(rows: list[dict], args, out: Path, argv) -> Path:
             f"| `{r['prior']}` | {r['epochs']} ({r['best_epoch']}) | {r['params']:,} "
             f"| {r['test_elbo']:.2f} ± {r['test_elbo_se']:.2f} "
             f"| **{r['test_log_px']:.2f}** ± {r['test_log_px_se']:.2f} (K={r['K']}) "
-            f"| {r['test_log_px'] - r['test_elbo']:.2f} | {r['mc_stderr']:.3f} | {r['ess_mean']:.1f} "
+            f"| {r['test_log_px'] - r['test_elbo']:.2f} | {r['mc_stderr']:.3f} "
+            f"| {r['ess_mean']:.1f} "
             f"| {r['train_s'] / 60:.1f} / {r['eval_s'] / 60:.1f} min | {LITERATURE[r['prior']]} |"
         )
     lines += [

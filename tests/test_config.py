@@ -48,7 +48,8 @@ def test_toml_load_fills_component_tables(tmp_path):
     assert cfg.model.latent_dim == 7 and cfg.model.hidden_sizes == [30, 20]
     assert cfg.train.epochs == 3 and cfg.train.lr == 3e-4
     # components come back as full tables, defaults filled in
-    assert cfg.model.prior == {"name": "vamp", "components": 10, "init_mean": 0.05, "init_std": 0.01}
+    assert cfg.model.prior == {"name": "vamp", "components": 10, "init_mean": 0.05,
+                               "init_std": 0.01}
     assert cfg.model.likelihood == {"name": "laplace", "scale": 0.1, "learn": "pixel",
                                     "min_scale": 1e-3}
     assert cfg.guide.family == {"name": "normal", "min_scale": 1e-5}
@@ -190,7 +191,7 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_config_fails_clearly_and_writes_nothing(case, tmp_path, grey_npy, capsys):
     overrides, expected = BAD[case]
-    overrides = [o.format(grey=grey_npy) for o in overrides]
+    overrides = [o.replace("{grey}", str(grey_npy)) for o in overrides]
     out = tmp_path / "run"
     empty = tmp_path / "empty.toml"
     empty.write_text("")

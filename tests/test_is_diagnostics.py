@@ -401,3 +401,33 @@ def test_evaluate_reports_the_exact_log_likelihood_of_a_linear_gaussian_run(
     assert m["estimate_minus_exact"] == pytest.approx(
         m["log_likelihood"] - m["exact_log_likelihood"], abs=1e-9)
     assert -0.1 < m["estimate_minus_exact"] < 0.05
+
+
+@pytest.mark.parametrize("spec", ["guide", "prior"])
+def test_is_with_the_categorical_guide_converges_to_enumeration(spec):
+    """A tiny discrete VAE (3 variables x 4 classes = 64 states, weights ~ N(0, 0.5²), 10
+    points of 16 binary pixels): IS with its hard categorical guide (or the prior), K=5000, is
+    within 4 MC standard errors + 0.01 nats of the exact enumeration at every point, the mean
+    within 0.05 nats (measured |mean error| ≤ 0.006)."""
+    pytest.importorskip("vaelab.model.categorical")
+    from vaelab.config import load_config
+    from vaelab.vae import build_vae
+
+    cfg = load_config(None, [
+        "data.name=synthetic", "model.hidden_sizes=[8]", "model.prior=categorical",
+        'model.latent={name = "categorical", num_variables = 3, num_classes = 4}',
+        "guide.family=categorical",
+    ])
+    vae = build_vae(cfg, 16).double()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = torch.rand(10, 16, generator=g, dtype=torch.float64).round()
+    truth = exact_log_likelihood(vae, x)
+    assert truth is not None and truth.shape == (10,)
+    model, guide = vae.eval_pair()
+    est = estimate_marginal(model, make_proposal(spec, model, guide), x, num_samples=5000)
+    err = (est.log_px - truth).abs()
+    assert bool((err <= 4 * est.mc_stderr + 0.01).all()), (err, est.mc_stderr)
+    assert abs(float((est.log_px - truth).mean())) < 0.05

@@ -146,7 +146,8 @@ def _cmd_train(args) -> int:
 def _print_metrics(metrics: dict) -> None:
     for k, v in metrics.items():
         if isinstance(v, dict):
-            v = ", ".join(f"{a} {b:.4g}" if isinstance(b, float) else f"{a} {b}" for a, b in v.items())
+            v = ", ".join(f"{a} {b:.4g}" if isinstance(b, float) else f"{a} {b}"
+                          for a, b in v.items())
         print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
 
 

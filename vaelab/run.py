@@ -107,6 +107,11 @@ def evaluate(
         from vaelab.inference.proposals import make_proposal, parse_proposal, proposal_name
 
         opts = parse_proposal(proposal)
+        if opts.name in ("inflated", "student_t") and not run.vae.latent.continuous:
+            raise ValueError(
+                f"--proposal {proposal_name(opts)} widens a continuous guide; latent type "
+                f"{run.cfg.model.latent['name']!r} is discrete: use --proposal guide or prior"
+            )
         est = estimate_marginal(
             model, make_proposal(opts, model, guide), x,
             num_samples=num_samples or ec.num_samples,

@@ -287,7 +287,7 @@ def ais(
     schedule: str | torch.Tensor = "sigmoid",
     init_step_size: float = 0.05,
     target_accept: float = 0.65,
-    adapt_rate: float = 0.02,
+    adapt_rate: float = 0.05,
     step_size_range: tuple[float, float] = (1e-4, 1.0),
     z_init: torch.Tensor | None = None,
     site: str = "z",

@@ -183,6 +183,7 @@ def importance_sample_batch(
             k = min(chunk_size, num_samples - done)
             lw = log_weights(model, guide, k, x, *args, **kwargs)
             log_w = (lw.local + lw.global_.unsqueeze(-1)).double()  # (k, B), float64 sums
+            del lw  # its traces hold the chunk's decoder output: free it before the next chunk
             c_w = torch.logsumexp(log_w, 0)  # (B,)
             c_2w = torch.logsumexp(2.0 * log_w, 0)
             lse_w = c_w if lse_w is None else torch.logaddexp(lse_w, c_w)
@@ -257,7 +258,8 @@ def estimate_marginal(
     log_px, elbo, ess, k_hat, curve = [], [], [], [], []
     log_K = math.log(num_samples)
     bar = tqdm(
-        total=data.shape[0], desc=f"IS K={num_samples}", unit="pt", disable=not progress, leave=False
+        total=data.shape[0], desc=f"IS K={num_samples}", unit="pt", disable=not progress,
+        leave=False,
     )
     for start in range(0, data.shape[0], batch_size):
         x = data[start : start + batch_size]
@@ -301,7 +303,7 @@ def save_convergence_plot(est: MarginalEstimate, path, title: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     curve = est.curve()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(list(curve), list(curve.values()), "o-", ms=3, label="IS: mean log p̂(x), first K draws")
+    ax.plot(list(curve), list(curve.values()), "o-", ms=3, label="mean log p̂(x), first K draws")
     ax.axhline(float(est.elbo.double().mean()), ls="--", c="gray", label="ELBO")
     if est.exact_log_px is not None:
         ax.axhline(float(est.exact_log_px.mean()), c="k", lw=1, label="exact log p(x)")

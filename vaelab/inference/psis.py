@@ -18,6 +18,10 @@ weights; the exceedances over the :math:`(M+1)`-th largest are fitted by the Zha
 do, for every column of a ``(K, B)`` tensor at once (Pyro's take one weight vector for the whole
 batch, i.e. a joint, not per-point, diagnostic).
 
+.. note:: k̂ describes a continuous tail. With a small discrete latent space the weights take at
+   most as many distinct values as there are states, and k̂ is not meaningful; the exact
+   enumeration (:mod:`vaelab.inference.exact`) is the reference there.
+
 References:
   1. A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry. *Pareto Smoothed Importance
      Sampling*. JMLR 2024 (arXiv:1507.02646).

@@ -239,8 +239,10 @@ class CategoricalLatent(Latent):
 
     def configure(self, mode: str, kl: str = "relaxed") -> None:
         """Called by the guide family's builder: how samples reach the decoder, which KL."""
-        if mode not in ("soft", "straight_through", "one_hot") or kl not in ("relaxed", "categorical"):
-            raise ValueError(f"unknown mode {mode!r} or kl {kl!r}")
+        if mode not in ("soft", "straight_through", "one_hot"):
+            raise ValueError(f"unknown mode {mode!r}")
+        if kl not in ("relaxed", "categorical"):
+            raise ValueError(f"unknown kl {kl!r}")
         self.mode, self.kl = mode, kl
 
     def decoder_input(self, z: Tensor) -> Tensor:
@@ -306,7 +308,8 @@ class CategoricalPrior(Prior):
       ratio of Maddison et al. (2017);
     * relaxed latents, ``kl = "categorical"``: the same distribution *masked out*
       (``.mask(False)``): the KL between the unrelaxed categoricals is added by the guide
-      (:meth:`vaelab.guide.relaxed.RelaxedPosterior.guide_terms`), the Jang et al. (2017) convention.
+      (:meth:`vaelab.guide.relaxed.RelaxedPosterior.guide_terms`): the Jang et al. (2017)
+      convention.
 
     :param latent: the :class:`CategoricalLatent`.
     """

@@ -22,7 +22,7 @@ name                          size       log_prob    per pixel
 ============================  =========  ==========  ===========================================
 ``bernoulli``                 D          mass        Bernoulli(σ(ℓ)), x ∈ {0, 1}
 ``continuous_bernoulli``      D          density     CB(σ(ℓ)) on [0, 1] (Loaiza-Ganem 2019 [1])
-``normal``                    D          density     N(μ, σ²), σ fixed / learned per pixel / shared
+``normal``                    D          density     N(μ, σ²), σ fixed / learned (pixel, shared)
 ``laplace``                   D          density     Laplace(μ, b), b as for ``normal``
 ``beta``                      2D         density     Beta(α, β), x clamped to [ε, 1 − ε]
 ``discretized_logistic``      2D         mass        logistic binned on k/255 (PixelCNN++ [2])
@@ -142,7 +142,8 @@ LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
 
 
 class BernoulliLikelihood(Likelihood):
-    r""":math:`x_d \sim \mathrm{Bernoulli}(\sigma(\ell_d))`, ℓ the decoder's logits (binary data)."""
+    r""":math:`x_d \sim \mathrm{Bernoulli}(\sigma(\ell_d))`, ℓ the decoder's logits (binary
+    data)."""
 
     discrete = True
     requires_binary = True

@@ -120,7 +120,8 @@ class StudentTPrior(Prior):
 
     def forward(self, temperature=None):
         zero = self._zeros()
-        return dist.StudentT(torch.full_like(zero, self.df), zero, torch.ones_like(zero)).to_event(1)
+        df = torch.full_like(zero, self.df)
+        return dist.StudentT(df, zero, torch.ones_like(zero)).to_event(1)
 
 
 class MixtureOfGaussiansPrior(Prior):
@@ -133,7 +134,8 @@ class MixtureOfGaussiansPrior(Prior):
         self.raw_scales = nn.Parameter(torch.full((components, latent_dim), math.log(math.e - 1.0)))
 
     def forward(self, temperature=None):
-        comp = dist.Normal(self.locs, softplus(self.raw_scales)).to_event(1)  # batch (K,), event (d,)
+        # batch (K,), event (d,)
+        comp = dist.Normal(self.locs, softplus(self.raw_scales)).to_event(1)
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp)
 
 

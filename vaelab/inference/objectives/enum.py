@@ -63,8 +63,8 @@ def build_enum(cfg, vae) -> EnumELBO:
     N, K = latent.num_variables, latent.num_classes
     if latent.num_states > MAX_ENUM_STATES:
         raise ConfigError(
-            f"objective.name = 'enum': model.latent has K^N = {K}^{N} = {float(latent.num_states):.3g}"
-            f" joint states (N = {N}, K = {K}); exact enumeration runs the decoder once per state "
+            f"objective.name = 'enum': model.latent has K^N = {K}^{N} = "
+            f"{float(latent.num_states):.3g} joint states (N = {N}, K = {K}); exact enumeration runs the decoder once per state "
             f"per data point and is allowed up to {MAX_ENUM_STATES} states. Use objective.name = "
             "'graph' (REINFORCE with a baseline) or guide.family = 'relaxed' (Gumbel-softmax), "
             "or a smaller latent (fewer variables / classes)"

@@ -79,7 +79,8 @@ class BaselineTraceGraphELBO(TraceGraph_ELBO):
             ):
                 return {}
             # the logits are detached by Pyro before they reach the baseline network
-            return {"baseline": {"nn_baseline": baseline, "nn_baseline_input": _logits_of(msg["fn"])}}
+            logits = _logits_of(msg["fn"])  # (B, N, K)
+            return {"baseline": {"nn_baseline": baseline, "nn_baseline_input": logits}}
 
         return poutine.infer_config(guide, config)
 
