@@ -1,5 +1,5 @@
 """One place for global state: every test starts with an empty param store, Pyro validation on,
-and the same seeds."""
+the same seeds and one torch thread."""
 
 import os
 
@@ -12,12 +12,16 @@ os.environ.setdefault("VAELAB_OFFLINE", "1")  # tests never download
 
 @pytest.fixture(autouse=True)
 def _reset_pyro_state():
+    # small tensors: one thread is faster, and immune to a busy machine's oversubscription
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     pyro.clear_param_store()
     pyro.enable_validation(True)
     pyro.set_rng_seed(0)
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
     pyro.clear_param_store()
 
 

@@ -17,15 +17,6 @@ from vaelab.inference.bdmc import bdmc, simulate
 SIGMA = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is ~20x faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def ppca():
     vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)

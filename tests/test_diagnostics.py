@@ -23,15 +23,6 @@ from vaelab.registry import ConfigError
 SIGMA = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def ppca():
     vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)

@@ -32,15 +32,6 @@ SIGMA = 0.5
 LOG_2PI = math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def ppca():
     """PPCA (D=6, d=2) with a guide shifted by 0.3 and 1.5x too wide; 10 data points."""

@@ -59,6 +59,21 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     return path
 
 
+def _flatten(metrics: dict, prefix: str = "") -> dict:
+    """``{"ess": {"median": 3.0}}`` → ``{"ess.median": 3.0}``; lists (curves) are left out."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, (list, tuple)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
 def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
     """Write ``run.dir/report.md`` and its PNGs; returns the report's path."""
     out = Path(run.dir)
@@ -91,7 +106,7 @@ def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
     ]
     if metrics:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in _flatten(metrics).items()]
         lines.append("")
     lines += [
         "![training curves](curves.png)",
