@@ -39,7 +39,8 @@ class PlainVAE(nn.Module):
         z = z_loc + z_scale * torch.randn_like(z_loc)
         log_q = torch.distributions.Normal(z_loc, z_scale).log_prob(z).sum(-1)
         log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-        log_px = -F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+        logits = self.dec(z)  # (B, D); the fused Bernoulli log-likelihood vaelab also uses
+        log_px = (logits * x).sum(-1) - F.softplus(logits).sum(-1)
         return -(log_px + log_pz - log_q).sum()
 
 

@@ -217,6 +217,44 @@ def test_vamp_prior_shares_the_encoder():
     assert torch.allclose(other.generative.prior().log_prob(z), prior().log_prob(z))
 
 
+def test_diagonal_normal_mixture_matches_mixture_same_family():
+    """The matrix-product mixture (used by ``mog`` and ``vamp``) against torch's
+    MixtureSameFamily: log_prob and gradients to 1e-9 in float64 with scales down to 1e-3, to
+    1e-5 relative in float32; shapes under plates; 200k-draw sample mean and variance within 5
+    standard errors of the closed form."""
+    from vaelab.model.priors import DiagonalNormalMixture
+
+    g = torch.Generator().manual_seed(0)
+    K, d = 7, 3
+    logits = torch.randn(K, generator=g, dtype=torch.float64, requires_grad=True)
+    locs = (2 * torch.randn(K, d, generator=g, dtype=torch.float64)).requires_grad_()
+    scales = (torch.rand(K, d, generator=g, dtype=torch.float64) + 1e-3).requires_grad_()
+    z = 2 * torch.randn(5, 4, d, generator=g, dtype=torch.float64)
+    z[0, 0] = locs[0].detach()  # at a narrow component's mode
+
+    def reference():
+        comp = dist.Normal(locs, scales).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), comp)
+
+    fast = DiagonalNormalMixture(logits, locs, scales)
+    assert fast.batch_shape == () and fast.event_shape == (d,)
+    a, b = fast.log_prob(z), reference().log_prob(z)
+    assert a.shape == (5, 4) and torch.allclose(a, b, atol=1e-9, rtol=0)
+    ga = torch.autograd.grad(a.sum(), (logits, locs, scales))
+    gb = torch.autograd.grad(b.sum(), (logits, locs, scales))
+    assert all(torch.allclose(x, y, atol=1e-9, rtol=1e-9) for x, y in zip(ga, gb))
+    f32 = DiagonalNormalMixture(logits.float(), locs.float(), scales.float())
+    assert torch.allclose(f32.log_prob(z.float()).double(), b, rtol=1e-5, atol=1e-4)
+    assert fast.expand((5, 4)).log_prob(z[0, 0]).shape == (5, 4)
+    with pyro.plate("particles", 6, dim=-2), pyro.plate("data", 4, dim=-1):
+        sample = pyro.sample("z", fast)
+    assert sample.shape == (6, 4, d)
+    draws = fast.sample((200_000,))  # (N, d)
+    se_mean = (fast.variance / 200_000).sqrt()
+    assert bool(((draws.mean(0) - fast.mean).abs() <= 5 * se_mean).all())
+    assert torch.allclose(draws.var(0), fast.variance, rtol=0.05)
+
+
 # --------------------------------------------------------------------------------------------
 # KL: which pairs are analytic, and Monte Carlo = analytic where both exist
 
