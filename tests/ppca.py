@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import pyro.distributions as dist
 import torch
 from torch.nn.functional import softplus
 
@@ -84,3 +85,19 @@ def sample_ppca(n, W, b, sigma, seed=1):
 
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+class TableNormal(dist.Normal):
+    """A normal whose rsample reads standard-normal noise from a shared table, in order, so that
+    chunked and unchunked runs see the same draws. Set ``TableNormal.table`` ``(K, B, d)`` and
+    reset ``TableNormal.pos = 0`` before each run."""
+
+    table: torch.Tensor = None
+    pos = 0
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        k = shape[0]
+        eps = TableNormal.table[TableNormal.pos : TableNormal.pos + k]
+        TableNormal.pos += k
+        return self.loc + self.scale * eps.expand(shape)

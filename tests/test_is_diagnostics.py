@@ -13,7 +13,7 @@ import pytest
 import torch
 from pyro.ops.stats import fit_generalized_pareto
 
-from ppca import exact_log_px, make_ppca, sample_ppca, set_exact_posterior
+from ppca import TableNormal, exact_log_px, make_ppca, sample_ppca, set_exact_posterior
 from vaelab.inference.exact import exact_log_likelihood, linear_gaussian_log_likelihood
 from vaelab.inference.importance import log_weights
 from vaelab.inference.marginal import (
@@ -253,34 +253,21 @@ def test_convergence_plot_is_written(ppca, tmp_path):
     assert png.stat().st_size > 1000
 
 
-class _TableNormal(dist.Normal):
-    """Reads standard-normal noise from a table in order: chunking does not change the draws."""
-
-    table: torch.Tensor = None
-    pos = 0
-
-    def rsample(self, sample_shape=torch.Size()):
-        shape = self._extended_shape(sample_shape)
-        eps = _TableNormal.table[_TableNormal.pos : _TableNormal.pos + shape[0]]
-        _TableNormal.pos += shape[0]
-        return self.loc + self.scale * eps.expand(shape)
-
-
 def test_diagnostics_and_curve_do_not_depend_on_the_chunk_size(ppca):
     """Same draws, chunks of 300, 7 and 64 particles: identical k̂, ESS and curve (1e-10)."""
     vae, W, b, x, truth = ppca
     set_exact_posterior(vae, W, b, SIGMA, loc_shift=0.4, scale_factor=0.7)
     K = 300
-    _TableNormal.table = torch.randn(K, x.shape[0], 2, dtype=torch.float64)
+    TableNormal.table = torch.randn(K, x.shape[0], 2, dtype=torch.float64)
 
     def guide(x, *args):
         loc, scale = vae.inference.posterior.loc_scale(vae.inference.encoder(x))
         with pyro.plate("data", x.shape[0], dim=-1):
-            pyro.sample("z", _TableNormal(loc, scale).to_event(1))
+            pyro.sample("z", TableNormal(loc, scale).to_event(1))
 
     runs = []
     for chunk in (K, 7, 64):
-        _TableNormal.pos = 0
+        TableNormal.pos = 0
         runs.append(estimate_marginal(vae.model, guide, x, K, batch_size=20, chunk_size=chunk,
                                       curve_ks=[1, 5, 50, 300]))
     for r in runs[1:]:

@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from ppca import exact_log_px, make_ppca, sample_ppca, set_exact_posterior
+from ppca import TableNormal, exact_log_px, make_ppca, sample_ppca, set_exact_posterior
 from vaelab.inference.importance import log_weights
 from vaelab.inference.marginal import estimate_marginal, importance_sample_batch
 
@@ -56,36 +56,21 @@ def test_is_improves_on_the_elbo_and_error_shrinks_with_K(ppca):
     assert errs[1] < errs[0] / 5, errs
 
 
-class _TableNormal(dist.Normal):
-    """A normal whose rsample reads standard-normal noise from a shared table, in order, so
-    chunked and unchunked runs see the same draws."""
-
-    table: torch.Tensor = None
-    pos = 0
-
-    def rsample(self, sample_shape=torch.Size()):
-        shape = self._extended_shape(sample_shape)
-        k = shape[0]
-        eps = _TableNormal.table[_TableNormal.pos : _TableNormal.pos + k]
-        _TableNormal.pos += k
-        return self.loc + self.scale * eps.expand(shape)
-
-
 def test_chunked_equals_unchunked_with_the_same_draws(ppca):
     vae, W, b, x, truth = ppca
     set_exact_posterior(vae, W, b, SIGMA, loc_shift=0.4, scale_factor=2.0)
     K = 300
-    _TableNormal.table = torch.randn(K, x.shape[0], 2, dtype=torch.float64)
+    TableNormal.table = torch.randn(K, x.shape[0], 2, dtype=torch.float64)
 
     def guide(x, *args):
         pyro.module("encoder", vae.inference.encoder)
         loc, scale = vae.inference.posterior.loc_scale(vae.inference.encoder(x))
         with pyro.plate("data", x.shape[0], dim=-1):
-            pyro.sample("z", _TableNormal(loc, scale).to_event(1))
+            pyro.sample("z", TableNormal(loc, scale).to_event(1))
 
     results = []
     for chunk in (K, 7, 64):
-        _TableNormal.pos = 0
+        TableNormal.pos = 0
         results.append(importance_sample_batch(vae.model, guide, x, K, chunk, keep_log_w=True))
     ref = results[0]
     ref_lse = torch.logsumexp(ref["log_w"], 0)
