@@ -95,6 +95,8 @@ def parse_args(argv):
     p.add_argument("--elbo-draws", type=int, default=10, help="draws per point of the test ELBO")
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--table-only", action="store_true",
+                   help="rewrite <prefix>.md from <prefix>.json in --out (no training, no scoring)")
     return p.parse_args(argv)
 
 
@@ -281,10 +283,11 @@ def write_table(
         "",
         "| run | test −ELBO (all) | "
         + ("exact −log p(x) (all) | " if has_exact else "")
-        + "−ELBO (IS points) | −log p̂(x), IS | s / epoch | classes used / K | "
+        + "−ELBO (IS points) | −log p̂(x), IS | training loss (last epoch) | s / epoch | "
+        "classes used / K | "
         "aggregate perplexity | posterior perplexity | final τ |"
         + (" Jang et al. −ELBO (recalled) |" if jang else ""),
-        "|---|---:|" + ("---:|" if has_exact else "") + "---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|" + ("---:|" if has_exact else "") + "---:|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|" if jang else ""),
     ]
     for r in rows:
@@ -297,7 +300,7 @@ def write_table(
             f"| {r['label']} | {-r['test_elbo']:.2f} ± {r['test_elbo_stderr']:.2f} | "
             + (f"{_f(None if ex is None else -ex)} | " if has_exact else "")
             + f"{-r['is_elbo']:.2f} | {-r['is_log_px']:.2f} ± {r['is_log_px_stderr']:.2f} | "
-            f"{r['epoch_time']:.1f} | {usage} | {_f(r.get('aggregate_perplexity_mean'))} | "
+            f"{r['final_train_loss']:.2f} | {r['epoch_time']:.1f} | {usage} | {_f(r.get('aggregate_perplexity_mean'))} | "
             f"{_f(r.get('posterior_perplexity_mean'))} | {_f(r['final_temperature'], 3)} |"
             + (f" {JANG.get(r['name'], '—')} |" if jang else "")
         )
@@ -309,7 +312,10 @@ def write_table(
         "test set: *classes used* = classes that are the argmax of q(z_n|x) for at least one "
         "image (mean over the N variables); *aggregate perplexity* = exp H of the average "
         "posterior (effective number of classes the data use); *posterior perplexity* = mean "
-        "exp H(q(z_n|x)) (1 = a deterministic code, K = the prior).",
+        "exp H(q(z_n|x)) (1 = a deterministic code, K = the prior). *Training loss* = the "
+        "training objective averaged over the last epoch (nats per image): the negative of the "
+        "relaxed-model ELBO, of the Jang surrogate, or of the discrete ELBO, so it is comparable "
+        "with the test −ELBO only for REINFORCE, enumeration and the Gaussian.",
         "",
         "What each training objective bounds (the table scores all of them as the discrete "
         "model): relaxed KL — a true ELBO of the *relaxed* model (decoder fed simplex points); "
@@ -340,11 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     from vaelab.data import load_dataset
 
     prefix, runs_name, variants, _, _ = SUITES[args.suite]
+    out = Path(args.out)
+    if args.table_only:
+        rows = json.loads((out / f"{prefix}.json").read_text())
+        figures = sorted(p.name for p in out.glob(f"{prefix}_*.png")
+                         if prefix != "latents" or not p.name.startswith("latents_small"))
+        argv_ = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--table-only"]
+        command = " ".join(["python experiments/compare_latents.py", *argv_])
+        runs_dir = Path(args.runs) if args.runs else HERE.parent / "runs" / runs_name
+        print(write_table(rows, figures, args, out, command, runs_dir))
+        return 0
     if args.smoke:
         variants = ["gaussian", "enum", "gumbel_relaxed", "gumbel_categorical",
                     "straight_through", "reinforce"]
     variants = args.variants or variants
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(args.runs) if args.runs else (
         out / "runs" if args.smoke else HERE.parent / "runs" / runs_name

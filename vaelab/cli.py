@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["train", "valid", "test"], default=None)
     p.add_argument("--num-samples", "-K", type=int, default=None, help="importance samples K")
-    p.add_argument("--limit", type=int, default=None, help="first N points of the split")
+    p.add_argument("--limit", type=int, default=None, help="N points spread evenly over the split")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-memory", type=float, default=None, help="particle-chunk budget, MiB")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")

@@ -36,13 +36,19 @@ def resolve_components(cfg: RunConfig) -> RunConfig:
 
     m, g = cfg.model, cfg.guide
     latent = LATENTS.parse(m.latent, "model.latent")
-    prior = PRIORS.parse(m.prior, "model.prior")
+    latent_obj = LATENTS.build(latent, m.latent_dim)
+    prior_spec = m.prior
+    if "prior" not in m.model_fields_set and latent_obj.priors:
+        prior_spec = latent_obj.priors[0]  # the latent type's default prior
+    family_spec = g.family
+    if "family" not in g.model_fields_set and latent_obj.families:
+        family_spec = latent_obj.families[0]
+    prior = PRIORS.parse(prior_spec, "model.prior")
     likelihood = LIKELIHOODS.parse(m.likelihood, "model.likelihood")
-    family = FAMILIES.parse(g.family, "guide.family")
+    family = FAMILIES.parse(family_spec, "guide.family")
     DATASETS.entry(cfg.data.name, key="data.name")
     OBJECTIVES.entry(cfg.objective.name, key="objective.name")
 
-    latent_obj = LATENTS.build(latent, m.latent_dim)
     if prior.name not in latent_obj.priors:
         raise ConfigError(
             f"model.prior: {prior.name!r} does not fit latent type {latent.name!r}"

@@ -26,8 +26,13 @@ class Run:
     epoch: int
 
     def split(self, name: str, limit: int | None = None) -> torch.Tensor:
+        """A split, or ``limit`` of its points spread evenly over it (not the first ones: the
+        binarized MNIST test file is sorted by digit, so its first images are all zeros)."""
         x = getattr(self.data, name)
-        return x[:limit] if limit else x
+        if not limit or limit >= x.shape[0]:
+            return x
+        idx = torch.linspace(0, x.shape[0] - 1, limit).round().long()  # (limit,)
+        return x[idx]
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", data=None) -> Run:
