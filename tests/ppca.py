@@ -85,6 +85,8 @@ def sample_ppca(n, W, b, sigma, seed=1):
 
 
 LOG_2PI = math.log(2 * math.pi)
+#: noise scale of the shared ``ppca`` fixture (tests/conftest.py)
+SIGMA = 0.5
 
 
 class TableNormal(dist.Normal):

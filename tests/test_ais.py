@@ -17,13 +17,6 @@ from vaelab.inference.bdmc import bdmc, simulate
 SIGMA = 0.5
 
 
-@pytest.fixture
-def ppca():
-    vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)
-    x = sample_ppca(20, W, b, SIGMA, seed=1)
-    return vae, W, b, x, exact_log_px(x, W, b, SIGMA)
-
-
 @pytest.mark.parametrize("kind", ["sigmoid", "linear"])
 def test_beta_schedule_runs_from_0_to_1(kind):
     betas = beta_schedule(50, kind)

@@ -29,13 +29,6 @@ from vaelab.registry import ConfigError
 SIGMA = 0.5
 
 
-@pytest.fixture
-def ppca():
-    vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)
-    x = sample_ppca(20, W, b, SIGMA, seed=1)
-    return vae, W, b, x, exact_log_px(x, W, b, SIGMA)
-
-
 # --- Pareto k̂ -----------------------------------------------------------------------------
 
 

@@ -12,13 +12,6 @@ from vaelab.inference.marginal import estimate_marginal, importance_sample_batch
 SIGMA = 0.5
 
 
-@pytest.fixture
-def ppca():
-    vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)
-    x = sample_ppca(20, W, b, SIGMA, seed=1)
-    return vae, W, b, x, exact_log_px(x, W, b, SIGMA)
-
-
 def test_exact_posterior_gives_constant_weights(ppca):
     """At q = p(z|x) every weight equals p(x): ELBO = IS = log p(x) to float64 precision."""
     vae, W, b, x, truth = ppca
