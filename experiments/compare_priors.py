@@ -2,8 +2,9 @@ r"""Standard normal vs mixture of Gaussians vs VampPrior on statically binarized
 
 One architecture and one budget for every prior (``experiments/configs/priors_mnist.toml``:
 784-300-300-40, Bernoulli likelihood, Trace_ELBO, Adam 1e-3, batch 100); only ``model.prior``
-changes. Each run keeps its best-validation-ELBO checkpoint, which is scored on the first
-``--test-limit`` test images by importance sampling (K = ``--num-samples``, Burda et al. 2016):
+changes. Each run keeps its best-validation-ELBO checkpoint, which is scored on
+``--test-limit`` test images spread evenly over the test split (:meth:`vaelab.run.Run.split`; the
+binarized MNIST test file is sorted by digit) by importance sampling (K = ``--num-samples``, Burda et al. 2016):
 the test ELBO (mean of the K log-weights) and log p̂(x). Writes ``priors.md`` (table + budget +
 command), ``priors.json`` and one PNG of prior samples per prior into ``--out``.
 
@@ -57,7 +58,7 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int, default=None, help="default: the config's")
     p.add_argument("--num-samples", "-K", type=int, default=None, help="IS samples (default 5000)")
     p.add_argument("--test-limit", type=int, default=None,
-                   help="first N test images (default 1000)")
+                   help="N test images spread over the split (default 1000)")
     p.add_argument("--reuse", action="store_true",
                    help="evaluate finished runs instead of retraining")
     p.add_argument("--table-only", action="store_true",
@@ -138,8 +139,8 @@ def write_table(rows: list[dict], args, out: Path, argv) -> Path:
         + " components.",
         "",
         f"**Budget**: {r0['epochs']} epochs ({r0['steps']} steps) per prior; checkpoint with the "
-        f"best ELBO on {r0['valid_limit']} validation images; test metrics on the first "
-        f"{r0['n_test']} test images "
+        f"best ELBO on {r0['valid_limit']} validation images; test metrics on "
+        f"{r0['n_test']} test images spread evenly over the test split "
         f"with K = {r0['K']} importance samples per image (nats per image, ± standard error "
         "across images; MC s.e. is the mean delta-method Monte Carlo error of one log p̂).",
         "",
