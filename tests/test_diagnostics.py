@@ -24,7 +24,8 @@ SIGMA = 0.5
 
 
 @pytest.fixture
-def ppca():
+def ppca10():
+    """PPCA (D=6, d=2) with its guide at the exact posterior; 10 data points."""
     vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)
     x = sample_ppca(10, W, b, SIGMA, seed=1)
     return vae, W, b, x
@@ -62,11 +63,11 @@ def test_parse_objective_spec():
             parse_objective_spec(bad)
 
 
-def test_at_the_exact_posterior_bounds_are_exact_and_dreg_stl_encoder_variance_is_zero(ppca):
+def test_at_the_exact_posterior_bounds_are_exact_and_dreg_stl_encoder_variance_is_zero(ppca10):
     """q = p(z|x): every draw of every bound is log p(x) (sd 0, mean within 1e-9), the DReG and
     STL encoder gradients are zero with zero variance (round-off: < 1e-20), IWAE's and trace's
     are not (20 draws each)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = ppca10
     truth = float(exact_log_px(x, W, b, SIGMA).mean())
     results = diagnose(vae, x, ["trace", "stl", "iwae:5", "iwae_dreg:5"], draws=20)
     by = {r.label: r for r in results}
@@ -85,13 +86,13 @@ def test_at_the_exact_posterior_bounds_are_exact_and_dreg_stl_encoder_variance_i
     assert table.count("\n| ") == 4 and "encoder snr" in table and "20 gradient draws" in table
 
 
-def test_snr_scaling_iwae_falls_dreg_does_not(ppca):
+def test_snr_scaling_iwae_falls_dreg_does_not(ppca10):
     """Guide shifted by 0.3 and 1.5x too wide, 200 gradient draws each, same seed. Rainforth et
     al. (2018): the IWAE encoder SNR falls like 1/√K — here it drops below half from K=1 to
     K=100 (measured 0.58 → 0.08); DReG's does not fall (0.99 → 3.1) and its encoder variance
     is below 1/100 of IWAE's at K=100. The decoder SNR rises with K for both, identically (same
     decoder estimator, same draws)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = ppca10
     set_exact_posterior(vae, W, b, SIGMA, loc_shift=0.3, scale_factor=1.5)
     r = {d.label: d for d in diagnose(
         vae, x, ["iwae:1", "iwae:100", "iwae_dreg:1", "iwae_dreg:100"], draws=200)}
@@ -109,9 +110,9 @@ def test_snr_scaling_iwae_falls_dreg_does_not(ppca):
     assert r["iwae:100"].bound_mean > r["iwae:1"].bound_mean
 
 
-def test_memory_grows_with_the_number_of_particles(ppca):
+def test_memory_grows_with_the_number_of_particles(ppca10):
     """The activations saved for backward grow with K (CPU: saved-tensor bytes)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = ppca10
     m = [r.memory_mb for r in diagnose(vae, x, ["iwae:1", "iwae:10", "iwae:100"], draws=2)]
     assert 0 < m[0] < m[1] < m[2]
     assert m[2] > 5 * m[1]

@@ -33,7 +33,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 @pytest.fixture
-def ppca():
+def shifted_ppca():
     """PPCA (D=6, d=2) with a guide shifted by 0.3 and 1.5x too wide; 10 data points."""
     vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)
     x = sample_ppca(10, W, b, SIGMA, seed=1)
@@ -124,12 +124,12 @@ def test_every_objective_is_registered():
 # bounds against the closed form
 
 
-def test_elbo_le_iwae_k_le_log_px_and_increasing_in_k(ppca):
+def test_elbo_le_iwae_k_le_log_px_and_increasing_in_k(shifted_ppca):
     """ELBO ≤ IWAE_1 ≤ IWAE_2 ≤ IWAE_5 ≤ IWAE_20 ≤ IWAE_100 ≤ log p(x), for each of the 10 points
     and on average. Each IWAE_K is the mean of R = 2000 independent draws per point; tolerance:
     3 standard errors of the draws (paired differences for consecutive K are not needed: each
     step up in K gains ≥ 8 se on the average here)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     truth = exact_log_px(x, W, b, SIGMA)  # (10,)
     elbo = closed_form_elbo(vae, x).detach()  # (10,)
     R = 2000
@@ -179,12 +179,12 @@ def grads_under_seed(objective, vae, x, seed=5):
     return loss, flat_grads(vae)
 
 
-def test_iwae_with_one_particle_is_the_elbo_under_one_seed(ppca):
+def test_iwae_with_one_particle_is_the_elbo_under_one_seed(shifted_ppca):
     """K = 1, same random numbers (float64, atol 1e-10): IWAE and every Rényi α give
     Trace_ELBO's value and gradient; DReG gives STL's (w̃ = 1: only the path term is left), whose
     value and decoder gradient are Trace_ELBO's and whose encoder gradient is not (the score
     term is gone)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     ref_loss, ref_grad = grads_under_seed(Trace_ELBO(), vae, x)
     for objective in (IWAE(1), RenyiBound(0.5, 1), RenyiBound(3.0, 1), STL(1), IWAEDReG(1)):
         loss, grad = grads_under_seed(objective, vae, x)
@@ -199,10 +199,10 @@ def test_iwae_with_one_particle_is_the_elbo_under_one_seed(ppca):
             assert torch.allclose(grad, ref_grad, atol=1e-10, rtol=0), type(objective).__name__
 
 
-def test_renyi_tends_to_iwae_as_alpha_tends_to_zero(ppca):
+def test_renyi_tends_to_iwae_as_alpha_tends_to_zero(shifted_ppca):
     """Same seed, K = 10: α = 0 is IWAE exactly (atol 1e-12); α = 1e-6 within 1e-4 nats and
     1e-4 (relative) in gradient; α = 1 − 1e-6 is the 10-draw mean of log w, i.e. STL's value."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     K = 10
     iwae_loss, iwae_grad = grads_under_seed(IWAE(K), vae, x)
     loss0, grad0 = grads_under_seed(RenyiBound(0.0, K), vae, x)
@@ -216,10 +216,10 @@ def test_renyi_tends_to_iwae_as_alpha_tends_to_zero(ppca):
     assert loss_one == pytest.approx(stl_loss, abs=1e-3)
 
 
-def test_dreg_has_iwae_value_and_loss_equals_loss_and_grads(ppca):
+def test_dreg_has_iwae_value_and_loss_equals_loss_and_grads(shifted_ppca):
     """Under one seed DReG's value is IWAE's (atol 1e-12), its decoder gradient is IWAE's (the
     estimators differ only for the encoder), and ``loss`` gives the value of ``loss_and_grads``."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     K = 10
     pyro.set_rng_seed(3)
     iwae_loss = IWAE(K).loss_and_grads(vae.model, vae.guide, x)
@@ -238,9 +238,9 @@ def test_dreg_has_iwae_value_and_loss_equals_loss_and_grads(ppca):
         assert a == pytest.approx(c, abs=1e-10), type(objective).__name__
 
 
-def test_differentiable_loss_matches_loss_and_grads(ppca):
+def test_differentiable_loss_matches_loss_and_grads(shifted_ppca):
     """``differentiable_loss(...).backward()`` gives the gradient of ``loss_and_grads`` (seeded)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     for objective in (IWAE(4), IWAEDReG(4), STL(2), RenyiBound(0.5, 4)):
         _, g_ref = grads_under_seed(objective, vae, x)
         pyro.set_rng_seed(5)
@@ -252,11 +252,11 @@ def test_differentiable_loss_matches_loss_and_grads(ppca):
 # gradients in expectation
 
 
-def test_elbo_estimators_are_unbiased_for_the_closed_form_gradient(ppca):
+def test_elbo_estimators_are_unbiased_for_the_closed_form_gradient(shifted_ppca):
     """trace, mean_field and stl: mean gradient over 20 calls × 200 draws = 4000 draws equals the
     autograd gradient of the closed-form ELBO, every coordinate within 5 standard errors (46
     coordinates: encoder 28, decoder 18), and the mean loss the closed-form −ELBO within 4 se."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     ref_value = -float(closed_form_elbo(vae, x).sum().detach())
     ref_grad, ref_se = reference_grad(lambda: -closed_form_elbo(vae, x).sum(), vae)
     for objective in (Trace_ELBO(), MeanFieldELBO(), STL(1)):
@@ -267,11 +267,11 @@ def test_elbo_estimators_are_unbiased_for_the_closed_form_gradient(ppca):
         assert float((g - ref_grad).norm() / ref_grad.norm()) < 0.05
 
 
-def test_beta_weights_the_kl(ppca):
+def test_beta_weights_the_kl(shifted_ppca):
     """β = 0.5 passed to model and guide (as the loop does): trace, mean_field and stl estimate
     E_q log p(x|z) − β KL and its gradient (20 calls × 200 draws; value within 4 se, gradient
     coordinates within 5 se of the closed form's autograd gradient)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     beta = 0.5
     ref_value = -float(closed_form_elbo(vae, x, beta).sum().detach())
     ref_grad, ref_se = reference_grad(lambda: -closed_form_elbo(vae, x, beta).sum(), vae)
@@ -283,12 +283,12 @@ def test_beta_weights_the_kl(ppca):
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_iw_estimators_are_unbiased_for_the_bound_gradient(ppca, alpha):
+def test_iw_estimators_are_unbiased_for_the_bound_gradient(shifted_ppca, alpha):
     """K = 5: the mean gradient of ``iwae``/``iwae_dreg`` (α = 0) or ``renyi`` (α = 0.5) over
     20 calls × 200 draws equals a hand-written torch estimate of the bound's gradient (10 calls
     × 2000 draws), every coordinate within 5 joint standard errors, and within 5% in norm; DReG
     agrees with the same reference though its encoder estimator is a different one."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     K = 5
     ref, ref_se = reference_grad(lambda: -torch_bound(vae, x, K, 2000, alpha), vae, calls=10)
     objectives = [IWAE(K), IWAEDReG(K)] if alpha == 0.0 else [RenyiBound(alpha, K)]
@@ -317,11 +317,11 @@ def test_dreg_and_stl_encoder_gradients_vanish_at_the_exact_posterior():
             assert float(g.std(0).max()) > 1e-3, type(objective).__name__
 
 
-def test_mean_field_and_trace_agree_in_expectation(ppca):
+def test_mean_field_and_trace_agree_in_expectation(shifted_ppca):
     """Analytic KL (mean_field) vs Monte Carlo KL (trace) on PPCA, 20 calls × 200 draws each:
     values within 4 joint standard errors, gradients coordinatewise within 5 joint standard
     errors (separate tolerances)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     g_t, se_t, v_t, vse_t = mean_loss_grad(Trace_ELBO(), vae, x, calls=20, reps=200)
     g_m, se_m, v_m, vse_m = mean_loss_grad(MeanFieldELBO(), vae, x, calls=20, reps=200)
     assert abs(v_t - v_m) <= 4 * (vse_t**2 + vse_m**2) ** 0.5
@@ -340,10 +340,10 @@ def test_mean_field_falls_back_to_trace_when_no_kl_is_registered():
     assert torch.allclose(g_m, g_t, atol=1e-10, rtol=0)
 
 
-def test_mean_field_jit_caches_its_compiled_loss(ppca):
+def test_mean_field_jit_caches_its_compiled_loss(shifted_ppca):
     """The fixed JIT objective compiles once per argument count (β = 1 is dropped, β ≠ 1 becomes
     a tensor) and then gives the non-JIT value and gradient under the same seed (atol 1e-8)."""
-    vae, W, b, x = ppca
+    vae, W, b, x = shifted_ppca
     jit = CachedJitTraceMeanField_ELBO(max_plate_nesting=1, ignore_jit_warnings=True)
     plain = MeanFieldELBO(max_plate_nesting=1)
     for beta in (1.0, 0.5):  # compile
