@@ -52,7 +52,7 @@ from torch.distributions import constraints
 from tqdm.auto import tqdm
 
 from vaelab.inference.importance import DATA_PLATE
-from vaelab.inference.marginal import MarginalEstimate
+from vaelab.inference.marginal import MarginalEstimate, data_batches
 
 __all__ = [
     "AISResult",
@@ -376,12 +376,7 @@ def estimate_marginal_ais(
         total=data.shape[0] * steps, desc=f"AIS T={steps} C={num_chains}", unit="pt·step",
         disable=not progress, leave=False, unit_scale=True,
     )
-    for start in range(0, data.shape[0], batch_size):
-        x = data[start : start + batch_size]
-        if device is not None:
-            x = x.to(device)
-        if transform is not None:
-            x = transform(x)
+    for x in data_batches(data, batch_size, device, transform):
         B = x.shape[0]
         r = ais(
             model, guide, x, num_steps=num_steps, num_chains=num_chains,

@@ -211,6 +211,20 @@ def _prefix_log_px(log_w: torch.Tensor, ks: list[int]) -> torch.Tensor:
     return lse - torch.tensor(ks, dtype=torch.float64, device=log_w.device).log().unsqueeze(-1)
 
 
+def data_batches(
+    data: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
+    """Consecutive batches of ``data (N, D)``, moved to ``device`` and transformed (in order)."""
+    for start in range(0, data.shape[0], batch_size):
+        x = data[start : start + batch_size]
+        if device is not None:
+            x = x.to(device)
+        yield transform(x) if transform is not None else x
+
+
 def estimate_marginal(
     model: Callable,
     guide: Callable,
@@ -261,12 +275,7 @@ def estimate_marginal(
         total=data.shape[0], desc=f"IS K={num_samples}", unit="pt", disable=not progress,
         leave=False,
     )
-    for start in range(0, data.shape[0], batch_size):
-        x = data[start : start + batch_size]
-        if device is not None:
-            x = x.to(device)
-        if transform is not None:
-            x = transform(x)
+    for x in data_batches(data, batch_size, device, transform):
         r = importance_sample_batch(model, guide, x, num_samples, chunk_size, keep_log_w=keep)
         log_px.append((r["lse_w"] - log_K).double().cpu())
         elbo.append((r["sum_log_w"] / num_samples).cpu())
