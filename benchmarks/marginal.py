@@ -17,9 +17,11 @@ binarized-MNIST test images (random binary images if the data set is not found).
     estimate minus its resident set (``VmRSS``) just before it, for several budgets.
 
 Rounds alternate between variants (paired, so machine noise hits both alike); the table gives
-medians over rounds and ratios measured in the same run.
+medians over rounds and ratios measured in the same run. The points are spread evenly over the
+test split (:func:`vaelab.data.subsets.spread_indices`).
 
     python benchmarks/marginal.py [--rounds 3] [--threads N] [--num-samples 5000] [--points 128]
+    python benchmarks/marginal.py --smoke   # a 64-32-4 VAE on random data, K = 100: seconds
 """
 
 from __future__ import annotations
@@ -34,40 +36,55 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import pyro
 import torch
 from torch.distributions import Normal
 from torch.nn import functional as F
 
-from vaelab.config import load_config
+from vaelab.data.subsets import spread_indices
 from vaelab.inference.marginal import chunk_size_for, estimate_marginal
+from vaelab.resolve import load_config
 from vaelab.run import bytes_per_particle
 from vaelab.vae import build_vae
 
-D, H, Z = 784, 400, 20
+
+class Sizes(NamedTuple):
+    D: int  #: data width
+    H: int  #: hidden width
+    Z: int  #: latent width
 
 
-def make_vae(seed: int = 0):
+FULL = Sizes(784, 400, 20)
+SMOKE = Sizes(64, 32, 4)
+
+
+def make_vae(s: Sizes, seed: int = 0):
     torch.manual_seed(seed)
     cfg = load_config(None, [
-        f"model.latent_dim={Z}", f"model.hidden_sizes=[{H}]", "data.name=synthetic",
+        f"model.latent_dim={s.Z}", f"model.hidden_sizes=[{s.H}]", "data.name=synthetic",
         "model.likelihood=bernoulli", "model.prior=standard_normal",
     ])
-    vae = build_vae(cfg, D)
+    vae = build_vae(cfg, s.D)
     vae.eval()
     return vae
 
 
-def load_points(n: int) -> tuple[torch.Tensor, str]:
+def load_points(n: int, s: Sizes, smoke: bool = False) -> tuple[torch.Tensor, str]:
+    """``n`` binarized-MNIST test images spread over the split, else random binary images."""
+    g = torch.Generator().manual_seed(0)
+    random = torch.rand(n, s.D, generator=g).round(), "random binary images"
+    if smoke:
+        return random
     try:
         from vaelab.data import load_dataset
 
         cfg = load_config(None, ["data.name=binarized_mnist"])
-        return load_dataset(cfg.data).test[:n].contiguous(), "binarized MNIST test"
+        test = load_dataset(cfg.data).test
+        return test[spread_indices(test.shape[0], n)].contiguous(), "binarized MNIST test"
     except Exception:  # noqa: BLE001 - no data set on this machine
-        g = torch.Generator().manual_seed(0)
-        return torch.rand(n, D, generator=g).round(), "random binary images"
+        return random
 
 
 # --- (a) the hand-written reference -------------------------------------------------------
@@ -77,6 +94,7 @@ def load_points(n: int) -> tuple[torch.Tensor, str]:
 def torch_is(vae, x: torch.Tensor, K: int, chunk: int) -> torch.Tensor:
     """Plain PyTorch IS with vaelab's networks, chunking and RNG order: log p̂(x) ``(B,)``."""
     enc, dec = vae.inference.encoder, vae.generative.decoder
+    Z = vae.latent.flat_dim
     z_loc, raw = enc(x).split(Z, -1)  # (B, Z)
     z_scale = F.softplus(raw) + vae.inference.posterior.min_scale
     lse = None
@@ -110,6 +128,7 @@ def pythae_style_nll(vae, x: torch.Tensor, K: int, batch_size: int = 100) -> tor
     """One data point at a time; K // batch_size full batches of replicated inputs (the
     remainder silently dropped, as pythae's ``get_nll`` does)."""
     enc, dec = vae.inference.encoder, vae.generative.decoder
+    Z = vae.latent.flat_dim
     out = []
     for i in range(x.shape[0]):
         x_rep = torch.cat(batch_size * [x[i : i + 1]])  # (100, D)
@@ -130,16 +149,16 @@ def pythae_style_nll(vae, x: torch.Tensor, K: int, batch_size: int = 100) -> tor
 # --- (b) GEMM throughput on the decoder's shapes ------------------------------------------
 
 
-def decoder_flops(rows: int) -> int:
+def decoder_flops(s: Sizes, rows: int) -> int:
     """Multiply-adds x 2 of the decoder on ``rows`` latent vectors (the encoder runs on B only)."""
-    return 2 * rows * (Z * H + H * D)
+    return 2 * rows * (s.Z * s.H + s.H * s.D)
 
 
-def gemm_seconds(rows: int, reps: int = 3) -> tuple[float, float]:
+def gemm_seconds(s: Sizes, rows: int, reps: int = 3) -> tuple[float, float]:
     """Median time of the decoder's two matrix products alone (same shapes) and its FLOP/s."""
-    a1, w1 = torch.randn(rows, Z), torch.randn(Z, H)
-    a2, w2 = torch.randn(rows, H), torch.randn(H, D)
-    b1, b2 = torch.randn(H), torch.randn(D)
+    a1, w1 = torch.randn(rows, s.Z), torch.randn(s.Z, s.H)
+    a2, w2 = torch.randn(rows, s.H), torch.randn(s.H, s.D)
+    b1, b2 = torch.randn(s.H), torch.randn(s.D)
     torch.addmm(b1, a1, w1)
     times = []
     for _ in range(reps):
@@ -147,8 +166,8 @@ def gemm_seconds(rows: int, reps: int = 3) -> tuple[float, float]:
         torch.addmm(b1, a1, w1)
         torch.addmm(b2, a2, w2)
         times.append(time.perf_counter() - t)
-    s = statistics.median(times)
-    return s, decoder_flops(rows) / s
+    t = statistics.median(times)
+    return t, decoder_flops(s, rows) / t
 
 
 def square_gemm_flops(n: int = 2048) -> float:
@@ -181,19 +200,20 @@ def _reset_peak() -> bool:
         return False
 
 
-def child_memory(args) -> None:
+def child_memory(args, s: Sizes) -> None:
     torch.set_num_threads(args.threads)
-    pyro.enable_validation(False)
-    vae = make_vae()
-    x, _ = load_points(args.points)
-    chunk = chunk_size_for(args.num_samples, x.shape[0], bytes_per_particle(vae, D), args.child_mem)
+    vae = make_vae(s)
+    x, _ = load_points(args.points, s, args.smoke)
+    chunk = chunk_size_for(args.num_samples, x.shape[0], bytes_per_particle(vae, s.D),
+                           args.child_mem)
     gc.collect()
     reset = _reset_peak()
     before = _status_kib("VmRSS")
-    if args.child_kind == "vaelab":
-        vaelab_is(vae, x, args.num_samples, chunk, diagnostics=True)
-    else:
-        torch_is(vae, x, args.num_samples, chunk)
+    with pyro.validation_enabled(False):
+        if args.child_kind == "vaelab":
+            vaelab_is(vae, x, args.num_samples, chunk, diagnostics=True)
+        else:
+            torch_is(vae, x, args.num_samples, chunk)
     # peak resident set since the reset (VmHWM), else since the process started (ru_maxrss)
     peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"chunk": chunk, "delta_mib": (peak - before) / 1024, "reset": reset}))
@@ -202,7 +222,7 @@ def child_memory(args) -> None:
 def measure_memory(args, kind: str, budget: float) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--child-mem", str(budget),
            "--threads", str(args.threads), "--num-samples", str(args.num_samples),
-           "--points", str(args.points)]
+           "--points", str(args.points), *(["--smoke"] if args.smoke else [])]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -210,7 +230,7 @@ def measure_memory(args, kind: str, budget: float) -> dict:
 # --- main ---------------------------------------------------------------------------------
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -218,20 +238,37 @@ def main(argv=None) -> None:
     p.add_argument("--points", type=int, default=128)
     p.add_argument("--max-memory", type=float, default=512.0, help="vaelab's chunk budget, MiB")
     p.add_argument("--loop-points", type=int, default=4, help="points timed for (c)")
+    p.add_argument("--smoke", action="store_true", help="a 64-32-4 VAE on 8 random points, "
+                   "K = 100, 1 round, one memory budget: seconds (tests/test_benchmarks.py)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-mem", type=float, default=512.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.child_kind = args.child
+    sizes = FULL
+    if args.smoke:
+        sizes = SMOKE
+        if not args.child:
+            args.rounds, args.num_samples, args.points, args.loop_points = 1, 100, 8, 1
     if args.child:
-        return child_memory(args)
-
+        child_memory(args, sizes)
+        return 0
     torch.set_num_threads(args.threads)
-    pyro.enable_validation(False)
+    with pyro.validation_enabled(False):
+        rows = measure(args, sizes)
+    print("| measurement | time / memory | ratio |")
+    print("|---|---:|---|")
+    for name, value, note in rows:
+        print(f"| {name} | {value} | {note} |")
+    return 0
+
+
+def measure(args, s: Sizes) -> list[tuple[str, str, str]]:
+    """The table's rows: (measurement, time or memory, ratio)."""
     K, N = args.num_samples, args.points
-    vae = make_vae()
-    x, source = load_points(N)
-    chunk = chunk_size_for(K, N, bytes_per_particle(vae, D), args.max_memory)
-    print(f"# K={K}, {N} points ({source}), 784-{H}-{Z} VAE, {args.threads} thread(s), "
+    vae = make_vae(s)
+    x, source = load_points(N, s, args.smoke)
+    chunk = chunk_size_for(K, N, bytes_per_particle(vae, s.D), args.max_memory)
+    print(f"# K={K}, {N} points ({source}), {s.D}-{s.H}-{s.Z} VAE, {args.threads} thread(s), "
           f"chunk {chunk} particles ({args.max_memory:g} MiB budget), torch {torch.__version__}, "
           f"pyro {pyro.__version__}")
 
@@ -257,24 +294,24 @@ def main(argv=None) -> None:
         vaelab_is(vae, x, K, chunk, diagnostics=True)
         t_vae_diag.append(time.perf_counter() - t)
         # the decoder's GEMMs on the same rows, chunk by chunk
-        s = 0.0
-        done = 0
+        gemm_s, done = 0.0, 0
         while done < K:
             k = min(chunk, K - done)
-            s += gemm_seconds(k * N, reps=1)[0]
+            gemm_s += gemm_seconds(s, k * N, reps=1)[0]
             done += k
-        t_gemm.append(s)
+        t_gemm.append(gemm_s)
     ratios = [a / b for a, b in zip(t_vae, t_torch)]
     ratios_diag = [a / b for a, b in zip(t_vae_diag, t_torch)]
     gemm = statistics.median(t_gemm)
-    flops = decoder_flops(K * N)
+    flops = decoder_flops(s, K * N)
 
     # (c) pythae-style loop on a few points, scaled to N
     n_loop = min(args.loop_points, N)
     t = time.perf_counter()
     pythae_style_nll(vae, x[:n_loop], K)
     t_loop = (time.perf_counter() - t) * N / n_loop
-    sq = square_gemm_flops()
+    n_sq = 256 if args.smoke else 2048
+    sq = square_gemm_flops(n_sq)
 
     med = statistics.median
     rows = [
@@ -288,22 +325,19 @@ def main(argv=None) -> None:
         ("(b) decoder GEMMs alone, same shapes", f"{gemm:.2f} s",
          f"{flops / 1e9:.0f} GFLOP at {flops / gemm / 1e9:.1f} GFLOP/s: vaelab runs at "
          f"{gemm / med(t_vae):.0%} of this limit (hand-written {gemm / med(t_torch):.0%})"),
-        ("(b) square 2048 GEMM throughput", "", f"{sq / 1e9:.1f} GFLOP/s (machine reference)"),
+        (f"(b) square {n_sq} GEMM throughput", "", f"{sq / 1e9:.1f} GFLOP/s (machine reference)"),
         (f"(c) pythae-style per-point loop (timed on {n_loop} points, ×{N / n_loop:g})",
          f"{t_loop:.1f} s", f"{t_loop / med(t_vae):.1f}x slower than vaelab"),
     ]
-    for budget in (64.0, args.max_memory):
+    for budget in (64.0,) if args.smoke else (64.0, args.max_memory):
         m = measure_memory(args, "vaelab", budget)
         rows.append((f"(d) vaelab peak memory, max_memory_mb={budget:g} (chunk {m['chunk']})",
                      f"{m['delta_mib']:.0f} MiB", "peak RSS during − RSS before, fresh process"))
     m = measure_memory(args, "torch", args.max_memory)
     rows.append((f"(d) hand-written torch peak memory (chunk {m['chunk']})",
                  f"{m['delta_mib']:.0f} MiB", "same measure"))
-    print("| measurement | time / memory | ratio |")
-    print("|---|---:|---|")
-    for name, value, note in rows:
-        print(f"| {name} | {value} | {note} |")
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

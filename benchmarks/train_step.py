@@ -6,6 +6,7 @@ reparameterization) on the same batch and take one Adam step. Rounds alternate b
 rounds and the ratio to the hand-written step measured in the same run.
 
     python benchmarks/train_step.py [--rounds 15] [--steps 30] [--threads 2]
+    python benchmarks/train_step.py --smoke   # a 64-32-4 VAE, 1 round of 2 steps: seconds
 """
 
 from __future__ import annotations
@@ -14,27 +15,38 @@ import argparse
 import math
 import statistics
 import time
+from typing import NamedTuple
 
 import pyro
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vaelab.config import load_config
 from vaelab.inference.objectives import build_objective
+from vaelab.resolve import load_config
 from vaelab.vae import build_vae
 
-D, H, Z, B = 784, 400, 20, 128
+
+class Sizes(NamedTuple):
+    D: int  #: data width
+    H: int  #: hidden width
+    Z: int  #: latent width
+    B: int  #: batch size
+
+
+FULL = Sizes(784, 400, 20, 128)
+SMOKE = Sizes(64, 32, 4, 16)
 
 
 class PlainVAE(nn.Module):
-    def __init__(self):
+    def __init__(self, s: Sizes):
         super().__init__()
-        self.enc = nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, 2 * Z))
-        self.dec = nn.Sequential(nn.Linear(Z, H), nn.ReLU(), nn.Linear(H, D))
+        self.Z = s.Z
+        self.enc = nn.Sequential(nn.Linear(s.D, s.H), nn.ReLU(), nn.Linear(s.H, 2 * s.Z))
+        self.dec = nn.Sequential(nn.Linear(s.Z, s.H), nn.ReLU(), nn.Linear(s.H, s.D))
 
     def loss(self, x):
-        z_loc, raw = self.enc(x).split(Z, -1)
+        z_loc, raw = self.enc(x).split(self.Z, -1)  # (B, Z) each
         z_scale = F.softplus(raw) + 1e-5
         z = z_loc + z_scale * torch.randn_like(z_loc)
         log_q = torch.distributions.Normal(z_loc, z_scale).log_prob(z).sum(-1)
@@ -52,12 +64,12 @@ def plain_step(vae, opt, x):
     return loss.item()
 
 
-def make_vaelab(driver: str, jit: bool = False):
+def make_vaelab(s: Sizes, driver: str, jit: bool = False):
     cfg = load_config(None, [
-        f"model.latent_dim={Z}", f"model.hidden_sizes=[{H}]", "data.name=synthetic",
+        f"model.latent_dim={s.Z}", f"model.hidden_sizes=[{s.H}]", "data.name=synthetic",
         f"objective.jit={str(jit).lower()}",
     ])
-    vae = build_vae(cfg, D)
+    vae = build_vae(cfg, s.D)
     objective = build_objective(cfg.objective, vae)
     if driver == "svi":
         svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), loss=objective)
@@ -81,14 +93,24 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, 1 round of 2 steps (tests/test_benchmarks.py)")
     args = p.parse_args(argv)
+    sizes, warmup = (SMOKE, 2) if args.smoke else (FULL, 10)
+    if args.smoke:
+        args.rounds, args.steps = 1, 2
     torch.set_num_threads(args.threads)
-    pyro.enable_validation(False)
-    torch.manual_seed(0)
-    x = torch.bernoulli(torch.full((B, D), 0.3))
+    with pyro.validation_enabled(False):
+        return _run(args, sizes, warmup)
 
-    plain = PlainVAE()
-    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3, fused=True)  # same optimizer as vaelab
+
+def _run(args, sizes: Sizes, warmup: int) -> int:
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((sizes.B, sizes.D), 0.3))
+
+    plain = PlainVAE(sizes)
+    # the same optimizer as vaelab's torch driver
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3, fused=True)
     reference = lambda x: plain_step(plain, plain_opt, x)  # noqa: E731
     variants = {
         "vaelab (torch driver, default)": ("torch", False),
@@ -102,22 +124,24 @@ def main(argv=None) -> int:
             step(x)
         return (time.perf_counter() - t0) / args.steps * 1e3
 
-    for _ in range(10):
+    for _ in range(warmup):
         reference(x)
-    print(f"784-{H}-{Z} VAE, batch {B}, {args.threads} threads, {args.rounds} paired rounds x {args.steps} steps")
+    print(f"{sizes.D}-{sizes.H}-{sizes.Z} VAE, batch {sizes.B}, {args.threads} threads, "
+          f"{args.rounds} paired rounds x {args.steps} steps")
     print(f"{'variant':40s} {'ms/step':>8s} {'ref ms':>7s} {'ratio':>6s}")
     for name, (driver, jit) in variants.items():
         # one model at a time: Pyro's param store is process-global
         pyro.clear_param_store()
-        step = make_vaelab(driver, jit)
-        for _ in range(10):  # warm-up (and JIT compilation)
+        step = make_vaelab(sizes, driver, jit)
+        for _ in range(warmup):  # warm-up (and JIT compilation)
             step(x)
         ts, refs = [], []
         for _ in range(args.rounds):  # paired: reference and variant back to back
             refs.append(timed(reference))
             ts.append(timed(step))
         ratio = statistics.median(t / r for t, r in zip(ts, refs))
-        print(f"{name:40s} {statistics.median(ts):8.2f} {statistics.median(refs):7.2f} {ratio:6.2f}")
+        print(f"{name:40s} {statistics.median(ts):8.2f} {statistics.median(refs):7.2f} "
+              f"{ratio:6.2f}")
     return 0
 
 

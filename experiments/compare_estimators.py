@@ -6,10 +6,10 @@ one-stochastic-layer model: 784-200-200-50 encoder and 50-200-200-784 decoder, t
 diagonal-normal guide, Bernoulli likelihood; Adam 1e-3, batch 100, seed 0, no warm-up, the same
 number of epochs (so the same number of gradient steps) for every objective. Each run keeps its
 best-validation-ELBO checkpoint (single-draw ELBO on ``train.valid_limit`` validation images),
-scored on ``--test-points`` test images spread evenly over the test split (every 10th for 1000)
-by importance sampling with K = 5000: the test ELBO (mean of the 5000 log-weights, a precise
-ELBO) and log p̂(x) (IWAE_5000). Time per epoch
-is the mean over epochs of the training loop's wall time (validation excluded).
+scored by importance sampling with K = 5000 on ``eval.limit`` = 1000 test images spread evenly
+over the test split: the test ELBO (mean of the 5000 log-weights, a precise ELBO) and log p̂(x)
+(IWAE_5000), and the per-image differences to the first run (paired: the images are shared).
+Time per epoch is the mean over epochs of the training loop's wall time (validation excluded).
 
 Then the gradient SNR against K for IWAE vs DReG at one trained checkpoint (``--snr-run``):
 ``--snr-draws`` gradient draws per K on a fixed batch of ``--snr-batch`` training images
@@ -22,7 +22,7 @@ Writes ``estimators.md`` (tables, budget, command), ``estimators.json`` and
 ::
 
     python experiments/compare_estimators.py                       # the committed table (~2 h)
-    python experiments/compare_estimators.py --epochs 50 --test-points 2000
+    python experiments/compare_estimators.py --epochs 50 --test-limit 2000
     python experiments/compare_estimators.py --smoke --out /tmp/e   # seconds, synthetic data
 
 For scale, fully trained (3280 epochs) Burda et al. report test log-likelihoods near −86.76 (IWAE,
@@ -38,18 +38,13 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runner import Experiment, arch, parser  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 #: run name → objective overrides
 OBJECTIVES = {
     "trace": ["objective.name=trace"],
@@ -60,7 +55,7 @@ OBJECTIVES = {
     "iwae_k50": ["objective.name=iwae", "objective.num_particles=50"],
     "iwae_dreg_k50": ["objective.name=iwae_dreg", "objective.num_particles=50"],
 }
-#: the one architecture and budget (Burda et al. 2016's one-stochastic-layer model)
+#: the one architecture, budget and scoring (Burda et al. 2016's one-stochastic-layer model)
 BASE = [
     "data.name=binarized_mnist",
     "model.latent_dim=50",
@@ -74,7 +69,9 @@ BASE = [
     "train.lr=1e-3",
     "train.seed=0",
     "train.valid_limit=2000",
-    "train.progress=false",
+    "eval.num_samples=5000",
+    "eval.limit=1000",
+    "eval.exact=false",
 ]
 SMOKE = [
     "data.name=synthetic", "model.latent_dim=4", "model.hidden_sizes=[32]", "train.epochs=1",
@@ -83,119 +80,66 @@ SMOKE = [
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(HERE / "results"), help="folder of the tables and PNG")
-    p.add_argument("--runs", default=None, help="run folders (default: runs/compare_estimators)")
-    p.add_argument("--smoke", action="store_true", help="tiny budget on synthetic data")
+    p = parser(__doc__, runs="runs/compare_estimators")
     p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
-    p.add_argument("--epochs", type=int, default=None, help="default 10")
-    p.add_argument("--num-samples", "-K", type=int, default=None, help="IS samples (default 5000)")
-    p.add_argument("--test-points", type=int, default=None, help="IS test images (default 1000)")
     p.add_argument("--snr-run", default="trace", help="run whose checkpoint the SNR plot uses")
     p.add_argument("--snr-ks", default="1,3,10,30,100", help="K values of the SNR plot")
     p.add_argument("--snr-draws", type=int, default=None, help="gradient draws per K (100)")
     p.add_argument("--snr-batch", type=int, default=None, help="training images (100)")
     p.add_argument("--skip-snr", action="store_true")
-    p.add_argument("--reuse", action="store_true", help="keep finished runs instead of retraining")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p.parse_args(argv)
 
 
-def test_subset(run, n: int) -> torch.Tensor:
-    """``n`` test images spread evenly over the test split (every (N/n)-th image): the Larochelle
-    test file is not shuffled, and its first 1000 images have more ink (mean pixel 0.170 vs
-    0.128 for the other 9000), so a leading slice would bias every figure down by several nats."""
-    x = run.split("test")
-    stride = max(1, x.shape[0] // n)
-    return x[::stride][:n]
-
-
-def score(run, n: int, K: int, reuse: bool) -> dict:
-    """Importance-sampled test ELBO and log p̂(x) on :func:`test_subset` (as ``vaelab.run.evaluate``
-    does it: fixed preprocessing draw, validation off, hard latents for discrete models), with the
-    per-image values kept (``RUN/eval_K{K}_n{n}.pt``) for paired comparisons between runs."""
-    import pyro
-
-    from vaelab.inference.marginal import estimate_marginal
-    from vaelab.run import bytes_per_particle
-    from vaelab.seed import seed_all
-
-    cache = run.dir / f"eval_K{K}_n{n}.pt"
-    if reuse and cache.is_file():
-        return torch.load(cache, weights_only=True)
-    seed_all(0)
-    pyro.enable_validation(False)
-    x = run.pre.eval_split(test_subset(run, n), 0)
-    model, guide = run.vae.eval_pair()
-    t0 = time.perf_counter()
-    est = estimate_marginal(
-        model, guide, x, num_samples=K, batch_size=100,
-        bytes_per_particle=bytes_per_particle(run.vae, x.shape[1]),
-    )
-    out = {"summary": est.summary(), "log_px": est.log_px, "elbo": est.elbo.double(),
-           "eval_s": time.perf_counter() - t0}
-    torch.save(out, cache)
-    return out
-
-
-def run_objective(name: str, args, runs: Path) -> dict:
-    """Train one objective (or reuse its finished run), then score it by IS on the test split."""
-    from vaelab.config import load_config
-    from vaelab.inference.train import train
-    from vaelab.run import load_run
-
-    overrides = [*BASE, *OBJECTIVES[name], *(SMOKE if args.smoke else []), *args.overrides]
-    if args.smoke:
+def run_objective(exp: Experiment, name: str):
+    """Train one objective (or reuse its run), then score it by IS on the test subset."""
+    overrides = [*BASE, *OBJECTIVES[name]]
+    if exp.args.smoke:
         overrides = [o.replace("num_particles=50", "num_particles=3") for o in overrides]
-    if args.epochs:
-        overrides.append(f"train.epochs={args.epochs}")
-    cfg = load_config(None, overrides)
-    run_dir = runs / name
-    finished = (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "done").is_file()
-    if not (args.reuse and finished):
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        train(cfg, run_dir)
-        (run_dir / "done").write_text("")
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    run = load_run(run_dir)
-    K = args.num_samples or (20 if args.smoke else 5000)
-    n = args.test_points or (20 if args.smoke else 1000)
-    scored = score(run, n, K, args.reuse)
-    s = scored["summary"]
-    epoch_times = [r["epoch_time"] for r in history]
-    arch = "-".join(str(h) for h in [run.data.dim, *cfg.model.hidden_sizes, cfg.model.latent_dim])
-    return {
+    run = exp.train(name, exp.config(None, overrides, smoke=SMOKE))
+    history = exp.history(run)
+    est = exp.score(run)
+    s = est.summary()
+    cfg = run.cfg
+    row = {
         "run": name, "objective": cfg.objective.name, "K_train": cfg.objective.num_particles,
-        "arch": arch, "epochs": len(history), "steps": history[-1]["step"],
+        "arch": arch(run), "epochs": len(history), "steps": history[-1]["step"],
         "best_epoch": run.epoch + 1, "valid_limit": cfg.train.valid_limit,
         "best_valid_elbo": max(r["valid_elbo"] for r in history),
         "test_elbo": s["elbo"], "test_elbo_se": s["elbo_stderr"],
         "test_log_px": s["log_likelihood"], "test_log_px_se": s["log_likelihood_stderr"],
-        "mc_stderr": s["mc_stderr_mean"], "ess_mean": s["ess_mean"], "K": K,
-        "n_test": s["num_points"], "epoch_time_s": sum(epoch_times) / len(epoch_times),
-        "eval_s": scored["eval_s"],
-        # per test image, for paired differences (dropped from the JSON)
-        "_log_px": scored["log_px"], "_elbo": scored["elbo"],
+        "mc_stderr": s["mc_stderr_mean"], "ess_mean": s["ess_mean"], "K": est.num_samples,
+        "n_test": s["num_points"],
+        "epoch_time_s": sum(r["epoch_time"] for r in history) / len(history),
+        "eval_s": est.extra["eval_s"],
+        # per test image, for the paired differences (left out of the JSON)
+        "_log_px": est.log_px.double(), "_elbo": est.elbo.double(),
     }
+    return row, run
 
 
-def snr_curves(args, runs: Path) -> dict:
-    """IWAE vs DReG gradient statistics against K at the ``--snr-run`` checkpoint."""
+def paired(rows: list[dict]) -> None:
+    """``row["paired"]``: mean ± s.e. of the per-image differences to ``rows[0]``."""
+    ref = rows[0]
+    for r in rows[1:]:
+        r["paired"] = {}
+        for key in ("elbo", "log_px"):
+            d = r[f"_{key}"] - ref[f"_{key}"]
+            r["paired"][key] = [float(d.mean()), float(d.std() / d.numel() ** 0.5)]
+
+
+def snr_curves(args, run) -> dict:
+    """IWAE vs DReG gradient statistics against K at the ``--snr-run`` checkpoint ``run``."""
     import pyro
 
     from vaelab.inference.diagnostics import diagnose
-    from vaelab.run import load_run
 
-    run = load_run(runs / args.snr_run)
     B = args.snr_batch or (16 if args.smoke else 100)
     M = args.snr_draws or (4 if args.smoke else 100)
     ks = [int(k) for k in args.snr_ks.split(",")] if not args.smoke else [1, 3]
-    x = run.pre.eval_split(run.split("train", B), 0)  # a fixed batch
-    pyro.enable_validation(False)
+    x = run.pre.eval_split(run.split("train", B), 0)  # a fixed batch, spread over the split
     specs = [f"{name}:{k}" for name in ("iwae", "iwae_dreg") for k in ks]
-    results = diagnose(run.vae, x, specs, draws=M, seed=0)
+    with pyro.validation_enabled(False):
+        results = diagnose(run.vae, x, specs, draws=M, seed=0)
     return {
         "run": args.snr_run, "epoch": run.epoch + 1, "batch": B, "draws": M, "ks": ks,
         "results": [r.to_dict() for r in results],
@@ -253,9 +197,9 @@ def label(r: dict) -> str:
     return LABELS.get(r["objective"], f"`{r['objective']}`")
 
 
-def write_table(rows: list[dict], snr: dict | None, args, out: Path, argv) -> Path:
-    cmd = "python experiments/compare_estimators.py " + " ".join(argv)
-    data = "synthetic (smoke)" if args.smoke else "statically binarized MNIST (Larochelle)"
+def table(rows: list[dict], saved: dict) -> list[str]:
+    snr = saved.get("snr")
+    data = "synthetic (smoke)" if saved.get("smoke") else "statically binarized MNIST (Larochelle)"
     r0 = rows[0]
     lines = [
         "# ELBO estimators: trace, mean_field, stl, IWAE and DReG",
@@ -286,22 +230,19 @@ def write_table(rows: list[dict], snr: dict | None, args, out: Path, argv) -> Pa
             f"| {r['test_log_px'] - r['test_elbo']:.2f} | {r['mc_stderr']:.3f} "
             f"| {r['ess_mean']:.0f} | {r['epoch_time_s']:.1f} |"
         )
-    ref = rows[0]
-    lines += [
-        "",
-        "The ± above are standard errors across test images. Every run is scored on the same "
-        f"images, so differences between runs are measured per image (paired), against "
-        f"{label(ref)}:",
-        "",
-        "| objective | Δ test ELBO (paired) | Δ test log p̂ (paired) |",
-        "|---|---|---|",
-    ]
-    for r in rows[1:]:
-        cells = []
-        for key in ("_elbo", "_log_px"):
-            d = (r[key] - ref[key]).double()
-            cells.append(f"{float(d.mean()):+.2f} ± {float(d.std() / d.numel() ** 0.5):.2f}")
-        lines.append(f"| {label(r)} | {cells[0]} | {cells[1]} |")
+    if all("paired" in r for r in rows[1:]) and len(rows) > 1:
+        lines += [
+            "",
+            "The ± above are standard errors across test images. Every run is scored on the "
+            "same images, so differences between runs are measured per image (paired), against "
+            f"{label(rows[0])}:",
+            "",
+            "| objective | Δ test ELBO (paired) | Δ test log p̂ (paired) |",
+            "|---|---|---|",
+        ]
+        for r in rows[1:]:
+            (de, se_e), (dl, se_l) = r["paired"]["elbo"], r["paired"]["log_px"]
+            lines.append(f"| {label(r)} | {de:+.2f} ± {se_e:.2f} | {dl:+.2f} ± {se_l:.2f} |")
     lines.append("")
     if snr is not None:
         lines += [
@@ -349,34 +290,29 @@ def write_table(rows: list[dict], snr: dict | None, args, out: Path, argv) -> Pa
             "",
             f"Noise floor of snr with {snr['draws']} draws: a zero-mean coordinate still shows "
             f"≈ √(2/(π·{snr['draws']})) = {math.sqrt(2 / (math.pi * snr['draws'])):.3f}.",
-            "",
         ]
-    lines += [f"Regenerate: `VAELAB_DATA=/path/to/data {cmd.strip()}`", ""]
-    path = out / "estimators.md"
-    path.write_text("\n".join(lines))
-    plain = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    (out / "estimators.json").write_text(json.dumps({"runs": plain, "snr": snr}, indent=1))
-    return path
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = Path(args.runs or (tmp if args.smoke else "runs/compare_estimators"))
-        rows: list[dict] = []
+    with Experiment("estimators", args, argv, "experiments/compare_estimators.py") as exp:
+        if args.table_only:
+            return exp.rewrite(table)
+        rows, runs = [], {}
         for name in args.objectives:
-            rows.append(run_objective(name, args, runs))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k[0] != "_"}), flush=True)
-            write_table(rows, None, args, out, argv)
+            row, runs[name] = run_objective(exp, name)
+            rows.append(row)
+            paired(rows)
+            print({k: v for k, v in row.items() if k[0] != "_"}, flush=True)
+            exp.write(table(rows, {"smoke": args.smoke}), rows, smoke=args.smoke)
         snr = None
-        if not args.skip_snr and (runs / args.snr_run / "checkpoints" / "best.pt").is_file():
-            snr = snr_curves(args, runs)
-            plot_snr(snr, out / "estimators_snr.png")
-        path = write_table(rows, snr, args, out, argv)
+        if not args.skip_snr and args.snr_run in runs:
+            snr = snr_curves(args, runs[args.snr_run])
+            plot_snr(snr, exp.png("snr"))
+        path = exp.write(table(rows, {"smoke": args.smoke, "snr": snr}), rows,
+                         smoke=args.smoke, snr=snr)
     print(path)
     return 0
 

@@ -21,18 +21,18 @@ exact enumeration: the same runs plus ``enum`` (TraceEnum_ELBO, the exact ELBO g
 Gaussian with z ∈ ℝ^2, and the *exact* test log p(x) of every discrete model.
 
 The discrete models are always scored as discrete models, with hard one-hot latents
-(:func:`vaelab.model.categorical.hard_pair`): the test ELBO (exact log p(z) − log q(z|x),
+(:meth:`vaelab.vae.VAE.eval_pair`, ``hard=True``): the test ELBO (exact log p(z) − log q(z|x),
 ``--elbo-draws`` draws per point, the whole test set) and log p̂(x) by importance sampling with
-the categorical posterior as proposal (K = ``--num-samples`` on ``--test-points`` test images
-spread evenly over the test split, which is ordered: its first images are all zeros), plus
-category usage (:func:`vaelab.model.categorical.category_usage`). Writes ``<prefix>.md``,
+the categorical posterior as proposal (K = ``eval.num_samples`` on ``eval.limit`` = 500 test
+images spread evenly over the test split, which is ordered: its first images are all zeros), plus
+category usage (:func:`vaelab.inference.diagnostics.category_usage`). Writes ``<prefix>.md``,
 ``<prefix>.json`` and PNGs (reconstructions, prior samples, one-variable-at-a-time traversals)
-into ``--out``; the runs go to ``runs/compare_latents[_small]`` and are resumed, not retrained.
+into ``--out``; the runs go to ``runs/compare_latents[_small]`` (``--reuse`` resumes them).
 
 ::
 
-    python experiments/compare_latents.py                      # latents.md (background!)
-    python experiments/compare_latents.py --suite small        # latents_small.md
+    python experiments/compare_latents.py --reuse              # latents.md (background!)
+    python experiments/compare_latents.py --suite small --reuse  # latents_small.md
     python experiments/compare_latents.py --smoke --out /tmp/l  # seconds, synthetic data
 
 References:
@@ -44,14 +44,13 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runner import ROOT, Experiment, parser  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LABELS = {
@@ -80,24 +79,18 @@ SMOKE = [
     "train.valid_limit=50", "train.max_steps_per_epoch=4", "train.epochs=2",
 ]
 SMOKE_LATENT = (4, 3)  # 81 states: every variant, enum included, and the exact log p(x)
+#: IS points of the non-smoke runs (``--test-limit`` overrides)
+TEST_LIMIT = 500
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(HERE / "results"), help="folder of the table and PNGs")
-    p.add_argument("--runs", default=None, help="run folders (default: runs/compare_latents*)")
+    p = parser(__doc__, runs="runs/compare_latents[_small]")
     p.add_argument("--suite", choices=list(SUITES), default="jang")
-    p.add_argument("--smoke", action="store_true", help="tiny budget on synthetic data")
     p.add_argument("--variants", nargs="+", default=None, choices=list(LABELS))
-    p.add_argument("--epochs", type=int, default=None, help="default: the configs' (10)")
-    p.add_argument("--num-samples", "-K", type=int, default=None, help="IS samples (default 5000)")
-    p.add_argument("--test-points", type=int, default=None, help="IS test images (default 500)")
     p.add_argument("--elbo-draws", type=int, default=10, help="draws per point of the test ELBO")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (shared machine)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--table-only", action="store_true",
-                   help="rewrite <prefix>.md from <prefix>.json in --out (no training, no scoring)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.default_runs = f"runs/{SUITES[args.suite][1]}"
+    return args
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,8 +102,7 @@ def _traversal_images(vae, x0: torch.Tensor) -> torch.Tensor:
     ``(N K, D)``, row n = variable n, column k = class k."""
     latent = vae.latent
     N, K = latent.num_variables, latent.num_classes
-    q = vae.inference
-    code = q.posterior.logits_from(q.encoder(x0))[0].argmax(-1)  # (N,)
+    code = vae.inference.logits(x0)[0].argmax(-1)  # (N,)
     z = torch.nn.functional.one_hot(code, K).to(x0.dtype)  # (N, K)
     zs = z.expand(N, K, N, K).clone()  # (n, k, N, K): variable n set to class k
     for n in range(N):
@@ -152,48 +144,29 @@ def write_figures(runs: dict, x_show: torch.Tensor, shape, out: Path, prefix: st
 # one run
 
 
-def spread(n: int, k: int) -> torch.Tensor:
-    """``k`` indices spread evenly over ``range(n)``."""
-    k = min(k, n)
-    return torch.div(torch.arange(k) * n, k, rounding_mode="floor")
+def run_variant(exp: Experiment, name: str, data) -> tuple[dict, object]:
+    from vaelab.inference.diagnostics import category_usage
 
-
-def run_variant(name: str, args, runs_dir: Path, data) -> tuple[dict, object]:
-    from vaelab.config import load_config
-    from vaelab.inference import exact
-    from vaelab.inference.train import train
-    from vaelab.model.categorical import category_usage
-    from vaelab.run import evaluate, load_run
-
-    _, _, _, latent_nk, gaussian_dim = SUITES[args.suite]
-    overrides = [f"train.num_threads={args.threads}", "train.progress=false"]
-    if args.smoke:
+    _, _, _, latent_nk, gaussian_dim = SUITES[exp.args.suite]
+    overrides = [f"eval.limit={TEST_LIMIT}"]
+    if exp.args.smoke:
         latent_nk, gaussian_dim = SMOKE_LATENT, 4
-        overrides += SMOKE
     if name == "gaussian" and gaussian_dim:
         overrides.append(f"model.latent_dim={gaussian_dim}")
     elif name != "gaussian" and latent_nk:
         overrides += [f"model.latent.num_variables={latent_nk[0]}",
                       f"model.latent.num_classes={latent_nk[1]}"]
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    cfg = load_config(HERE / "configs" / f"latents_{name}.toml", overrides + args.overrides)
-    run_dir = runs_dir / name
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
-    t0 = time.perf_counter()
-    result = train(cfg, run_dir, resume=resume, data=data)
-    print(f"[{name}] trained ({time.perf_counter() - t0:.0f}s): {result.history[-1]}", flush=True)
-
-    run = load_run(run_dir, "last", data=data)  # equal steps: the last checkpoint, not the best
-    K = args.num_samples or (100 if args.smoke else cfg.eval.num_samples)
-    T = args.test_points or (50 if args.smoke else 500)
-    idx = spread(data.test.shape[0], T)
-    sub = dataclasses.replace(run, data=data.replace(test=data.test[idx]))
-    t0 = time.perf_counter()
-    elbo_est = evaluate(run, num_samples=args.elbo_draws, limit=None, exact=False)
-    is_est = evaluate(sub, num_samples=K, limit=None, exact=False)
-    eval_time = time.perf_counter() - t0
-    history = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s]
+    cfg = exp.config(HERE / "configs" / f"latents_{name}.toml", overrides, smoke=SMOKE)
+    # equal steps: the last checkpoint, not the best
+    run = exp.train(name, cfg, data=data, checkpoint="last")
+    history = exp.history(run)
+    # the test ELBO of the whole split (and the exact log p(x) where the states can be summed)
+    elbo_est = exp.score(run, exp.eval_config(run, [
+        f"eval.num_samples={exp.args.elbo_draws}", "eval.limit=null", "eval.exact=true",
+        "eval.diagnostics=false",
+    ]))
+    is_est = exp.score(run, exp.eval_config(run, ["eval.exact=false"]))
+    elbo, is_ = elbo_est.summary(), is_est.summary()
     latent = run.vae.latent
     row = {
         "name": name,
@@ -202,26 +175,25 @@ def run_variant(name: str, args, runs_dir: Path, data) -> tuple[dict, object]:
         else f"N = {latent.num_variables} × K = {latent.num_classes}",
         "epochs": len(history),
         "steps": history[-1]["step"],
-        "test_elbo": float(elbo_est.elbo.mean()),
-        "test_elbo_stderr": elbo_est.summary()["elbo_stderr"],
+        "test_elbo": elbo["elbo"],
+        "test_elbo_stderr": elbo["elbo_stderr"],
         "test_points_elbo": elbo_est.num_points,
-        "is_log_px": float(is_est.log_px.mean()),
-        "is_log_px_stderr": is_est.summary()["log_likelihood_stderr"],
-        "is_elbo": float(is_est.elbo.mean()),
-        "is_mc_stderr": float(is_est.mc_stderr.mean()),
+        "exact_log_px": elbo.get("exact_log_likelihood"),
+        "is_log_px": is_["log_likelihood"],
+        "is_log_px_stderr": is_["log_likelihood_stderr"],
+        "is_elbo": is_["elbo"],
+        "is_mc_stderr": is_["mc_stderr_mean"],
         "is_points": is_est.num_points,
-        "K": K,
+        "K": is_est.num_samples,
         "epoch_time": sum(r["epoch_time"] for r in history) / len(history),
         "final_train_loss": history[-1]["train_loss"],
         "final_temperature": history[-1]["temperature"],
-        "eval_time": eval_time,
+        "eval_time": elbo_est.extra["eval_s"] + is_est.extra["eval_s"],
         "config": f"experiments/configs/latents_{name}.toml",
     }
     if not latent.continuous:
         x_test = run.pre.eval_split(run.split("test"), run.cfg.eval.seed)
         row.update(category_usage(run.vae, x_test).summary())
-        truth = exact.exact_log_likelihood(run.vae, x_test)
-        row["exact_log_px"] = None if truth is None else float(truth.mean())
     return row, run
 
 
@@ -231,7 +203,7 @@ def run_variant(name: str, args, runs_dir: Path, data) -> tuple[dict, object]:
 
 def _relative(path: Path) -> str:
     try:
-        return str(path.resolve().relative_to(HERE.parent))
+        return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
 
@@ -240,26 +212,21 @@ def _f(v, digits=2):
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def write_table(
-    rows: list[dict], figures: list[str], args, out: Path, command: str, runs_dir: Path
-) -> Path:
-    prefix = SUITES[args.suite][0]
+def table(rows: list[dict], meta: dict) -> list[str]:
+    """The Markdown of ``rows``; ``meta``: suite, smoke, threads, elbo_draws, runs, figures."""
     r0 = rows[0]
     has_exact = any(r.get("exact_log_px") is not None for r in rows)
     discrete = next((r["latent"] for r in rows if r["latent"].startswith("N")), "—")
     gaussian = next((r["latent"] for r in rows if r["latent"].startswith("z")), "—")
-    jang = args.suite == "jang"
+    jang = meta["suite"] == "jang"
     lines = [
         f"# Gaussian vs discrete latents on binarized MNIST ({discrete})"
-        + (" — SMOKE RUN" if args.smoke else ""),
-        "",
-        f"Regenerate: `{command}` (finished runs in `{_relative(runs_dir)}` are reused; "
-        "delete them to retrain).",
+        + (" — SMOKE RUN" if meta["smoke"] else ""),
         "",
         *(
             ["**Smoke run**: synthetic 8×8 data, hidden [32], a few steps; the numbers only "
              "check that everything runs.", ""]
-            if args.smoke else []
+            if meta["smoke"] else []
         ),
         f"Budget, identical for every run: {r0['epochs']} epochs = {r0['steps']} Adam steps "
         "(lr 1e-3, batch 100) on the 50,000 training images of statically binarized MNIST "
@@ -268,12 +235,12 @@ def write_table(
         f"Discrete runs: {discrete}, uniform prior; Gumbel runs anneal "
         "τ = max(0.5, exp(−10⁻⁴ t)) every 500 steps (Jang et al.'s schedule, recalled) and the "
         f"relaxed-KL run uses a relaxed prior at temperature 0.5. Gaussian: {gaussian}. "
-        f"Threads: {args.threads}; the 2 CPU cores were shared with other jobs, so times are "
+        f"Threads: {meta['threads']}; the 2 CPU cores were shared with other jobs, so times are "
         "noisy.",
         "",
         "Scoring, always of the **discrete** model (hard one-hot latents, the categorical "
         "posterior of the guide's logits, whatever relaxation trained it): test ELBO with exact "
-        f"log p(z) − log q(z|x), {args.elbo_draws} draws per point on all "
+        f"log p(z) − log q(z|x), {meta['elbo_draws']} draws per point on all "
         f"{r0['test_points_elbo']} test images"
         + (", and the exact log p(x) by summing over all joint states" if has_exact else "")
         + f"; log p̂(x) by importance sampling (K = {r0['K']}, the posterior as proposal) on "
@@ -300,7 +267,8 @@ def write_table(
             f"| {r['label']} | {-r['test_elbo']:.2f} ± {r['test_elbo_stderr']:.2f} | "
             + (f"{_f(None if ex is None else -ex)} | " if has_exact else "")
             + f"{-r['is_elbo']:.2f} | {-r['is_log_px']:.2f} ± {r['is_log_px_stderr']:.2f} | "
-            f"{r['final_train_loss']:.2f} | {r['epoch_time']:.1f} | {usage} | {_f(r.get('aggregate_perplexity_mean'))} | "
+            f"{r['final_train_loss']:.2f} | {r['epoch_time']:.1f} | {usage} | "
+            f"{_f(r.get('aggregate_perplexity_mean'))} | "
             f"{_f(r.get('posterior_perplexity_mean'))} | {_f(r['final_temperature'], 3)} |"
             + (f" {JANG.get(r['name'], '—')} |" if jang else "")
         )
@@ -333,55 +301,39 @@ def write_table(
             "budget is far shorter.",
             "",
         ]
-    lines += [*[f"![{f}]({f})" for f in figures], ""]
-    path = out / f"{prefix}.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines + [*[f"![{f}]({f})" for f in meta["figures"]], "",
+                    f"Runs: `{meta['runs']}` (`--reuse` resumes or reuses them)."]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from vaelab.config import load_config
     from vaelab.data import load_dataset
 
-    prefix, runs_name, variants, _, _ = SUITES[args.suite]
-    out = Path(args.out)
-    if args.table_only:
-        rows = json.loads((out / f"{prefix}.json").read_text())
-        figures = sorted(p.name for p in out.glob(f"{prefix}_*.png")
-                         if prefix != "latents" or not p.name.startswith("latents_small"))
-        argv_ = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--table-only"]
-        command = " ".join(["python experiments/compare_latents.py", *argv_])
-        runs_dir = Path(args.runs) if args.runs else HERE.parent / "runs" / runs_name
-        print(write_table(rows, figures, args, out, command, runs_dir))
-        return 0
-    if args.smoke:
-        variants = ["gaussian", "enum", "gumbel_relaxed", "gumbel_categorical",
-                    "straight_through", "reinforce"]
-    variants = args.variants or variants
-    out.mkdir(parents=True, exist_ok=True)
-    runs_dir = Path(args.runs) if args.runs else (
-        out / "runs" if args.smoke else HERE.parent / "runs" / runs_name
-    )
-    first = load_config(
-        HERE / "configs" / f"latents_{variants[0]}.toml",
-        (SMOKE if args.smoke else []) + [o for o in args.overrides if o.startswith("data.")],
-    )
-    data = load_dataset(first.data)
-    rows, runs = [], {}
-    for name in variants:
-        row, run = run_variant(name, args, runs_dir, data)
-        rows.append(row)
-        runs[name] = run
-        print(f"[{name}] {json.dumps(row)}", flush=True)
-    x_show = runs[variants[0]].pre.eval_split(data.test[spread(data.test.shape[0], 12)], 0)
-    figures = write_figures(runs, x_show, data.image_shape, out, prefix)
-    (out / f"{prefix}.json").write_text(json.dumps(rows, indent=2))
-    command = "python experiments/compare_latents.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    path = write_table(rows, figures, args, out, command.strip(), runs_dir)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    prefix, _, variants, _, _ = SUITES[args.suite]
+    with Experiment(prefix, args, argv, "experiments/compare_latents.py") as exp:
+        meta = {"suite": args.suite, "smoke": args.smoke, "threads": args.threads,
+                "elbo_draws": args.elbo_draws, "runs": _relative(exp.runs)}
+        if args.table_only:
+            figures = sorted(p.name for p in exp.out.glob(f"{prefix}_*.png")
+                             if prefix != "latents" or not p.name.startswith("latents_small"))
+            return exp.rewrite(lambda rows, saved: table(rows, {**meta, "figures": figures,
+                                                                **saved}))
+        if args.smoke:
+            variants = ["gaussian", "enum", "gumbel_relaxed", "gumbel_categorical",
+                        "straight_through", "reinforce"]
+        variants = args.variants or variants
+        first = exp.config(HERE / "configs" / f"latents_{variants[0]}.toml", [], smoke=SMOKE)
+        data = load_dataset(first.data)  # one data set for every variant
+        rows, runs = [], {}
+        for name in variants:
+            row, runs[name] = run_variant(exp, name, data)
+            rows.append(row)
+            print(f"[{name}] {row}", flush=True)
+        first_run = runs[variants[0]]
+        x_show = first_run.pre.eval_split(exp.images(first_run, 12), 0)
+        meta["figures"] = write_figures(runs, x_show, data.image_shape, exp.out, prefix)
+        path = exp.write(table(rows, meta), rows, **meta)
     print(path)
     return 0
 

@@ -13,7 +13,8 @@ preprocessing change:
 
 So every row is in nats per image of the 8-bit data, and in bits per dimension
 :math:`-\log \hat p(x) / (D \log 2)`. Each run keeps its best-validation-ELBO checkpoint, scored
-on the test split by importance sampling (K = ``--num-samples``). Writes ``likelihoods.md``,
+on the whole test split (``eval.limit``: all; ``--test-limit N`` scores N points spread evenly
+over it) by importance sampling (K = ``eval.num_samples``). Writes ``likelihoods.md``,
 ``likelihoods.json`` and ``likelihoods.png`` (test inputs, reconstructions and prior samples of
 every likelihood side by side) into ``--out``.
 
@@ -31,17 +32,15 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runner import Experiment, arch, parser  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "likelihoods_frey.toml"
@@ -56,25 +55,18 @@ LIKELIHOODS = {
 }
 SMOKE = [
     "model.latent_dim=2", "model.hidden_sizes=[16]", "train.epochs=1",
-    "train.max_steps_per_epoch=3",
+    "train.max_steps_per_epoch=3", "data.name=array",
 ]
 
 
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(HERE / "results"), help="folder of the table and PNG")
-    p.add_argument("--runs", default=None, help="run folders (default: runs/compare_likelihoods)")
-    p.add_argument("--smoke", action="store_true", help="tiny budget on random 8-bit data")
+    p = parser(__doc__, runs="runs/compare_likelihoods")
     p.add_argument("--likelihoods", nargs="+", default=list(LIKELIHOODS), choices=list(LIKELIHOODS))
-    p.add_argument("--epochs", type=int, default=None, help="default: the config's")
     p.add_argument("--categorical-epochs", type=int, default=40,
-                   help="epochs of the (256x wider, ~100x slower) categorical decoder")
-    p.add_argument("--num-samples", "-K", type=int, default=None, help="IS samples (default 1000)")
-    p.add_argument("--reuse", action="store_true",
-                   help="evaluate finished runs instead of retraining")
-    p.add_argument("--table-only", action="store_true",
-                   help="rewrite the table and PNG from --out/likelihoods.json and the saved runs")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+                   help="epochs of the (256x wider, ~100x slower) categorical decoder "
+                   "(--epochs, when given, applies to it too)")
     return p.parse_args(argv)
 
 
@@ -85,47 +77,31 @@ def smoke_data(folder: Path) -> Path:
     return path
 
 
-def run_likelihood(name: str, args, runs: Path) -> tuple[dict, object]:
-    from vaelab.config import load_config
+def run_likelihood(exp: Experiment, name: str, smoke: list[str]) -> tuple[dict, object]:
     from vaelab.data import bits_per_dim
-    from vaelab.inference.train import train
-    from vaelab.run import evaluate, load_run
 
     spec, dequantize = LIKELIHOODS[name]
-    overrides = [f"model.likelihood={spec}", f"data.dequantize={str(dequantize).lower()}"]
-    if args.smoke:
-        overrides += [*SMOKE, "data.name=array", f"data.path={smoke_data(runs)}"]
-    epochs = args.categorical_epochs if name == "categorical" and not args.smoke else args.epochs
-    if epochs:
-        overrides.append(f"train.epochs={epochs}")
-    cfg = load_config(CONFIG, [*overrides, *args.overrides])
-    run_dir = runs / name
-    t0 = time.perf_counter()
-    if not (args.reuse and (run_dir / "checkpoints" / "best.pt").is_file()):
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        train(cfg, run_dir)
-    train_time = time.perf_counter() - t0
-    run = load_run(run_dir)
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    K = args.num_samples or (10 if args.smoke else cfg.eval.num_samples)
-    t0 = time.perf_counter()
-    est = evaluate(run, split="test", num_samples=K, limit=20 if args.smoke else None,
-                   max_memory_mb=128.0)
-    eval_time = time.perf_counter() - t0
+    overrides = [f"model.likelihood={spec}", f"data.dequantize={str(dequantize).lower()}",
+                 "eval.max_memory_mb=128"]
+    if name == "categorical" and not exp.args.smoke and exp.args.epochs is None:
+        overrides.append(f"train.epochs={exp.args.categorical_epochs}")
+    run = exp.train(name, exp.config(CONFIG, overrides, smoke=smoke))
+    history = exp.history(run)
+    est = exp.score(run)
     s = est.summary()
     D = run.data.dim
     row = {
-        "likelihood": name, "spec": cfg.model.likelihood, "dequantized": dequantize,
-        "param_size": run.vae.generative.likelihood.param_size,
-        "arch": "-".join(str(h) for h in [D, *cfg.model.hidden_sizes, cfg.model.latent_dim]),
-        "epochs": len(history), "best_epoch": run.epoch + 1, "steps": history[-1]["step"],
+        "likelihood": name, "spec": run.cfg.model.likelihood.model_dump(),
+        "dequantized": dequantize, "param_size": run.vae.generative.likelihood.param_size,
+        "arch": arch(run), "epochs": len(history), "best_epoch": run.epoch + 1,
+        "steps": history[-1]["step"],
         "test_elbo": s["elbo"], "test_elbo_se": s["elbo_stderr"],
         "test_log_px": s["log_likelihood"], "test_log_px_se": s["log_likelihood_stderr"],
         "bits_per_dim": bits_per_dim(-s["log_likelihood"], D),
         "elbo_bits_per_dim": bits_per_dim(-s["elbo"], D),
         "log_jacobian": est.extra["log_jacobian"], "mc_stderr": s["mc_stderr_mean"],
-        "K": K, "n_test": est.num_points, "D": D, "train_s": train_time, "eval_s": eval_time,
+        "K": est.num_samples, "n_test": est.num_points, "D": D,
+        "train_s": sum(r["epoch_time"] for r in history), "eval_s": est.extra["eval_s"],
     }
     return row, run
 
@@ -139,8 +115,7 @@ def side_by_side(runs: dict, path: Path, n: int = 8) -> Path:
 
     first = next(iter(runs.values()))
     shape = first.data.image_shape
-    test = first.data.test
-    x = test[:: max(1, test.shape[0] // n)][:n]  # raw 8-bit levels k/255, spread over the split
+    x = Experiment.images(first, n)  # raw 8-bit levels k/255, spread over the split
     fig, axes = plt.subplots(len(runs) + 1, 2, figsize=(9, 1.3 * (len(runs) + 1)), squeeze=False)
     axes[0, 0].imshow(image_grid(x, shape, n), cmap="gray", vmin=0, vmax=1)
     axes[0, 0].set_title("test inputs → reconstructions E[x|z], z ~ q(z|x)", fontsize=8)
@@ -163,12 +138,11 @@ def side_by_side(runs: dict, path: Path, n: int = 8) -> Path:
     return path
 
 
-def write_table(rows: list[dict], args, out: Path, argv) -> Path:
+def table(rows: list[dict], saved: dict) -> list[str]:
     r0 = rows[0]
     D = r0["D"]
-    shown = [a for a in argv if a not in ("--table-only", "--reuse")]
-    cmd = "python experiments/compare_likelihoods.py " + " ".join(shown)
-    data = "random 8-bit images (smoke)" if args.smoke else "Frey faces (1965 × 28×20, 8-bit)"
+    data = ("random 8-bit images (smoke)" if saved.get("smoke")
+            else "Frey faces (1965 × 28×20, 8-bit)")
     budgets = sorted({(r["epochs"], r["steps"]) for r in rows})
     lines = [
         "# Likelihoods for grey-level images, in comparable units",
@@ -186,7 +160,8 @@ def write_table(rows: list[dict], args, out: Path, argv) -> Path:
         "**Budget**: " + "; ".join(f"{e} epochs ({s} steps)" for e, s in budgets)
         + " (see the epochs column: the categorical decoder is ~100x slower per step, so it gets "
         f"fewer epochs); checkpoint with the best validation ELBO; IS with K = {r0['K']} "
-        f"importance samples on all {r0['n_test']} test images (± standard error across images).",
+        f"importance samples on {r0['n_test']} test images (all of them unless `--test-limit`; "
+        "± standard error across images).",
         "",
         "| likelihood | data | decoder outputs | epochs (best) | test ELBO | test log p̂ (IS) "
         "| bits/dim (IS) | bits/dim (ELBO) | train / eval time |",
@@ -216,40 +191,27 @@ def write_table(rows: list[dict], args, out: Path, argv) -> Path:
         "extrapolate outside the region the encoder uses.",
         "",
         "![inputs, reconstructions and samples per likelihood](likelihoods.png)",
-        "",
-        f"Regenerate: `VAELAB_DATA=/path/to/data {cmd.strip()}`",
-        "",
     ]
-    path = out / "likelihoods.md"
-    path.write_text("\n".join(lines))
-    (out / "likelihoods.json").write_text(json.dumps(rows, indent=1))
-    return path
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        runs_dir = Path(args.runs or (tmp if args.smoke else "runs/compare_likelihoods"))
+    script = "experiments/compare_likelihoods.py"
+    with Experiment("likelihoods", args, argv, script) as exp:
         if args.table_only:
-            from vaelab.run import load_run
-
-            rows = json.loads((out / "likelihoods.json").read_text())
-            write_table(rows, args, out, argv)
-            side_by_side({r["likelihood"]: load_run(runs_dir / r["likelihood"]) for r in rows},
-                         out / "likelihoods.png")
-            return 0
-        runs_dir.mkdir(parents=True, exist_ok=True)
+            return exp.rewrite(table)
+        exp.runs.mkdir(parents=True, exist_ok=True)
+        smoke = [*SMOKE, f"data.path={smoke_data(exp.runs)}"] if args.smoke else []
         rows, runs = [], {}
         for name in args.likelihoods:
-            row, runs[name] = run_likelihood(name, args, runs_dir)
+            row, runs[name] = run_likelihood(exp, name, smoke)
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            write_table(rows, args, out, argv)
-        side_by_side(runs, out / "likelihoods.png")
-    print(out / "likelihoods.md")
+            print(row, flush=True)
+            exp.write(table(rows, {"smoke": args.smoke}), rows, smoke=args.smoke)
+        side_by_side(runs, exp.out / "likelihoods.png")
+    print(exp.out / "likelihoods.md")
     return 0
 
 

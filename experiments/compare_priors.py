@@ -2,11 +2,11 @@ r"""Standard normal vs mixture of Gaussians vs VampPrior on statically binarized
 
 One architecture and one budget for every prior (``experiments/configs/priors_mnist.toml``:
 784-300-300-40, Bernoulli likelihood, Trace_ELBO, Adam 1e-3, batch 100); only ``model.prior``
-changes. Each run keeps its best-validation-ELBO checkpoint, which is scored on
-``--test-limit`` test images spread evenly over the test split (:meth:`vaelab.run.Run.split`; the
-binarized MNIST test file is sorted by digit) by importance sampling (K = ``--num-samples``, Burda et al. 2016):
-the test ELBO (mean of the K log-weights) and log p̂(x). Writes ``priors.md`` (table + budget +
-command), ``priors.json`` and one PNG of prior samples per prior into ``--out``.
+changes. Each run keeps its best-validation-ELBO checkpoint, which is scored by importance
+sampling (K = ``eval.num_samples``, Burda et al. 2016) on ``eval.limit`` test images spread
+evenly over the test split (the binarized MNIST test file is sorted by digit): the test ELBO
+(mean of the K log-weights) and log p̂(x). Writes ``priors.md`` (table + budget + command),
+``priors.json`` and one PNG of prior samples per prior into ``--out``.
 
 ::
 
@@ -24,15 +24,13 @@ References:
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runner import Experiment, arch, parser  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "configs" / "priors_mnist.toml"
@@ -50,20 +48,8 @@ SMOKE = [
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(HERE / "results"), help="folder of the table and PNGs")
-    p.add_argument("--runs", default=None, help="run folders (default: runs/compare_priors)")
-    p.add_argument("--smoke", action="store_true", help="tiny budget on synthetic data")
+    p = parser(__doc__, runs="runs/compare_priors")
     p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=list(PRIORS))
-    p.add_argument("--epochs", type=int, default=None, help="default: the config's")
-    p.add_argument("--num-samples", "-K", type=int, default=None, help="IS samples (default 5000)")
-    p.add_argument("--test-limit", type=int, default=None,
-                   help="N test images spread over the split (default 1000)")
-    p.add_argument("--reuse", action="store_true",
-                   help="evaluate finished runs instead of retraining")
-    p.add_argument("--table-only", action="store_true",
-                   help="rewrite the table from --out/priors.json (no training, no evaluation)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return p.parse_args(argv)
 
 
@@ -79,64 +65,45 @@ def eval_memory_mb(vae, data_dim: int, budget_mb: float = 512.0) -> float:
     return budget_mb * base / (base + extra)
 
 
-def run_prior(name: str, args, runs: Path) -> dict:
-    from vaelab.config import load_config
-    from vaelab.inference.train import train
+def run_prior(exp: Experiment, name: str) -> dict:
     from vaelab.report import save_grid
-    from vaelab.run import evaluate, load_run
 
-    overrides = [f"model.prior={PRIORS[name]}", *(SMOKE if args.smoke else []), *args.overrides]
-    if args.smoke:
-        overrides[0] = f"model.prior={PRIORS[name].replace(str(COMPONENTS), '3')}"
-    if args.epochs:
-        overrides.append(f"train.epochs={args.epochs}")
-    cfg = load_config(CONFIG, overrides)
-    run_dir = runs / name
-    if not (args.reuse and (run_dir / "checkpoints" / "best.pt").is_file()):
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        train(cfg, run_dir)
-    run = load_run(run_dir)
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train_time = sum(r["epoch_time"] for r in history)  # training steps only, also when reused
-    K = args.num_samples or (20 if args.smoke else cfg.eval.num_samples)
-    n = args.test_limit or (20 if args.smoke else cfg.eval.limit)
-    t0 = time.perf_counter()
-    est = evaluate(run, split="test", num_samples=K, limit=n,
-                   max_memory_mb=eval_memory_mb(run.vae, run.data.dim))
-    eval_time = time.perf_counter() - t0
+    spec = PRIORS[name].replace(str(COMPONENTS), "3") if exp.args.smoke else PRIORS[name]
+    run = exp.train(name, exp.config(CONFIG, [f"model.prior={spec}"], smoke=SMOKE))
+    history = exp.history(run)
+    ec = exp.eval_config(run, [f"eval.max_memory_mb={eval_memory_mb(run.vae, run.data.dim)}"])
+    est = exp.score(run, ec)
     s = est.summary()
     torch.manual_seed(0)
-    png = Path(args.out) / f"priors_samples_{name}.png"
+    png = exp.png(f"samples_{name}")
     save_grid(png, run.vae.generative.sample(64), run.data.image_shape, ncol=8,
               title=f"{name}: E[x|z], z ~ p(z)")
-    arch = "-".join(str(h) for h in [run.data.dim, *cfg.model.hidden_sizes, cfg.model.latent_dim])
     return {
-        "prior": name, "spec": cfg.model.prior, "arch": arch, "valid_limit": cfg.train.valid_limit,
-        "epochs": len(history), "best_epoch": run.epoch + 1,
-        "steps": history[-1]["step"], "test_elbo": s["elbo"], "test_elbo_se": s["elbo_stderr"],
+        "prior": name, "spec": run.cfg.model.prior.model_dump(), "arch": arch(run),
+        "valid_limit": run.cfg.train.valid_limit, "epochs": len(history),
+        "best_epoch": run.epoch + 1, "steps": history[-1]["step"],
+        "test_elbo": s["elbo"], "test_elbo_se": s["elbo_stderr"],
         "test_log_px": s["log_likelihood"], "test_log_px_se": s["log_likelihood_stderr"],
-        "mc_stderr": s["mc_stderr_mean"], "ess_mean": s["ess_mean"], "K": K,
-        "n_test": est.num_points,
-        "params": sum(p.numel() for p in run.vae.parameters()),
-        "train_s": train_time, "eval_s": eval_time, "png": png.name,
+        "mc_stderr": s["mc_stderr_mean"], "ess_mean": s["ess_mean"], "K": ec.num_samples,
+        "n_test": est.num_points, "params": sum(p.numel() for p in run.vae.parameters()),
+        # training steps only, also when reused
+        "train_s": sum(r["epoch_time"] for r in history), "eval_s": est.extra["eval_s"],
+        "png": png.name,
     }
 
 
-def write_table(rows: list[dict], args, out: Path, argv) -> Path:
+def table(rows: list[dict], saved: dict) -> list[str]:
     r0 = rows[0]
-    shown = [a for a in argv if a not in ("--table-only", "--reuse")]
-    cmd = "python experiments/compare_priors.py " + " ".join(shown)
-    data = "synthetic (smoke)" if args.smoke else "statically binarized MNIST (Larochelle & Murray)"
+    data = ("synthetic (smoke)" if saved.get("smoke")
+            else "statically binarized MNIST (Larochelle & Murray)")
+    components = sorted({str(r["spec"]["components"]) for r in rows if "components" in r["spec"]})
     lines = [
         "# Priors: standard normal vs MoG vs VampPrior",
         "",
         f"Data: {data}. Architecture (all priors): {r0['arch']} encoder and decoder (mirrored), "
         "ReLU, diagonal-normal guide, Bernoulli likelihood; Trace_ELBO with 1 particle, Adam lr "
         "1e-3, batch 100, no KL warm-up, seed 0, 1 CPU thread. MoG and VampPrior: K = "
-        + "/".join(sorted({str(r["spec"]["components"]) for r in rows
-                           if "components" in r["spec"]}))
-        + " components.",
+        + "/".join(components) + " components.",
         "",
         f"**Budget**: {r0['epochs']} epochs ({r0['steps']} steps) per prior; checkpoint with the "
         f"best ELBO on {r0['valid_limit']} validation images; test metrics on "
@@ -145,8 +112,7 @@ def write_table(rows: list[dict], args, out: Path, argv) -> Path:
         "across images; MC s.e. is the mean delta-method Monte Carlo error of one log p̂).",
         "",
         "| prior | epochs (best) | parameters | test ELBO | test log p̂ (IS, K) "
-        "| log p̂ − ELBO "
-        "| MC s.e. | mean ESS | train / eval time | literature, fully trained |",
+        "| log p̂ − ELBO | MC s.e. | mean ESS | train / eval time | literature, fully trained |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -166,7 +132,7 @@ def write_table(rows: list[dict], args, out: Path, argv) -> Path:
                       f"`{r['prior']}` {r['test_log_px'] - base['test_log_px']:+.2f} ± "
                       f"{(r['test_log_px_se'] ** 2 + base['test_log_px_se'] ** 2) ** 0.5:.2f}"
                       for r in rows if r is not base) + "."]
-    lines += [
+    return lines + [
         "",
         "Samples (mean images of z ~ p(z)): "
         + ", ".join(f"[{r['prior']}]({r['png']})" for r in rows) + ".",
@@ -175,32 +141,20 @@ def write_table(rows: list[dict], args, out: Path, argv) -> Path:
         "epochs with KL warm-up), as quoted in issue 3: standard normal ≈ −88.6, VampPrior "
         "(K = 500) −85.57 nats. This table's short budget is far from convergence, so compare "
         "the priors with each other, not with those figures.",
-        "",
-        f"Regenerate: `VAELAB_DATA=/path/to/data {cmd.strip()}`",
-        "",
     ]
-    path = out / "priors.md"
-    path.write_text("\n".join(lines))
-    (out / "priors.json").write_text(json.dumps(rows, indent=1))
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.table_only:
-        write_table(json.loads((out / "priors.json").read_text()), args, out, argv)
-        return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = Path(args.runs or (tmp if args.smoke else "runs/compare_priors"))
-        rows = []
-        for name in args.priors:
-            rows.append(run_prior(name, args, runs))
-            print(json.dumps(rows[-1]), flush=True)
-            write_table(rows, args, out, argv)
-    print(out / "priors.md")
+    with Experiment("priors", parse_args(argv), argv, "experiments/compare_priors.py") as exp:
+        if exp.args.table_only:
+            return exp.rewrite(table)
+        rows: list[dict] = []
+        for name in exp.args.priors:
+            rows.append(run_prior(exp, name))
+            print(rows[-1], flush=True)
+            exp.write(table(rows, {"smoke": exp.args.smoke}), rows, smoke=exp.args.smoke)
+    print(exp.out / "priors.md")
     return 0
 
 

@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from torch.nn.functional import softplus
 
-from vaelab.config import load_config
+from vaelab.resolve import load_config
 from vaelab.vae import build_vae
 
 

@@ -170,7 +170,7 @@ def test_bdmc_bounds_bracket_the_closed_form(ppca):
 
 
 def _train_tiny(tmp_path, overrides):
-    from vaelab.config import load_config
+    from vaelab.resolve import load_config
     from vaelab.inference.train import train
 
     out = tmp_path / "run"

@@ -16,20 +16,16 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from vaelab.config import load_config
+from vaelab.resolve import load_config
 from vaelab.inference import exact
 from vaelab.inference.marginal import estimate_marginal
 from vaelab.inference.objectives import build_objective
 from vaelab.inference.train import train
-from vaelab.model.categorical import (
-    CategoricalProduct,
-    category_usage,
-    enumerated_elbo,
-    exact_log_likelihood,
-    joint_states,
-)
+from vaelab.inference.diagnostics import category_usage
+from vaelab.inference.exact import categorical_log_likelihood, enumerated_elbo
+from vaelab.model.distributions import CategoricalProduct, joint_states
 from vaelab.registry import ConfigError
-from vaelab.run import evaluate, load_run
+from vaelab.run import eval_config, evaluate, load_run
 from vaelab.vae import build_vae
 
 N, K, D = 2, 3, 6
@@ -206,7 +202,7 @@ def test_exact_log_px_equals_the_brute_force_sum(data):
     registered method answers through vaelab.inference.exact."""
     vae, _ = tiny_vae(CATEGORICAL)
     truth = torch.logsumexp(brute_force_log_joint(vae, data), 0)  # (B,)
-    ours = exact_log_likelihood(vae, data, max_memory_mb=1e-4)  # forces 1-state chunks
+    ours = categorical_log_likelihood(vae, data, max_memory_mb=1e-4)  # forces 1-state chunks
     assert torch.allclose(ours, truth, atol=1e-10, rtol=0)
     registered = exact.exact_log_likelihood(vae, data)
     assert registered is not None and torch.allclose(registered, truth, atol=1e-10, rtol=0)
@@ -234,7 +230,7 @@ def test_importance_sampling_converges_to_exact_log_px(data):
     4 MC standard errors (+1e-3) of the exact log p(x); the mean of log w within 0.05 nats of the
     exact ELBO; the exact ELBO strictly below log p(x)."""
     vae, _ = tiny_vae(RELAXED)  # trained relaxed, evaluated as the discrete model
-    truth = exact_log_likelihood(vae, data)
+    truth = categorical_log_likelihood(vae, data)
     elbo = enumerated_elbo(vae, data).detach()
     model, guide = vae.eval_pair()
     est = estimate_marginal(model, guide, data, num_samples=5000, chunk_size=1000)
@@ -413,7 +409,7 @@ def test_every_config_path_trains(family, objective, driver, tmp_path):
     else:  # 13 steps per epoch, updated every 5 steps
         assert temps == pytest.approx([math.exp(-1e-2 * 10), math.exp(-1e-2 * 25)])
     run = load_run(tmp_path)
-    est = evaluate(run, num_samples=500, limit=20)
+    est = evaluate(run, eval_config(run.cfg, ["eval.num_samples=500", "eval.limit=20"]))
     truth = exact.exact_log_likelihood(run.vae, run.pre.eval_split(run.split("test", 20), 0))
     assert abs(float(est.log_px.mean()) - float(truth.mean())) < 0.5
 
@@ -488,6 +484,6 @@ def test_cli_evaluate_json_reports_the_exact_log_likelihood(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     run = load_run(tmp_path)
     x = run.pre.eval_split(run.split("test", 20), run.cfg.eval.seed)
-    truth = float(exact_log_likelihood(run.vae, x).mean())
+    truth = float(categorical_log_likelihood(run.vae, x).mean())
     assert abs(metrics["exact_log_likelihood"] - truth) < 1e-6
     assert abs(metrics["log_likelihood"] - truth) < 0.1

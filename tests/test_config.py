@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from vaelab.cli import main
-from vaelab.config import apply_overrides, dump_toml, load_config, to_dict
+from vaelab.config import dump_toml, to_dict
+from vaelab.resolve import apply_overrides, load_config
 from vaelab.registry import ConfigError
 
 TINY = [
@@ -48,11 +49,11 @@ def test_toml_load_fills_component_tables(tmp_path):
     assert cfg.model.latent_dim == 7 and cfg.model.hidden_sizes == [30, 20]
     assert cfg.train.epochs == 3 and cfg.train.lr == 3e-4
     # components come back as full tables, defaults filled in
-    assert cfg.model.prior == {"name": "vamp", "components": 10, "init_mean": 0.05,
+    assert cfg.model.prior.model_dump() == {"name": "vamp", "components": 10, "init_mean": 0.05,
                                "init_std": 0.01}
-    assert cfg.model.likelihood == {"name": "laplace", "scale": 0.1, "learn": "pixel",
+    assert cfg.model.likelihood.model_dump() == {"name": "laplace", "scale": 0.1, "learn": "pixel",
                                     "min_scale": 1e-3}
-    assert cfg.guide.family == {"name": "normal", "min_scale": 1e-5}
+    assert cfg.guide.family.model_dump() == {"name": "normal", "min_scale": 1e-5}
 
 
 def test_set_parses_values_by_type():
@@ -78,15 +79,15 @@ def test_setting_an_option_promotes_a_name_to_a_table(tmp_path):
     path.write_text('[model]\nlikelihood = "normal"\nprior = "mog"\n')
     cfg = load_config(path, ["model.likelihood.scale=0.05", "model.likelihood.learn=shared",
                              "model.prior.components=3"])
-    assert cfg.model.likelihood == {"name": "normal", "scale": 0.05, "learn": "shared",
+    assert cfg.model.likelihood.model_dump() == {"name": "normal", "scale": 0.05, "learn": "shared",
                                     "min_scale": 1e-3}
-    assert cfg.model.prior["components"] == 3
+    assert cfg.model.prior.components == 3
     # the schema's default component is promoted too: guide.family defaults to "normal"
     cfg = load_config(None, ["guide.family.min_scale=0.01"])
-    assert cfg.guide.family == {"name": "normal", "min_scale": 0.01}
+    assert cfg.guide.family.model_dump() == {"name": "normal", "min_scale": 0.01}
     # a later name replaces the table
     cfg = load_config(path, ["model.likelihood.scale=0.05", "model.likelihood=beta"])
-    assert cfg.model.likelihood["name"] == "beta"
+    assert cfg.model.likelihood.name == "beta"
 
 
 @pytest.mark.parametrize("override,match", [
@@ -236,3 +237,29 @@ def test_bernoulli_on_frey_faces_fails_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "needs binary data" in err and "data.binarize" in err
     assert not out.exists()
+
+
+def test_options_of_a_latent_dependent_default_are_validated_against_that_default(capsys):
+    """Issue 9: ``--set guide.family.kl=categorical`` on a categorical-latent config used to be
+    checked against the schema default ('normal') and fail with an unknown key; the default that
+    applies is the latent type's ('relaxed'), the one ``config show`` prints."""
+    latent = "model.latent={name='categorical', num_variables=2, num_classes=3}"
+    cfg = load_config(None, [latent, "guide.family.kl=categorical"])
+    assert cfg.guide.family.model_dump() == {"name": "relaxed", "kl": "categorical", "hard": False}
+    assert cfg.model.prior.name == "categorical"
+    assert main(["config", "show", "--set", latent, "--set", "guide.family.hard=true",
+                 "--set", "guide.family.kl=categorical"]) == 0
+    assert 'name = "relaxed"' in capsys.readouterr().out
+    # and an option the latent's default family lacks is still refused, naming the key
+    with pytest.raises(ConfigError, match="guide.family.min_scale"):
+        load_config(None, [latent, "guide.family.min_scale=0.1"])
+    # the Gaussian default is unaffected
+    assert load_config(None, ["guide.family.min_scale=0.1"]).guide.family.min_scale == 0.1
+
+
+def test_eval_section_holds_the_estimator_options():
+    cfg = load_config(None, ["eval.method=ais", "eval.ais_steps=50", "eval.proposal=inflated:2"])
+    assert (cfg.eval.method, cfg.eval.ais_steps, cfg.eval.ais_chains) == ("ais", 50, 16)
+    assert cfg.eval.proposal.model_dump() == {"name": "inflated", "factor": 2.0}
+    with pytest.raises(ConfigError, match="eval.proposal"):
+        load_config(None, ["eval.proposal=inflatd:2"])

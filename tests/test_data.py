@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from vaelab.config import DataConfig
+from vaelab.data.subsets import spread_indices
 from vaelab.data import (
     DATASETS,
     ChecksumError,
@@ -413,7 +414,13 @@ def test_synthetic_limit_and_static_binarization(tmp_path):
     assert a.sizes() == {"train": 400, "valid": 100, "test": 100} and a.image_shape == (8, 8)
     assert a.binary and check_binary(a.train)
     assert b.sizes() == {"train": 50, "valid": 50, "test": 50}
-    assert torch.equal(a.train[:50], b.train) and not torch.equal(a.train, c.train)
+    # data.limit keeps points spread evenly over each split (issue 9: the first N of a file
+    # sorted by class would be one class); data.subset = "first" is what version-1 configs meant
+    assert torch.equal(a.train[spread_indices(400, 50)], b.train)
+    assert torch.equal(a.valid[spread_indices(100, 50)], b.valid)
+    assert not torch.equal(a.train[:50], b.train) and not torch.equal(a.train, c.train)
+    first = load_dataset(DataConfig(name="synthetic", split_seed=3, limit=50, subset="first"))
+    assert torch.equal(a.train[:50], first.train) and torch.equal(a.test[:50], first.test)
 
     x = np.random.default_rng(0).random((200, 9)).astype(np.float32)
     np.save(tmp_path / "g.npy", x)
@@ -422,7 +429,8 @@ def test_synthetic_limit_and_static_binarization(tmp_path):
     assert s1.binary and s1.levels == 2 and check_binary(s1.train)
     assert torch.equal(s1.train, s2.train)
     small = load_dataset(cfg.model_copy(update={"limit": 10}))
-    assert torch.equal(small.train, s1.train[:10])  # a limited run sees a prefix
+    # a limited run sees a subset of the same static binarization
+    assert torch.equal(small.train, s1.train[spread_indices(s1.train.shape[0], 10)])
 
 
 def test_split_indices_partition():

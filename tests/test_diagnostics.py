@@ -9,7 +9,7 @@ import torch
 
 from ppca import exact_log_px, make_ppca, sample_ppca, set_exact_posterior
 from vaelab.cli import main
-from vaelab.config import load_config
+from vaelab.resolve import load_config
 from vaelab.inference.diagnostics import (
     ObjectiveDiagnostics,
     diagnose,

@@ -16,14 +16,10 @@ from pyro.ops.stats import fit_generalized_pareto
 from ppca import TableNormal, exact_log_px, make_ppca, sample_ppca, set_exact_posterior
 from vaelab.inference.exact import exact_log_likelihood, linear_gaussian_log_likelihood
 from vaelab.inference.importance import log_weights
-from vaelab.inference.marginal import (
-    default_curve_ks,
-    estimate_marginal,
-    importance_sample_batch,
-    save_convergence_plot,
-)
+from vaelab.inference.marginal import default_curve_ks, estimate_marginal, importance_sample_batch
 from vaelab.inference.proposals import make_proposal, parse_proposal, proposal_name
 from vaelab.inference.psis import fit_generalized_pareto_batched, pareto_k, tail_size
+from vaelab.plots import save_convergence_plot
 from vaelab.registry import ConfigError
 
 SIGMA = 0.5
@@ -328,7 +324,7 @@ def test_exact_method_does_not_apply_to_nonlinear_or_bernoulli_models():
 
 
 def _train_tiny(tmp_path, overrides, name="run"):
-    from vaelab.config import load_config
+    from vaelab.resolve import load_config
     from vaelab.inference.train import train
 
     cfg = load_config(None, [*overrides, "train.num_threads=1"])
@@ -380,8 +376,7 @@ def test_is_with_the_categorical_guide_converges_to_enumeration(spec):
     points of 16 binary pixels): IS with its hard categorical guide (or the prior), K=5000, is
     within 4 MC standard errors + 0.01 nats of the exact enumeration at every point, the mean
     within 0.05 nats (measured |mean error| ≤ 0.006)."""
-    pytest.importorskip("vaelab.model.categorical")
-    from vaelab.config import load_config
+    from vaelab.resolve import load_config
     from vaelab.vae import build_vae
 
     cfg = load_config(None, [

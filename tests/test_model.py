@@ -6,7 +6,7 @@ from pyro.poutine.util import site_is_subsample
 import pytest
 import torch
 
-from vaelab.config import load_config
+from vaelab.resolve import load_config
 from vaelab.vae import build_vae
 
 

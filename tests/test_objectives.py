@@ -16,9 +16,11 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ppca import exact_log_px, make_ppca, ppca_config, sample_ppca, set_exact_posterior
-from vaelab.config import ObjectiveConfig, load_config
+from vaelab.config import ObjectiveConfig
+from vaelab.resolve import load_config
 from vaelab.inference.importance import log_weights
 from vaelab.inference.objectives import OBJECTIVES, build_objective
+from vaelab.inference.objectives._particles import fn_key
 from vaelab.inference.objectives.dreg import IWAEDReG
 from vaelab.inference.objectives.iwae import IWAE, iwae_bound
 from vaelab.inference.objectives.mean_field import CachedJitTraceMeanField_ELBO, MeanFieldELBO
@@ -426,8 +428,21 @@ def test_iwae_stays_per_point_with_a_global_site(global_data):
     by_hand = float((torch.logsumexp(log_w, 0) - math.log(8)).sum() + g)
     _, bound = objective.surrogate_and_bound(p)
     assert float(bound) == pytest.approx(by_hand, abs=1e-10)
-    # the first call (which found the global) and later calls are the same estimator
-    assert objective._has_globals
+    # the first call (which found the global) and later calls are the same estimator: the answer
+    # cached for this guide is "has a global site"; a guide without one is cached as False
+    assert objective._has_globals == {fn_key(guide): True}
+
+    def local_model(x):  # the model at μ = 0: every site in the data plate
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.sample("x", dist.Normal(z, SIG_X), obs=x)
+
+    def local_guide(x):
+        with pyro.plate("data", x.shape[0], dim=-1):
+            pyro.sample("z", dist.Normal(x / V, math.sqrt(SIG_X**2 / V)))
+
+    objective.loss(local_model, local_guide, x)
+    assert objective._has_globals == {fn_key(guide): True, fn_key(local_guide): False}
 
 
 def test_iwae_with_a_global_site_is_a_bound_of_the_exact_marginal(global_data):
@@ -601,7 +616,6 @@ def test_discrete_latents_train_or_are_refused(family, tiny_cfg_overrides, tmp_p
     is refused with a ConfigError where it does not: the importance-weighted and STL objectives
     need a relaxed guide without a guide factor (the categorical-KL convention adds one);
     mean_field needs a reparameterized guide (not the unrelaxed categorical)."""
-    pytest.importorskip("vaelab.model.categorical")
     base = [
         *tiny_cfg_overrides,
         'model.latent={name = "categorical", num_variables = 2, num_classes = 3}',
@@ -626,7 +640,6 @@ def test_mean_field_counts_a_guide_factor_like_trace():
     """The categorical-KL convention puts +KL in a guide factor: mean_field subtracts it exactly
     as trace does (same seed, β = 1 and 0.5: equal values and encoder gradients, atol 1e-5,
     float32)."""
-    pytest.importorskip("vaelab.model.categorical")
     cfg = load_config(None, [
         "data.name=synthetic", "model.hidden_sizes=[8]", "model.prior=categorical",
         'model.latent={name = "categorical", num_variables = 2, num_classes = 3}',

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vaelab.config import load_config
+from vaelab.resolve import load_config
 from vaelab.inference.checkpoint import load_checkpoint
 from vaelab.inference.train import NonFiniteLossError, kl_weight, train
 
@@ -120,8 +120,8 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatc
 
     real = generative.Generative.forward
 
-    def poisoned(self, x, beta=1.0, temperature=None):
-        return real(self, x * math.nan, beta, temperature)
+    def poisoned(self, x, beta=1.0, temperature=None, hard=False):
+        return real(self, x * math.nan, beta, temperature, hard)
 
     monkeypatch.setattr(generative.Generative, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match="last good checkpoint"):

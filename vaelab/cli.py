@@ -28,21 +28,47 @@ def _add_set(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: evaluate's flags and the [eval] keys they set (defaults come from the run's [eval] section)
+EVAL_FLAGS = {
+    "split": "split", "num_samples": "num_samples", "limit": "limit", "batch_size": "batch_size",
+    "max_memory": "max_memory_mb", "seed": "seed", "method": "method", "proposal": "proposal",
+    "steps": "ais_steps", "chains": "ais_chains", "leapfrog": "ais_leapfrog",
+    "ais_base": "ais_base",
+}
+
+
 def _add_marginal_args(p: argparse.ArgumentParser) -> None:
-    """Options of ``evaluate``'s estimators: IS proposal and diagnostics, AIS, exact."""
-    p.add_argument("--method", choices=["is", "ais"], default="is",
-                   help="importance sampling (default) or annealed importance sampling")
-    p.add_argument("--proposal", default="guide", metavar="SPEC",
-                   help="IS proposal: guide (default), inflated:FACTOR, student_t:DF, prior")
-    p.add_argument("--no-diagnostics", action="store_true", help="skip the per-point Pareto k-hat")
+    """Options of ``evaluate``'s estimators: IS proposal and diagnostics, AIS, exact. Each sets
+    the [eval] key named in its help; unset, the run's saved [eval] value applies."""
+    p.add_argument("--method", choices=["is", "ais"], default=None,
+                   help="eval.method: importance sampling (default) or annealed IS")
+    p.add_argument("--proposal", default=None, metavar="SPEC",
+                   help="eval.proposal: guide (default), inflated:FACTOR, student_t:DF, prior")
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="eval.diagnostics = false: skip the per-point Pareto k-hat")
     p.add_argument("--curve", default=None, metavar="PNG",
                    help="plot mean log p(x) against K = 1..K (prefixes of the same draws)")
-    p.add_argument("--steps", "-T", type=int, default=1000, help="AIS: intermediate distributions")
-    p.add_argument("--chains", "-C", type=int, default=16, help="AIS: chains per data point")
-    p.add_argument("--leapfrog", type=int, default=10, help="AIS: leapfrog steps per HMC move")
-    p.add_argument("--ais-base", choices=["prior", "guide"], default="prior",
-                   help="AIS: the distribution the chains start from")
-    p.add_argument("--no-exact", action="store_true", help="skip the exact log p(x) where known")
+    p.add_argument("--steps", "-T", type=int, default=None,
+                   help="eval.ais_steps: AIS intermediate distributions; default: the run's [eval]")
+    p.add_argument("--chains", "-C", type=int, default=None,
+                   help="eval.ais_chains: AIS chains per data point; default: the run's [eval]")
+    p.add_argument("--leapfrog", type=int, default=None,
+                   help="eval.ais_leapfrog: leapfrog steps per HMC move; default: the run's [eval]")
+    p.add_argument("--ais-base", choices=["prior", "guide"], default=None,
+                   help="eval.ais_base: the distribution the AIS chains start from")
+    p.add_argument("--no-exact", action="store_true",
+                   help="eval.exact = false: skip the exact log p(x) where known")
+
+
+def _eval_overrides(args, flags: tuple[str, ...] = tuple(EVAL_FLAGS)) -> list[str]:
+    """``eval.KEY=VALUE`` for each of ``flags`` given on the command line, then ``--set``."""
+    given = {EVAL_FLAGS[f]: getattr(args, f) for f in flags if getattr(args, f, None) is not None}
+    out = [f"eval.{k}={v!r}" if isinstance(v, str) else f"eval.{k}={v}" for k, v in given.items()]
+    if getattr(args, "no_diagnostics", False):
+        out.append("eval.diagnostics=false")
+    if getattr(args, "no_exact", False):
+        out.append("eval.exact=false")
+    return out + list(getattr(args, "overrides", []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,13 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="ELBO and log p(x) (IS with diagnostics, or AIS) of a trained run"
     )
     p.add_argument("run_dir")
-    p.add_argument("--split", choices=["train", "valid", "test"], default=None)
-    p.add_argument("--num-samples", "-K", type=int, default=None, help="importance samples K")
-    p.add_argument("--limit", type=int, default=None, help="N points spread evenly over the split")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--max-memory", type=float, default=None, help="particle-chunk budget, MiB")
+    p.add_argument("--split", choices=["train", "valid", "test"], default=None,
+                   help="eval.split")
+    p.add_argument("--num-samples", "-K", type=int, default=None,
+                   help="eval.num_samples: importance samples K")
+    p.add_argument("--limit", type=int, default=None,
+                   help="eval.limit: N points spread evenly over the split")
+    p.add_argument("--batch-size", type=int, default=None, help="eval.batch_size")
+    p.add_argument("--max-memory", type=float, default=None,
+                   help="eval.max_memory_mb: particle-chunk budget, MiB")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="eval.seed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="set any [eval] key, e.g. --set eval.ais_base=guide")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", action="store_true", help="(re)write RUN_DIR/report.md with the result")
     p.add_argument("--no-progress", action="store_true")
@@ -108,11 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir")
     p.add_argument("--num-points", "-n", type=int, default=100, help="points to simulate")
-    p.add_argument("--steps", "-T", type=int, default=1000, help="AIS steps, each direction")
-    p.add_argument("--chains", "-C", type=int, default=16, help="chains per point and direction")
-    p.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per HMC move")
-    p.add_argument("--base", choices=["prior", "guide"], default="prior",
-                   help="the normalized end of the annealing path")
+    p.add_argument("--steps", "-T", type=int, default=None,
+                   help="eval.ais_steps: AIS steps, each direction; default: the run's [eval]")
+    p.add_argument("--chains", "-C", type=int, default=None,
+                   help="eval.ais_chains: chains per point and direction; default: the run's [eval]")
+    p.add_argument("--leapfrog", type=int, default=None,
+                   help="eval.ais_leapfrog: leapfrog steps per HMC move; default: the run's [eval]")
+    p.add_argument("--base", dest="ais_base", choices=["prior", "guide"], default=None,
+                   help="eval.ais_base: the normalized end of the annealing path")
     p.add_argument("--num-samples", "-K", type=int, default=0,
                    help="also IS with the guide on the simulated data, K draws (0: skip)")
     p.add_argument("--batch-size", type=int, default=100)
@@ -124,20 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
-    from vaelab.config import load_config
     from vaelab.inference.train import train
-
-    cfg = load_config(args.config, args.overrides)
-    if args.no_progress:
-        cfg.train.progress = False
-    result = train(cfg, args.out, resume=args.resume)
-    metrics = None
     from vaelab.report import write_report
-    from vaelab.run import evaluate, load_run
+    from vaelab.resolve import load_config
+    from vaelab.run import evaluate
 
-    run = load_run(args.out)
-    if args.evaluate:
-        metrics = evaluate(run, progress=cfg.train.progress).summary()
+    overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, args.out, resume=args.resume)
+    run = result.run("best")  # the trained VAE and data, the best checkpoint loaded in place
+    metrics = evaluate(run, progress=cfg.train.progress).summary() if args.evaluate else None
     report = write_report(run, metrics)
     print(f"best epoch {result.best_epoch}, valid ELBO {result.best_valid_elbo:.2f}; report: {report}")
     return 0
@@ -152,28 +183,22 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from vaelab.run import evaluate, load_run
+    from vaelab.run import eval_config, evaluate, load_run
 
     run = load_run(args.run_dir, args.checkpoint)
+    ec = eval_config(run.cfg, _eval_overrides(args))
     curve_ks = None
-    if args.curve and args.method == "is":
+    if args.curve and ec.method == "is":
         from vaelab.inference.marginal import default_curve_ks
 
-        curve_ks = default_curve_ks(args.num_samples or run.cfg.eval.num_samples)
+        curve_ks = default_curve_ks(ec.num_samples)
     elif args.curve:
         raise ValueError("--curve applies to --method is (prefixes of the K importance draws)")
-    est = evaluate(
-        run, split=args.split, num_samples=args.num_samples, limit=args.limit,
-        batch_size=args.batch_size, max_memory_mb=args.max_memory, seed=args.seed,
-        progress=not args.no_progress and not args.json,
-        method=args.method, proposal=args.proposal, diagnostics=not args.no_diagnostics,
-        curve_ks=curve_ks, num_steps=args.steps, num_chains=args.chains,
-        num_leapfrog=args.leapfrog, ais_base=args.ais_base, exact=not args.no_exact,
-    )
+    est = evaluate(run, ec, progress=not args.no_progress and not args.json, curve_ks=curve_ks)
     metrics = {**est.summary(), "split": est.extra["split"], "checkpoint": args.checkpoint}
     metrics.update({k: v for k, v in est.extra.items() if k != "split"})
     if args.curve:
-        from vaelab.inference.marginal import save_convergence_plot
+        from vaelab.plots import save_convergence_plot
 
         save_convergence_plot(est, args.curve, title=f"{run.dir.name}: {est.num_points} points")
         metrics["curve"] = {str(k): v for k, v in est.curve().items()}
@@ -204,7 +229,8 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    from vaelab.config import dump_toml, load_config
+    from vaelab.config import dump_toml
+    from vaelab.resolve import load_config
 
     print(dump_toml(load_config(args.config, args.overrides)), end="")
     return 0
@@ -213,16 +239,16 @@ def _cmd_config(args) -> int:
 def _cmd_diagnose(args) -> int:
     import torch
 
+    from vaelab.inference.checkpoint import read_metrics
     from vaelab.inference.diagnostics import diagnose, format_table
     from vaelab.run import load_run
 
     run = load_run(args.run_dir, args.checkpoint)
     x = run.pre.eval_split(run.split(args.split, args.batch_size), args.seed)  # fixed batch
     temperature = None
-    metrics = run.dir / "metrics.jsonl"
-    if not run.vae.latent.continuous and metrics.is_file():  # the checkpoint's temperature
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        t = rows[min(run.epoch, len(rows) - 1)].get("temperature") if rows else None
+    rows = read_metrics(run.dir)
+    if not run.vae.latent.continuous and rows:  # the checkpoint's temperature
+        t = rows[min(run.epoch, len(rows) - 1)].get("temperature")
         temperature = None if t is None else torch.tensor(float(t))
     specs = [s for s in args.objectives.split(",") if s.strip()]
     results = diagnose(
@@ -252,25 +278,26 @@ def _cmd_bdmc(args) -> int:
 
     from vaelab.inference.bdmc import bdmc
     from vaelab.inference.exact import exact_log_likelihood
-    from vaelab.run import load_run
+    from vaelab.run import eval_config, load_run
     from vaelab.seed import seed_all
 
     run = load_run(args.run_dir, args.checkpoint)
     if not run.vae.latent.continuous:
         raise ValueError(
             f"bdmc runs AIS, which needs a continuous latent; latent type "
-            f"{run.cfg.model.latent['name']!r} is discrete"
+            f"{run.cfg.model.latent.name!r} is discrete"
         )
+    ec = eval_config(run.cfg, _eval_overrides(args, ("steps", "chains", "leapfrog", "ais_base")))
     seed_all(args.seed)
-    pyro.enable_validation(False)
     model, guide = run.vae.eval_pair()
     anchor = next(run.vae.parameters())
     x_like = anchor.new_zeros(args.num_points, run.data.train.shape[1])  # shape of the data
-    r = bdmc(
-        model, guide, x_like, num_steps=args.steps, num_chains=args.chains,
-        num_leapfrog=args.leapfrog, base=args.base, batch_size=args.batch_size,
-        progress=not args.no_progress and not args.json,
-    )
+    with pyro.validation_enabled(False):
+        r = bdmc(
+            model, guide, x_like, num_steps=ec.ais_steps, num_chains=ec.ais_chains,
+            num_leapfrog=ec.ais_leapfrog, base=ec.ais_base, batch_size=args.batch_size,
+            progress=not args.no_progress and not args.json,
+        )
     metrics = {"run_dir": str(run.dir), "checkpoint": args.checkpoint, **r.summary()}
     exact = exact_log_likelihood(run.vae, r.x.to(anchor))
     if exact is not None:
@@ -278,8 +305,9 @@ def _cmd_bdmc(args) -> int:
     if args.num_samples:
         from vaelab.inference.marginal import estimate_marginal
 
-        est = estimate_marginal(model, guide, r.x.to(anchor), num_samples=args.num_samples,
-                                batch_size=args.batch_size)
+        with pyro.validation_enabled(False):
+            est = estimate_marginal(model, guide, r.x.to(anchor), num_samples=args.num_samples,
+                                    batch_size=args.batch_size)
         metrics["is_log_likelihood"] = float(est.log_px.mean())
         metrics["is_num_samples"] = args.num_samples
         metrics["is_num_flagged"] = int(est.flagged.sum())
@@ -294,15 +322,40 @@ def _cmd_bdmc(args) -> int:
 COMMANDS["bdmc"] = _cmd_bdmc
 
 
+def _os_error(err: OSError) -> str:
+    """One line naming the path and the reason, e.g. "cannot write 'runs/x/checkpoints/...':
+    No space left on device"."""
+    path = err.filename if err.filename is not None else ""
+    return f"{err.strerror or err}: {str(path)!r}" if path else str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a bad input, a failed run or an OS error is one line on stderr and
+    exit 2; SIGINT / SIGTERM during training stop at a step boundary with exit 130 / 143."""
+    from vaelab.inference.runfolder import Interrupted, RunFolderBusy
     from vaelab.registry import ConfigError
 
     args = build_parser().parse_args(argv)
-    known = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, ValueError)
+    known = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, ValueError,
+             RunFolderBusy)
+    prefix = f"vaelab {args.command}"
     try:
         return COMMANDS[args.command](args)
+    except Interrupted as err:
+        held = (f"the run folder holds epoch {err.committed_epoch}" if err.committed_epoch
+                else "no epoch was committed, so nothing was kept")
+        again = ("vaelab train DIR/config.toml --out DIR --resume" if err.committed_epoch
+                 else "run the same command again")
+        print(f"{prefix}: {err}; {held}; continue with: {again}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
     except known as err:
-        print(f"vaelab {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prefix}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{prefix}: error: {_os_error(err)}", file=sys.stderr)
         return 2
 
 

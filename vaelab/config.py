@@ -1,40 +1,42 @@
-"""Typed run configuration: one small schema per section, loaded from TOML, overridden by ``--set``.
+"""The run configuration as a typed schema: one small pydantic model per section, inert data.
 
 A run is described by six sections whose key names are the contract of the CLI::
 
-    [data]      name, path, binarize, dequantize, ...
+    [data]      name, path, binarize, dequantize, limit, subset, ...
     [model]     latent, latent_dim, hidden_sizes, likelihood, prior, ...
-    [guide]     hidden_sizes, family, ...
+    [guide]     hidden_sizes, family
     [objective] name, num_particles, ...
     [train]     epochs, batch_size, lr, seed, ...
-    [eval]      num_samples, ...
+    [eval]      num_samples, method, proposal, ais_steps, ...
 
-Components (``model.prior``, ``model.likelihood``, ``model.latent``, ``guide.family``) are either a
-name or a table ``{name = "...", option = value}``; their options are validated by the registry of
-that component (see :mod:`vaelab.registry`), so every error names the dotted key, the bad value and
-the valid choices. Validation is done by `pydantic <https://docs.pydantic.dev>`_ (typed coercion,
-``extra="forbid"``, precise error locations).
+plus a top-level ``version`` (:data:`CONFIG_VERSION`), written into every run folder so that a
+config saved by an older vaelab keeps its meaning (see :mod:`vaelab.resolve`).
+
+Components (``model.prior``, ``model.likelihood``, ``model.latent``, ``guide.family``,
+``eval.proposal``) are a name or a table ``{name = "...", option = value}`` as written; after
+resolution (:func:`vaelab.resolve.resolve`, the only place names are looked up) each holds its
+typed, frozen :class:`~vaelab.registry.Options`, and building it is one ``.build(...)`` call on
+the registry. This module imports nothing from vaelab but :mod:`vaelab.registry`: loading,
+overrides and resolution live in :mod:`vaelab.resolve`.
 
 Example::
 
+    from vaelab.resolve import load_config
     cfg = load_config("experiments/configs/gaussian_mnist.toml", ["model.prior=laplace"])
     print(dump_toml(cfg))
 """
 
 from __future__ import annotations
 
-import ast
-import json
-import tomllib
-from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
 
-from vaelab.registry import ConfigError, format_validation_error, suggest
+from vaelab.registry import ConfigError, Options
 
 __all__ = [
+    "CONFIG_VERSION",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
@@ -42,14 +44,16 @@ __all__ = [
     "ModelConfig",
     "ObjectiveConfig",
     "RunConfig",
-    "TrainConfig",
-    "apply_overrides",
+    "SECTIONS",
     "dump_toml",
-    "load_config",
-    "resolve",
+    "to_dict",
 ]
 
-Component = str | dict[str, Any]
+#: the schema version written into every saved config (see :data:`vaelab.resolve.CHANGED_DEFAULTS`)
+CONFIG_VERSION = 2
+
+#: a component as written (a name or a table) or, once resolved, its typed options
+Component = str | dict[str, Any] | SerializeAsAny[Options]
 
 
 class _Section(BaseModel):
@@ -72,6 +76,10 @@ class DataConfig(_Section):
     split_seed: int = 0
     #: keep at most this many points per split (smoke runs); ``None`` keeps all
     limit: int | None = Field(None, gt=0)
+    #: how ``data.limit`` and ``train.valid_limit`` pick their points: ``spread``, evenly over
+    #: the split (:func:`vaelab.data.subsets.spread_indices`; the binarized MNIST test file is
+    #: sorted by digit); ``first``, the first N (what configs saved before version 2 meant)
+    subset: Literal["spread", "first"] = "spread"
 
 
 class ModelConfig(_Section):
@@ -83,7 +91,8 @@ class ModelConfig(_Section):
     hidden_sizes: list[int] = Field(default_factory=lambda: [400])
     activation: Literal["relu", "tanh", "softplus", "elu", "gelu"] = "relu"
     likelihood: Component = "bernoulli"
-    prior: Component = "standard_normal"
+    #: ``None``: the latent type's default (``standard_normal`` for ``gaussian``)
+    prior: Component | None = None
 
     @field_validator("hidden_sizes")
     @classmethod
@@ -98,7 +107,8 @@ class GuideConfig(_Section):
 
     #: encoder hidden widths, first layer after x; ``None`` mirrors ``model.hidden_sizes``
     hidden_sizes: list[int] | None = None
-    family: Component = "normal"
+    #: ``None``: the latent type's default (``normal`` for ``gaussian``)
+    family: Component | None = None
 
 
 class ObjectiveConfig(_Section):
@@ -125,6 +135,10 @@ class TrainConfig(_Section):
     patience: int = Field(0, ge=0)
     #: gradient-norm clipping (0 = off)
     clip_norm: float = Field(0.0, ge=0.0)
+    #: stop when a step's loss per point exceeds this many times its running scale (an
+    #: exponential moving average of the loss per point, floored at 1 nat); 0 = off. A
+    #: non-finite loss, gradient, parameter or validation ELBO always stops the run.
+    divergence: float = Field(100.0, ge=0.0)
     #: ``torch``: objective.loss_and_grads + one torch Adam; ``svi``: pyro.infer.SVI + pyro.optim
     driver: Literal["torch", "svi"] = "torch"
     #: Pyro's argument/support validation: on in tests, off in production training
@@ -146,11 +160,27 @@ class EvalConfig(_Section):
     batch_size: int = Field(100, gt=0)
     #: memory budget of one particle chunk, in MiB
     max_memory_mb: float = Field(512.0, gt=0.0)
+    #: score this many points spread evenly over the split (``None``: all)
     limit: int | None = Field(None, gt=0)
     seed: int = 0
+    #: ``is``: importance sampling with K = ``num_samples``; ``ais``: annealed importance sampling
+    method: Literal["is", "ais"] = "is"
+    #: IS proposal: ``guide``, ``inflated:FACTOR``, ``student_t:DF``, ``prior`` or a table
+    proposal: Component = "guide"
+    #: per-point Pareto k̂ of the importance weights
+    diagnostics: bool = True
+    #: also report the exact log p(x) where a closed form or an enumeration exists
+    exact: bool = True
+    #: AIS: intermediate distributions T, chains per point, leapfrog steps per HMC move
+    ais_steps: int = Field(1000, gt=0)
+    ais_chains: int = Field(16, gt=0)
+    ais_leapfrog: int = Field(10, gt=0)
+    #: AIS: the normalized distribution the chains start from
+    ais_base: Literal["prior", "guide"] = "prior"
 
 
 class RunConfig(_Section):
+    version: int = Field(CONFIG_VERSION, ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     guide: GuideConfig = Field(default_factory=GuideConfig)
@@ -159,106 +189,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
-SECTIONS = tuple(RunConfig.model_fields)
-
-
-# --------------------------------------------------------------------------------------------
-# loading, overriding, resolving
-
-
-def _parse_value(text: str) -> Any:
-    """Parse an override's right-hand side: TOML/JSON/Python literal, else a bare string."""
-    text = text.strip()
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        pass
-    low = text.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` (or ``section.component.option=value``) overrides to ``raw``.
-
-    Setting an option of a component given by name promotes it to a table:
-    ``model.likelihood.scale=0.1`` turns ``likelihood = "normal"`` into
-    ``likelihood = {name = "normal", scale = 0.1}``.
-    """
-    raw = json.loads(json.dumps(raw))  # deep copy of plain data
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.epochs=5")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) < 2 or parts[0] not in SECTIONS:
-            raise ConfigError(
-                f"override {item!r}: the key must start with a section"
-                f"{suggest(parts[0], SECTIONS)}; sections: {', '.join(SECTIONS)}"
-            )
-        node = raw.setdefault(parts[0], {})
-        for i, p in enumerate(parts[1:-1], start=1):
-            child = node.get(p)
-            if isinstance(child, str):
-                child = {"name": child}
-            elif child is None:
-                field = _field_default(parts[: i + 1])
-                child = {"name": field} if isinstance(field, str) else {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a table")
-            node[p] = child
-            node = child
-        node[parts[-1]] = _parse_value(text)
-    return raw
-
-
-def _field_default(path: list[str]) -> Any:
-    """The schema default of ``section.key`` (used to promote a default component to a table)."""
-    section = RunConfig.model_fields[path[0]].default_factory()
-    return getattr(section, path[1], None) if len(path) == 2 else None
-
-
-def load_raw(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
-
-
-def resolve(raw: dict[str, Any]) -> RunConfig:
-    """Validate plain data into a :class:`RunConfig`, resolving every component through its registry.
-
-    Component specs come back as fully populated tables (defaults filled in), so the saved config
-    reproduces the run alone.
-    """
-    unknown = [k for k in raw if k not in SECTIONS]
-    if unknown:
-        k = unknown[0]
-        raise ConfigError(
-            f"unknown section [{k}]{suggest(k, SECTIONS)}; sections: {', '.join(SECTIONS)}"
-        )
-    try:
-        cfg = RunConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error("", err, RunConfig)) from None
-    from vaelab import components  # populates the registries
-
-    return components.resolve_components(cfg)
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load TOML (or defaults when ``path`` is None), apply overrides, validate, resolve."""
-    raw = load_raw(path) if path is not None else {}
-    return resolve(apply_overrides(raw, overrides or []))
+SECTIONS = tuple(k for k in RunConfig.model_fields if k != "version")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -30,11 +30,32 @@ class ConfigError(ValueError):
 
 
 class Options(BaseModel):
-    """Base class of a component's options: strict about unknown keys, immutable once resolved."""
+    """Base class of a component's options: strict about unknown keys, immutable once resolved.
+
+    Options parsed by a :class:`Registry` know their entry, so a resolved component is built
+    with one call and no name is looked up again: ``prior = cfg.model.prior.build(latent_dim,
+    ctx)``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: set on the per-entry subclass that :meth:`Registry.register` creates
+    registry_entry: ClassVar["Entry | None"] = None
+
     name: str
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the registered builder with these options."""
+        entry = type(self).registry_entry
+        if entry is None:
+            raise TypeError(f"{type(self).__name__} was not parsed by a registry; nothing to build")
+        return entry.builder(self, *args, **kwargs)
+
+    @property
+    def component(self) -> type | None:
+        """The registered class whose class attributes describe this component, if any."""
+        entry = type(self).registry_entry
+        return None if entry is None else entry.component
 
 
 def suggest(value: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -94,10 +115,14 @@ def format_validation_error(
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
+    """A registered component: its builder, its options model and, where one exists, the class
+    whose class-level attributes describe it (read without building anything)."""
+
     name: str
     builder: Callable[..., T]
     options: type[Options]
     doc: str
+    component: type | None = None
 
 
 class Registry(Generic[T]):
@@ -118,14 +143,25 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, options: type[Options] | None = None):
+    def register(
+        self, name: str, options: type[Options] | None = None, component: type | None = None
+    ):
+        """Decorator registering ``builder(options, *args)`` under ``name``.
+
+        :param options: the pydantic options model (default: no options besides ``name``).
+        :param component: the class the builder returns, when its class attributes carry facts
+            that resolution reads (e.g. which priors a latent type admits).
+        """
+
         def deco(builder: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
-            opts = options
-            if opts is None:
-                opts = type(f"{name.title().replace('_', '')}Options", (Options,), {})
-            self._entries[name] = Entry(name, builder, opts, (builder.__doc__ or "").strip())
+            # a subclass per entry, so that parsed options know their builder
+            base = options or Options
+            opts = type(base.__name__, (base,), {"__module__": base.__module__})
+            entry = Entry(name, builder, opts, (builder.__doc__ or "").strip(), component)
+            opts.registry_entry = entry
+            self._entries[name] = entry
             return builder
 
         return deco
@@ -167,4 +203,5 @@ class Registry(Generic[T]):
             ) from None
 
     def build(self, options: Options, *args: Any, **kwargs: Any) -> T:
-        return self.entry(options.name).builder(options, *args, **kwargs)
+        """Build from options this registry parsed (same as ``options.build(*args)``)."""
+        return options.build(*args, **kwargs)

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from vaelab.inference.checkpoint import read_metrics  # noqa: E402
+
 __all__ = ["image_grid", "save_grid", "plot_curves", "write_report"]
 
 
@@ -77,10 +79,11 @@ def _fmt(v) -> str:
 def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
     """Write ``run.dir/report.md`` and its PNGs; returns the report's path."""
     out = Path(run.dir)
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    history = read_metrics(out)
     shape = run.data.image_shape
     plot_curves(history, out / "curves.png")
-    x = run.pre.eval_split(run.data.test[:n] if run.data.test.shape[0] else run.data.valid[:n], 0)
+    # n points spread over the split (the binarized MNIST test file is sorted by digit)
+    x = run.pre.eval_split(run.split("test" if run.data.test.shape[0] else "valid", n), 0)
     torch.manual_seed(0)
     recon = run.vae.reconstruct(x)
     pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[1])  # input, reconstruction, ...
@@ -90,8 +93,8 @@ def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
     lines = [
         f"# vaelab run `{out.name}`",
         "",
-        f"data `{c.data.name}`, latent `{c.model.latent['name']}` (dim {c.model.latent_dim}), "
-        f"prior `{c.model.prior['name']}`, likelihood `{c.model.likelihood['name']}`, "
+        f"data `{c.data.name}`, latent `{c.model.latent.name}` (dim {c.model.latent_dim}), "
+        f"prior `{c.model.prior.name}`, likelihood `{c.model.likelihood.name}`, "
         f"hidden {c.model.hidden_sizes}, objective `{c.objective.name}` "
         f"(particles {c.objective.num_particles}), {len(history)} epochs of batch "
         f"{c.train.batch_size}, lr {c.train.lr}, seed {c.train.seed}.",

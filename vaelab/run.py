@@ -1,4 +1,11 @@
-"""A trained run folder as a Python object: its config, its VAE, its data; and evaluation."""
+"""A trained run folder as a Python object (its config, VAE and data), and its evaluation.
+
+Example::
+
+    run = load_run("runs/demo")                      # best checkpoint + its saved config + data
+    est = evaluate(run)                              # the run's [eval] section
+    est = evaluate(run, eval_config(run.cfg, ["eval.method=ais", "eval.limit=100"]))
+"""
 
 from __future__ import annotations
 
@@ -8,53 +15,63 @@ from pathlib import Path
 import pyro
 import torch
 
-from vaelab.config import RunConfig, load_config
-from vaelab.inference.checkpoint import load_checkpoint
+from vaelab.config import EvalConfig, RunConfig
+from vaelab.data import DataSplits, Preprocessor, load_dataset
+from vaelab.data.subsets import spread_indices
+from vaelab.inference.ais import estimate_marginal_ais
+from vaelab.inference.runfolder import best_state, latest_commit
+from vaelab.inference.exact import exact_log_likelihood
 from vaelab.inference.marginal import MarginalEstimate, estimate_marginal
+from vaelab.inference.proposals import make_proposal, proposal_name
+from vaelab.resolve import apply_overrides, resolve
 from vaelab.seed import seed_all
+from vaelab.vae import VAE, build_vae
 
-__all__ = ["Run", "load_run", "evaluate", "bytes_per_particle"]
+__all__ = ["Run", "bytes_per_particle", "eval_config", "evaluate", "load_run"]
 
 
 @dataclass
 class Run:
     dir: Path
     cfg: RunConfig
-    vae: torch.nn.Module
-    data: object  # vaelab.data.DataSplits
-    pre: object  # vaelab.data.Preprocessor
+    vae: VAE
+    data: DataSplits
+    pre: Preprocessor
     epoch: int
 
     def split(self, name: str, limit: int | None = None) -> torch.Tensor:
-        """A split, or ``limit`` of its points spread evenly over it (not the first ones: the
-        binarized MNIST test file is sorted by digit, so its first images are all zeros)."""
+        """A split, or ``limit`` of its points spread evenly over it
+        (:func:`~vaelab.data.subsets.spread_indices`)."""
         x = getattr(self.data, name)
-        if not limit or limit >= x.shape[0]:
-            return x
-        idx = torch.linspace(0, x.shape[0] - 1, limit).round().long()  # (limit,)
-        return x[idx]
+        return x[spread_indices(x.shape[0], limit)]
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", data=None) -> Run:
-    """Load ``run_dir/checkpoints/{best,last}.pt`` with the config saved in it."""
-    from vaelab.config import resolve
-    from vaelab.data import Preprocessor, load_dataset
-    from vaelab.vae import build_vae
-
+def load_run(run_dir: str | Path, checkpoint: str = "best", data: DataSplits | None = None) -> Run:
+    """Load ``run_dir/checkpoints/{best,last}.pt`` with the config saved in it (read at the
+    version it was saved with, see :mod:`vaelab.resolve`)."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not path.is_file():
+    commit = latest_commit(run_dir)
+    if commit is None and not path.is_file():
         raise FileNotFoundError(
             f"no checkpoint {checkpoint!r} in {str(run_dir)!r} (expected {str(path)!r}); "
             "train first: vaelab train CONFIG --out DIR"
         )
-    state = load_checkpoint(path)
-    cfg = resolve(state["config"])
+    state = best_state(run_dir) if checkpoint == "best" else commit.state
+    cfg = resolve(state["config"], saved=True)
     data = data if data is not None else load_dataset(cfg.data)
     vae = build_vae(cfg, data.train.shape[1])
     vae.load_state_dict(state["model"])
     vae.eval()
     return Run(run_dir, cfg, vae, data, Preprocessor(cfg.data, data), state["epoch"])
+
+
+def eval_config(cfg: RunConfig, overrides: list[str]) -> EvalConfig:
+    """``cfg.eval`` with ``eval.KEY=VALUE`` overrides, validated and resolved like any config."""
+    bad = [o for o in overrides if not o.strip().startswith("eval.")]
+    if bad:
+        raise ValueError(f"evaluation overrides set [eval] keys only, got {bad[0]!r}")
+    return resolve(apply_overrides(cfg.model_dump(mode="json"), overrides)).eval
 
 
 def bytes_per_particle(vae, data_dim: int) -> int:
@@ -64,103 +81,87 @@ def bytes_per_particle(vae, data_dim: int) -> int:
     return 4 * (4 * data_dim + 2 * hidden + 4 * g.latent.flat_dim + g.likelihood.param_size)
 
 
+def _check_method(run: Run, ec: EvalConfig) -> None:
+    """Refuse estimators that need a continuous latent on a discrete one."""
+    if run.vae.latent.continuous:
+        return
+    latent = run.cfg.model.latent.name
+    if ec.method == "ais":
+        raise ValueError(
+            f"eval.method = 'ais' needs a continuous latent; this run's latent type {latent!r} "
+            "is discrete: use method 'is' (and the exact enumeration, reported when the latent "
+            "space is small)"
+        )
+    if ec.proposal.name in ("inflated", "student_t"):
+        raise ValueError(
+            f"eval.proposal = {proposal_name(ec.proposal)!r} widens a continuous guide; latent "
+            f"type {latent!r} is discrete: use proposal 'guide' or 'prior'"
+        )
+
+
+def _attach_exact(est: MarginalEstimate, vae: VAE, x: torch.Tensor, batch_size: int) -> None:
+    """``est.exact_log_px`` where a method of :mod:`vaelab.inference.exact` applies."""
+    parts = [exact_log_likelihood(vae, x[i : i + batch_size])
+             for i in range(0, x.shape[0], batch_size)]
+    if parts and all(p is not None for p in parts):
+        est.exact_log_px = torch.cat([p.double().cpu() for p in parts])
+
+
+def _add_log_jacobian(est: MarginalEstimate, jac: float) -> None:
+    """Densities on dequantized [0, 1] data → nats of the 8-bit data (a lower bound)."""
+    est.log_px, est.elbo = est.log_px + jac, est.elbo + jac
+    if est.curve_log_px is not None:
+        est.curve_log_px = est.curve_log_px + jac
+    if est.exact_log_px is not None:
+        est.exact_log_px = est.exact_log_px + jac
+
+
 def evaluate(
     run: Run,
-    split: str | None = None,
-    num_samples: int | None = None,
-    limit: int | None = None,
-    batch_size: int | None = None,
-    max_memory_mb: float | None = None,
-    seed: int | None = None,
+    ec: EvalConfig | None = None,
+    *,
     progress: bool = False,
-    method: str = "is",
-    proposal: str = "guide",
-    diagnostics: bool = True,
     curve_ks: list[int] | None = None,
-    num_steps: int = 1000,
-    num_chains: int = 16,
-    num_leapfrog: int = 10,
-    ais_base: str = "prior",
-    exact: bool = True,
 ) -> MarginalEstimate:
-    r"""log p(x) per point on a split, with diagnostics (defaults from ``[eval]``).
+    r"""log p(x) per point on a split, with diagnostics, as the ``[eval]`` section says.
 
-    :param method: ``"is"``: importance sampling with K = ``num_samples`` draws from
-        ``proposal`` (per-point ESS, MC standard error and Pareto k̂); ``"ais"``: annealed
-        importance sampling (:mod:`vaelab.inference.ais`) with ``num_steps`` HMC-linked
-        distributions and ``num_chains`` chains from ``ais_base`` (continuous latents only).
-    :param proposal: IS proposal, see :func:`vaelab.inference.proposals.make_proposal`:
-        ``guide``, ``inflated:2``, ``student_t:5``, ``prior``.
+    ``ec.method = "is"``: importance sampling with K = ``num_samples`` draws from ``proposal``
+    (per-point ESS, MC standard error and Pareto k̂); ``"ais"``: annealed importance sampling
+    (:mod:`vaelab.inference.ais`) with ``ais_steps`` HMC-linked distributions and ``ais_chains``
+    chains from ``ais_base`` (continuous latents only). Scored on ``limit`` points spread evenly
+    over ``split``, with one fixed draw of preprocessing noise.
+
+    :param run: from :func:`load_run` or :meth:`vaelab.inference.train.TrainResult.run`.
+    :param ec: the evaluation settings (default: the run's own ``[eval]``; see :func:`eval_config`).
     :param curve_ks: K values of the IS convergence curve (prefixes of the same draws).
-    :param exact: also compute the exact log p(x) where a method of
-        :mod:`vaelab.inference.exact` applies (``est.exact_log_px``, reported by ``summary``).
-    :returns: :class:`~vaelab.inference.marginal.MarginalEstimate` (nats of the data, the
-        dequantization Jacobian included).
+    :returns: :class:`~vaelab.inference.marginal.MarginalEstimate` in nats of the data (the
+        dequantization Jacobian included; ``exact_log_px`` where a closed form applies).
     """
-    from vaelab.inference.exact import exact_log_likelihood
-
-    ec = run.cfg.eval
-    split = split or ec.split
-    seed = ec.seed if seed is None else seed
-    batch_size = batch_size or ec.batch_size
-    x = run.split(split, limit if limit is not None else ec.limit)
-    seed_all(seed)
-    pyro.enable_validation(False)
-    x = run.pre.eval_split(x, seed)  # one fixed draw of binarization / dequantization noise
+    ec = ec if ec is not None else run.cfg.eval
+    _check_method(run, ec)
+    seed_all(ec.seed)
+    x = run.pre.eval_split(run.split(ec.split, ec.limit), ec.seed)  # (N, D)
     model, guide = run.vae.eval_pair()
-    if method == "is":
-        from vaelab.inference.proposals import make_proposal, parse_proposal, proposal_name
-
-        opts = parse_proposal(proposal)
-        if opts.name in ("inflated", "student_t") and not run.vae.latent.continuous:
-            raise ValueError(
-                f"--proposal {proposal_name(opts)} widens a continuous guide; latent type "
-                f"{run.cfg.model.latent['name']!r} is discrete: use --proposal guide or prior"
+    with pyro.validation_enabled(False):
+        if ec.method == "is":
+            est = estimate_marginal(
+                model, make_proposal(ec.proposal, model, guide), x,
+                num_samples=ec.num_samples, batch_size=ec.batch_size,
+                bytes_per_particle=bytes_per_particle(run.vae, x.shape[1]),
+                max_memory_mb=ec.max_memory_mb, progress=progress,
+                diagnostics=ec.diagnostics, curve_ks=curve_ks,
             )
-        est = estimate_marginal(
-            model, make_proposal(opts, model, guide), x,
-            num_samples=num_samples or ec.num_samples,
-            batch_size=batch_size,
-            bytes_per_particle=bytes_per_particle(run.vae, x.shape[1]),
-            max_memory_mb=max_memory_mb or ec.max_memory_mb,
-            progress=progress,
-            diagnostics=diagnostics,
-            curve_ks=curve_ks,
-        )
-        est.extra["proposal"] = proposal_name(opts)
-    elif method == "ais":
-        from vaelab.inference.ais import estimate_marginal_ais
-
-        if not run.vae.latent.continuous:
-            raise ValueError(
-                f"--method ais needs a continuous latent; this run's latent type "
-                f"{run.cfg.model.latent['name']!r} is discrete: use --method is (and the exact "
-                "enumeration, reported when the latent space is small)"
+            est.extra["proposal"] = proposal_name(ec.proposal)
+        else:
+            est = estimate_marginal_ais(
+                model, guide, x, num_steps=ec.ais_steps, num_chains=ec.ais_chains,
+                batch_size=ec.batch_size, progress=progress, num_leapfrog=ec.ais_leapfrog,
+                base=ec.ais_base,
             )
-        est = estimate_marginal_ais(
-            model, guide, x, num_steps=num_steps, num_chains=num_chains,
-            batch_size=batch_size, progress=progress, num_leapfrog=num_leapfrog, base=ais_base,
-        )
-    else:
-        raise ValueError(f"unknown evaluation method {method!r}; choices: is, ais")
-    if exact:
-        parts = [exact_log_likelihood(run.vae, x[i : i + batch_size])
-                 for i in range(0, x.shape[0], batch_size)]
-        if parts and all(p is not None for p in parts):
-            est.exact_log_px = torch.cat([p.double().cpu() for p in parts])
+        if ec.exact:
+            _attach_exact(est, run.vae, x, ec.batch_size)
     jac = run.pre.log_jacobian_per_point(x.shape[1])
     if jac:
-        # densities on dequantized [0, 1] data → nats of the 8-bit data (a lower bound)
-        est.log_px = est.log_px + jac
-        est.elbo = est.elbo + jac
-        if est.curve_log_px is not None:
-            est.curve_log_px = est.curve_log_px + jac
-        if est.exact_log_px is not None:
-            est.exact_log_px = est.exact_log_px + jac
-    est.extra["split"] = split
-    est.extra["log_jacobian"] = jac
+        _add_log_jacobian(est, jac)
+    est.extra.update(split=ec.split, log_jacobian=jac)
     return est
-
-
-def load_config_for(run_dir: str | Path) -> RunConfig:
-    return load_config(Path(run_dir) / "config.toml")

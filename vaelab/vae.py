@@ -11,6 +11,7 @@ Pyro objective::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -18,12 +19,11 @@ from torch import nn
 
 from vaelab.config import RunConfig
 from vaelab.guide.amortized import AmortizedGuide
-from vaelab.guide.posteriors import FAMILIES, Posterior
+from vaelab.guide.posteriors import Posterior
 from vaelab.model.generative import Generative
-from vaelab.model.latents import LATENTS, Latent
-from vaelab.model.likelihoods import LIKELIHOODS
+from vaelab.model.latents import Latent
 from vaelab.model.networks import MLP
-from vaelab.model.priors import PRIORS
+from vaelab.registry import Options
 
 __all__ = ["VAE", "BuildContext", "build_vae"]
 
@@ -50,19 +50,35 @@ class VAE(nn.Module):
         # every step.
         self.model = self._model
         self.guide = self._guide
+        # the discrete model's pair (hard one-hot latents), created once for the same reason
+        self._hard_model = functools.partial(self._model, hard=True)
+        self._hard_guide = functools.partial(self._guide, hard=True)
 
     # Pyro model and guide: identical signatures, matching "z" sites
-    def _model(self, x, beta=1.0, temperature=None):
+    def _model(self, x, beta=1.0, temperature=None, hard=False):
         """The Pyro model p_θ(x, z) (see :class:`~vaelab.model.generative.Generative`)."""
-        return self.generative(x, beta, temperature)
+        return self.generative(x, beta, temperature, hard)
 
-    def _guide(self, x, beta=1.0, temperature=None):
+    def _guide(self, x, beta=1.0, temperature=None, hard=False):
         """The Pyro guide q_φ(z | x) (see :class:`~vaelab.guide.amortized.AmortizedGuide`)."""
-        return self.inference(x, beta, temperature)
+        return self.inference(x, beta, temperature, hard)
 
     def eval_pair(self) -> tuple:
-        """(model, guide) used for evaluation: the training pair, or hard-latent versions."""
-        return self.latent.eval_pair(self)
+        r"""(model, guide) that evaluation scores: ``(vae.model, vae.guide)`` for a continuous
+        latent; for a discrete one the same functions with ``hard=True`` bound, the *discrete*
+        model whatever relaxation trained it:
+
+        .. math:: p(z) = \prod_n \mathrm{Cat}(z_n; π_n), \quad
+            q(z \mid x) = \prod_n \mathrm{Cat}(z_n; \mathrm{softmax}(\ell_n(x))),
+
+        with ℓ(x) the guide's logits and the sites of the training pair (``"z"`` one-hot,
+        ``"x"``, in ``pyro.plate("data")``). With
+        :func:`~vaelab.inference.marginal.estimate_marginal` it gives the ELBO of the discrete
+        model (log p(z) − log q(z|x) exact) and the IS estimate of its log p(x).
+        """
+        if self.latent.continuous:
+            return self.model, self.guide
+        return self._hard_model, self._hard_guide
 
     @property
     def latent(self) -> Latent:
@@ -88,15 +104,30 @@ class VAE(nn.Module):
 
 
 def build_vae(cfg: RunConfig, data_dim: int) -> VAE:
-    """Build the networks and components named by ``cfg.model`` and ``cfg.guide``."""
-    m, gcfg = cfg.model, cfg.guide
-    latent = LATENTS.build(LATENTS.parse(m.latent, "model.latent"), m.latent_dim)
-    likelihood = LIKELIHOODS.build(LIKELIHOODS.parse(m.likelihood, "model.likelihood"), data_dim)
-    posterior = FAMILIES.build(FAMILIES.parse(gcfg.family, "guide.family"), latent)
-    enc_hidden = gcfg.hidden_sizes if gcfg.hidden_sizes is not None else m.hidden_sizes[::-1]
+    """Build the networks and the components that the resolved ``cfg.model`` and ``cfg.guide``
+    name: one ``.build(...)`` call per component, no registry lookup.
+
+    :param cfg: a config from :func:`vaelab.resolve.load_config` / :func:`~vaelab.resolve.resolve`.
+    :param data_dim: D, the flattened size of a data point.
+    """
+    m, g = cfg.model, cfg.guide
+    latent = resolved(m.latent).build(m.latent_dim)
+    likelihood = resolved(m.likelihood).build(data_dim)
+    posterior = resolved(g.family).build(latent)
+    enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
     encoder = MLP(data_dim, enc_hidden, posterior.param_size, m.activation)
     decoder = MLP(latent.flat_dim, m.hidden_sizes, likelihood.param_size, m.activation)
     ctx = BuildContext(data_dim, latent, encoder, posterior)
-    prior = PRIORS.build(PRIORS.parse(m.prior, "model.prior"), m.latent_dim, ctx)
+    prior = resolved(m.prior).build(m.latent_dim, ctx)
     generative = Generative(latent, prior, decoder, likelihood)
     return VAE(generative, AmortizedGuide(encoder, posterior))
+
+
+def resolved(spec):
+    """``spec`` when it is parsed options, else a TypeError saying how to get them."""
+    if not isinstance(spec, Options):
+        raise TypeError(
+            f"component {spec!r} is not resolved: build from a config returned by "
+            "vaelab.load_config or vaelab.resolve.resolve"
+        )
+    return spec

@@ -21,10 +21,12 @@ Example::
 """
 
 from vaelab.data.batching import batch_indices, iterate_batches, num_batches
-from vaelab.data.datasets import DATASETS, FILES, DataSplits, load_dataset, split_indices
+from vaelab.data.datasets import DATASETS, FILES, load_dataset, split_indices
 from vaelab.data.errors import ChecksumError, DataError, DataUnavailableError
 from vaelab.data.files import RemoteFile, resolve_file
 from vaelab.data.preprocess import Preprocessor, bits_per_dim, check_binary
+from vaelab.data.splits import SPLITS, DataSplits
+from vaelab.data.subsets import spread_indices, subset_indices
 
 __all__ = [
     "DATASETS",
@@ -32,6 +34,9 @@ __all__ = [
     "ChecksumError",
     "DataError",
     "DataSplits",
+    "SPLITS",
+    "spread_indices",
+    "subset_indices",
     "DataUnavailableError",
     "Preprocessor",
     "RemoteFile",

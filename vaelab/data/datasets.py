@@ -51,6 +51,8 @@ from vaelab.data.errors import DataError, DataUnavailableError
 from vaelab.data.files import RemoteFile, cache_dir
 from vaelab.data.formats import load_numpy_pickle, read_amat, read_array_file, read_idx
 from vaelab.data.preprocess import check_binary
+from vaelab.data.splits import SPLITS, DataSplits
+from vaelab.data.subsets import subset_indices
 from vaelab.seed import derived_generator
 from vaelab.registry import ConfigError, Registry
 
@@ -64,79 +66,11 @@ __all__ = [
     "split_indices",
 ]
 
-SPLITS = ("train", "valid", "test")
 
 # stream tags: keep the draws of different purposes unrelated under one split_seed
 _SPLIT_STREAM = 0x5B117
 _STATIC_BINARIZE_STREAM = 0xB1A
 _SYNTHETIC_STREAM = 0x5E7
-
-
-@dataclass(repr=False)
-class DataSplits:
-    r"""Train, validation and test data of one data set, flattened to ``(N, D)`` float32.
-
-    :param train: shape ``(N_train, D)``.
-    :param valid: shape ``(N_valid, D)``.
-    :param test: shape ``(N_test, D)``.
-    :param name: the data set's registry name.
-    :param image_shape: ``(H, W)`` with ``H * W = D`` for image data, else ``None``.
-    :param binary: every value is 0 or 1.
-    :param levels: the number of discrete values a coordinate takes, data given as
-        ``level / (levels - 1)``: 256 for 8-bit grey levels, 2 for binary data, ``None`` for
-        continuous data.
-    :param labels: int64 class labels of shape ``(N_split,)`` by split name; may be empty.
-    """
-
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    name: str
-    image_shape: tuple[int, int] | None = None
-    binary: bool = False
-    levels: int | None = None
-    labels: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        dims = {s: tuple(self.split(s).shape) for s in SPLITS}
-        if any(len(d) != 2 for d in dims.values()) or len({d[1] for d in dims.values()}) != 1:
-            raise DataError(f"data set {self.name!r}: splits must be (N, D) with one D, got {dims}")
-        if any(self.split(s).dtype != torch.float32 for s in SPLITS):
-            raise DataError(f"data set {self.name!r}: splits must be float32")
-        if self.image_shape is not None and math.prod(self.image_shape) != self.dim:
-            raise DataError(
-                f"data set {self.name!r}: image_shape {self.image_shape} does not hold D={self.dim}"
-            )
-        for s, y in self.labels.items():
-            if s not in SPLITS or y.shape != (self.split(s).shape[0],):
-                raise DataError(f"data set {self.name!r}: labels[{s!r}] do not match the split")
-
-    @property
-    def dim(self) -> int:
-        """D, the number of coordinates of a data point."""
-        return self.train.shape[1]
-
-    def split(self, name: str) -> torch.Tensor:
-        """The split ``"train"``, ``"valid"`` or ``"test"``."""
-        if name not in SPLITS:
-            raise KeyError(f"unknown split {name!r}; splits: {', '.join(SPLITS)}")
-        return getattr(self, name)
-
-    def sizes(self) -> dict[str, int]:
-        """Number of points per split."""
-        return {s: self.split(s).shape[0] for s in SPLITS}
-
-    def replace(self, **changes: object) -> DataSplits:
-        """A copy with some fields replaced (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def __repr__(self) -> str:
-        sizes = "/".join(str(n) for n in self.sizes().values())
-        return (
-            f"DataSplits(name={self.name!r}, train/valid/test={sizes}, D={self.dim}, "
-            f"image_shape={self.image_shape}, binary={self.binary}, levels={self.levels}, "
-            f"labels={sorted(self.labels)})"
-        )
 
 
 #: name → builder ``(DataConfig) -> DataSplits``; call :func:`load_dataset` rather than a builder
@@ -518,10 +452,11 @@ def _binarize_static(splits: DataSplits, seed: int) -> DataSplits:
     return splits.replace(**xs, binary=True, levels=2)
 
 
-def _limit(splits: DataSplits, limit: int) -> DataSplits:
-    """Keep the first ``limit`` points (and labels) of each split."""
-    xs = {s: splits.split(s)[:limit].clone() for s in SPLITS}
-    labels = {s: y[:limit].clone() for s, y in splits.labels.items()}
+def _limit(splits: DataSplits, limit: int, rule: str) -> DataSplits:
+    """Keep ``limit`` points (and labels) of each split, by :func:`~vaelab.data.subsets.subset_indices`."""
+    index = {s: subset_indices(splits.split(s).shape[0], limit, rule) for s in SPLITS}
+    xs = {s: splits.split(s)[index[s]].clone() for s in SPLITS}
+    labels = {s: y[index[s]].clone() for s, y in splits.labels.items()}
     return splits.replace(**xs, labels=labels)
 
 
@@ -529,7 +464,8 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
     """Load the data set ``cfg.name``, binarize it statically if asked, keep ``cfg.limit`` points.
 
     Static binarization draws once, from ``cfg.split_seed``, on the full splits (before the
-    limit), so a limited smoke run sees a prefix of the full run's data. Dynamic binarization and
+    limit), so a limited smoke run sees a subset of the full run's data, spread evenly over each
+    split (``data.subset``). Dynamic binarization and
     dequantization happen per batch, see :class:`vaelab.data.preprocess.Preprocessor`.
 
     :param cfg: the ``[data]`` section.
@@ -547,5 +483,5 @@ def load_dataset(cfg: DataConfig) -> DataSplits:
     if cfg.binarize == "static":
         splits = _binarize_static(splits, cfg.split_seed)
     if cfg.limit is not None:
-        splits = _limit(splits, cfg.limit)
+        splits = _limit(splits, cfg.limit, cfg.subset)
     return splits

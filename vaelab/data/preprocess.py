@@ -34,16 +34,13 @@ References
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from vaelab.config import DataConfig
-from vaelab.seed import derived_generator
+from vaelab.data.splits import DataSplits
 from vaelab.registry import ConfigError
-
-if TYPE_CHECKING:
-    from vaelab.data.datasets import DataSplits
+from vaelab.seed import derived_generator
 
 __all__ = ["Preprocessor", "bits_per_dim", "check_binary"]
 

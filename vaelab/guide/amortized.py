@@ -5,6 +5,12 @@ r"""The amortized guide q_φ(z | x) as a Pyro guide function.
 The site ``"z"`` matches the model's (:mod:`vaelab.model.generative`), inside the same
 ``pyro.plate("data", B, dim=-1)``. The encoder runs once on ``x (B, D)``; an outer particle plate
 only broadcasts the sampling, so K particles cost one encoder pass.
+
+With ``hard=True`` the site draws from the family's
+:meth:`~vaelab.guide.posteriors.Posterior.hard_dist` (one-hot
+:class:`~vaelab.model.distributions.CategoricalProduct` with the encoder's logits for a
+categorical latent) and the family's extra guide terms are left out: the guide of the discrete
+model, paired with the model's ``hard=True`` (:meth:`vaelab.vae.VAE.eval_pair`).
 """
 
 from __future__ import annotations
@@ -28,26 +34,39 @@ class AmortizedGuide(nn.Module):
         self.encoder = encoder
         self.posterior = posterior
 
-    def posterior_dist(self, x: torch.Tensor, temperature: torch.Tensor | None = None):
-        """q_φ(z | x) for ``x (B, D)``: batch ``(B,)``, event the latent's."""
-        return self.posterior(self.encoder(x), temperature)
+    def posterior_dist(
+        self, x: torch.Tensor, temperature: torch.Tensor | None = None, hard: bool = False
+    ):
+        """q_φ(z | x) for ``x (B, D)``: batch ``(B,)``, event the latent's (``hard``: over
+        one-hot latents, :meth:`~vaelab.guide.posteriors.Posterior.hard_dist`)."""
+        h = self.encoder(x)  # (B, param_size)
+        return self.posterior.hard_dist(h) if hard else self.posterior(h, temperature)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The unnormalized logits ℓ(x) of a categorical family, ``(B, N, K)``."""
+        return self.posterior.logits_from(self.encoder(x))  # (B, N, K)
 
     def forward(
         self,
         x: torch.Tensor,
         beta: float | torch.Tensor = 1.0,
         temperature: torch.Tensor | None = None,
+        hard: bool = False,
     ) -> torch.Tensor:
-        """The guide, with the model's signature; β scales log q(z|x) like the model's log p(z)."""
+        """The guide, with the model's signature; β scales log q(z|x) like the model's log p(z).
+
+        :param hard: the guide of the discrete model (one-hot ``"z"``, no extra guide terms).
+        """
         register_module("encoder", self.encoder)
         register_module("posterior", self.posterior)
-        q_z = self.posterior_dist(x, temperature)
+        q_z = self.posterior_dist(x, temperature, hard)
         with pyro.plate("data", x.shape[0], dim=-1):
             with scaled(beta):
                 z = pyro.sample("z", q_z)  # (..., B, *event)
                 # optional per-point guide terms of the family, under the same plate and β
                 # (e.g. the categorical-KL factor of vaelab.guide.relaxed); none for Gaussians
+                # and none for the discrete model
                 guide_terms = getattr(self.posterior, "guide_terms", None)
-                if guide_terms is not None:
+                if guide_terms is not None and not hard:
                     guide_terms(q_z, z)
         return z

@@ -2,6 +2,8 @@ r"""Posterior families q_φ(z | x): how the encoder's output becomes a distribut
 
 Selected by ``guide.family``; a family declares ``param_size`` (the encoder's output width) and
 maps ``h (..., param_size)`` to a distribution with batch ``(...)`` and the latent's event shape.
+Families of discrete latents also define :meth:`Posterior.hard_dist`, the posterior over hard
+(one-hot) latents that the guide samples with ``hard=True``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ class Posterior(nn.Module):
 
     def forward(self, h: torch.Tensor, temperature: torch.Tensor | None = None):
         raise NotImplementedError
+
+    def hard_dist(self, h: torch.Tensor):
+        """q(z | x) over hard (one-hot) latents of the discrete model, batch ``(...)``; only
+        families of discrete latents have one."""
+        raise NotImplementedError(f"{type(self).__name__} is not a family of a discrete latent")
 
 
 class NormalPosterior(Posterior):

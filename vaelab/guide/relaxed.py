@@ -34,9 +34,13 @@ simplex-space version underflows at τ ≤ 0.2). Options:
   ``kl = "categorical"`` (a Concrete density cannot score a one-hot point).
 
 ``categorical`` — the unrelaxed posterior :math:`q(z|x) = \prod_n \mathrm{Cat}(z_n;
-\mathrm{softmax}(\ell_n(x)))` (:class:`~vaelab.model.categorical.CategoricalProduct`), for the
+\mathrm{softmax}(\ell_n(x)))` (:class:`~vaelab.model.distributions.CategoricalProduct`), for the
 score-function estimator (``objective.name = "graph"``, with the learned input-dependent
 baseline :class:`Baseline` owned by this family) and exact enumeration (``"enum"``).
+
+Both families define :meth:`~vaelab.guide.posteriors.Posterior.hard_dist`, the unrelaxed
+posterior :class:`~vaelab.model.distributions.CategoricalProduct` (ℓ(x)) of the discrete model
+that evaluation scores (the guide's ``hard=True``).
 
 References:
   1. E. Jang, S. Gu, B. Poole. *Categorical Reparameterization with Gumbel-Softmax*. ICLR 2017.
@@ -57,19 +61,17 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from vaelab.guide.posteriors import FAMILIES, Posterior
-from vaelab.model.categorical import CategoricalLatent, CategoricalProduct
-from vaelab.model.distributions import ExpRelaxedCategorical, kl_categorical
+from vaelab.model.distributions import (
+    CategoricalProduct,
+    ExpRelaxedCategorical,
+    kl_categorical,
+    logits_of,
+)
+from vaelab.model.latents import CategoricalLatent
 from vaelab.model.networks import MLP
 from vaelab.registry import ConfigError, Options
 
-__all__ = ["Baseline", "CategoricalPosterior", "RelaxedPosterior", "logits_of"]
-
-
-def logits_of(fn) -> Tensor:
-    """The logits of a (possibly masked / ``to_event``-wrapped) categorical-type distribution."""
-    while not hasattr(fn, "logits") and hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return fn.logits
+__all__ = ["Baseline", "CategoricalPosterior", "RelaxedPosterior"]
 
 
 class _CategoricalFamily(Posterior):
@@ -84,11 +86,15 @@ class _CategoricalFamily(Posterior):
         """Encoder output ``h (..., N K)`` → logits ``(..., N, K)``."""
         return h.reshape(*h.shape[:-1], self.num_variables, self.num_classes)
 
+    def hard_dist(self, h: Tensor) -> CategoricalProduct:
+        """The unrelaxed posterior ∏_n Cat(z_n; softmax(ℓ_n)), one-hot, batch ``(...)``."""
+        return CategoricalProduct(self.logits_from(h))  # batch (...), event (N, K)
+
 
 class RelaxedPosterior(_CategoricalFamily):
     r"""Log-space Concrete posterior :math:`q_{φ,τ}(y \mid x)`, see the module docstring.
 
-    :param latent: the :class:`~vaelab.model.categorical.CategoricalLatent` (configured here).
+    :param latent: the :class:`~vaelab.model.latents.CategoricalLatent` (configured here).
     :param kl: ``"relaxed"`` (Maddison et al.) or ``"categorical"`` (Jang et al.).
     :param hard: straight-through decoder input (only with ``kl = "categorical"``).
     """
@@ -161,7 +167,7 @@ class CategoricalPosterior(_CategoricalFamily):
     r"""Unrelaxed :math:`q(z|x) = \prod_n \mathrm{Cat}(z_n; \mathrm{softmax}(\ell_n(x)))`, with
     the :class:`Baseline` used by ``objective.name = "graph"``.
 
-    :param latent: the :class:`~vaelab.model.categorical.CategoricalLatent` (configured here).
+    :param latent: the :class:`~vaelab.model.latents.CategoricalLatent` (configured here).
     :param baseline_hidden_sizes: hidden widths of the baseline network.
     """
 
@@ -173,7 +179,7 @@ class CategoricalPosterior(_CategoricalFamily):
         self.baseline = Baseline(latent.flat_dim, baseline_hidden_sizes)
 
     def forward(self, h: Tensor, temperature: Tensor | None = None):
-        return CategoricalProduct(self.logits_from(h))  # batch (...), event (N, K)
+        return self.hard_dist(h)  # batch (...), event (N, K): already the one-hot posterior
 
 
 class RelaxedOptions(Options):

@@ -51,8 +51,16 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 from tqdm.auto import tqdm
 
-from vaelab.inference.importance import DATA_PLATE
+from vaelab.config import EvalConfig
+from vaelab.inference.importance import DATA_PLATE, in_data_plate
 from vaelab.inference.marginal import MarginalEstimate, data_batches
+
+#: the AIS defaults, defined once in the ``[eval]`` schema
+_EVAL = EvalConfig.model_fields
+AIS_STEPS: int = _EVAL["ais_steps"].default
+AIS_CHAINS: int = _EVAL["ais_chains"].default
+AIS_LEAPFROG: int = _EVAL["ais_leapfrog"].default
+AIS_BASE: str = _EVAL["ais_base"].default
 
 __all__ = [
     "AISResult",
@@ -131,7 +139,7 @@ class LogJoint:
         args: tuple,
         kwargs: dict,
         num_chains: int,
-        base: str = "prior",
+        base: str = AIS_BASE,
         site: str = "z",
     ):
         if base not in ("prior", "guide"):
@@ -185,7 +193,7 @@ class LogJoint:
         for name, s in tr.nodes.items():
             if s["type"] != "sample" or site_is_subsample(s):
                 continue
-            if not any(f.name == DATA_PLATE for f in s["cond_indep_stack"]):
+            if not in_data_plate(s):
                 raise ValueError(f"AIS: site {name!r} is outside pyro.plate({DATA_PLATE!r})")
             lp = scale_and_mask(s["fn"].log_prob(s["value"]), s["scale"], s["mask"])  # (C, B)
             if name == self.site:
@@ -280,10 +288,10 @@ def ais(
     model: Callable,
     guide: Callable | None,
     *args,
-    num_steps: int = 1000,
-    num_chains: int = 16,
-    num_leapfrog: int = 10,
-    base: str = "prior",
+    num_steps: int = AIS_STEPS,
+    num_chains: int = AIS_CHAINS,
+    num_leapfrog: int = AIS_LEAPFROG,
+    base: str = AIS_BASE,
     schedule: str | torch.Tensor = "sigmoid",
     init_step_size: float = 0.05,
     target_accept: float = 0.65,
@@ -353,8 +361,8 @@ def estimate_marginal_ais(
     model: Callable,
     guide: Callable | None,
     data: torch.Tensor,
-    num_steps: int = 1000,
-    num_chains: int = 16,
+    num_steps: int = AIS_STEPS,
+    num_chains: int = AIS_CHAINS,
     batch_size: int = 100,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,

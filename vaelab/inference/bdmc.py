@@ -32,7 +32,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.inference.ais import ais, beta_schedule
+from vaelab.inference.ais import AIS_BASE, AIS_CHAINS, AIS_STEPS, ais, beta_schedule
 
 __all__ = ["BDMCResult", "simulate", "bdmc"]
 
@@ -98,11 +98,11 @@ def bdmc(
     guide: Callable | None,
     x_like: torch.Tensor,
     *args,
-    num_steps: int = 1000,
-    num_chains: int = 16,
+    num_steps: int = AIS_STEPS,
+    num_chains: int = AIS_CHAINS,
     batch_size: int = 100,
     schedule: str = "sigmoid",
-    base: str = "prior",
+    base: str = AIS_BASE,
     progress: bool = False,
     **ais_kwargs,
 ) -> BDMCResult:

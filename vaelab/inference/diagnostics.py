@@ -30,6 +30,10 @@ parameters excluded) — the activation memory of a step, which dominates its pe
 process's peak resident set size (``resource.getrusage``, a high-water mark of the whole
 process, not of one step).
 
+Posterior usage of a categorical latent: :func:`category_usage` reports, per variable, how many
+of the K classes the guide uses across a data set and how certain it is for one point
+(:class:`CategoryUsage`).
+
 References:
   1. T. Rainforth, A. Kosiorek, T. A. Le, C. Maddison, M. Igl, F. Wood, Y. W. Teh. *Tighter
      Variational Bounds are Not Necessarily Better*. ICML 2018.
@@ -59,8 +63,10 @@ from vaelab.config import ObjectiveConfig
 from vaelab.registry import ConfigError
 
 __all__ = [
+    "CategoryUsage",
     "GroupStats",
     "ObjectiveDiagnostics",
+    "category_usage",
     "diagnose",
     "format_table",
     "gradient_diagnostics",
@@ -116,7 +122,7 @@ def _json_safe(obj):
 def parse_objective_spec(spec: str) -> ObjectiveConfig:
     """``name[:K][:key=value...]`` → :class:`ObjectiveConfig`, e.g. ``iwae:50``,
     ``renyi:10:alpha=0.5``, ``mean_field:1:jit=true``."""
-    from vaelab.config import _parse_value
+    from vaelab.resolve import parse_value as _parse_value
 
     parts = [p.strip() for p in spec.split(":") if p.strip()]
     if not parts:
@@ -328,3 +334,62 @@ def format_table(results: Sequence[ObjectiveDiagnostics]) -> str:
             f"memory: {results[0].memory_method}."
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# categorical latents: how the posterior uses the K classes
+
+
+@dataclass
+class CategoryUsage:
+    r"""How the posterior uses the K classes of each of the N variables, over a data set.
+
+    * ``aggregate_perplexity (N,)``: :math:`\exp H(\bar q_n)`, :math:`\bar q_n = \frac{1}{B}
+      \sum_b q(z_n \mid x_b)`: effective number of classes used across the data (1..K);
+    * ``posterior_perplexity (N,)``: mean over points of :math:`\exp H(q(z_n \mid x_b))`: how
+      uncertain the posterior is for one point (1 = deterministic code);
+    * ``classes_used (N,)``: classes that are the argmax of :math:`q(z_n \mid x_b)` for at
+      least one point.
+    """
+
+    aggregate_perplexity: torch.Tensor
+    posterior_perplexity: torch.Tensor
+    classes_used: torch.Tensor
+    num_classes: int
+
+    def summary(self) -> dict:
+        N = self.classes_used.numel()
+        return {
+            "aggregate_perplexity_mean": float(self.aggregate_perplexity.mean()),
+            "posterior_perplexity_mean": float(self.posterior_perplexity.mean()),
+            "classes_used_mean": float(self.classes_used.double().mean()),
+            "classes_used_min": int(self.classes_used.min()),
+            "classes_used_total": int(self.classes_used.sum()),
+            "num_variables": N,
+            "num_classes": self.num_classes,
+        }
+
+
+@torch.no_grad()
+def category_usage(vae, x: torch.Tensor, batch_size: int = 1000) -> CategoryUsage:
+    """:class:`CategoryUsage` of the guide's categorical posterior on the rows of ``x (B, D)``.
+
+    :param vae: a :class:`~vaelab.vae.VAE` with a
+        :class:`~vaelab.model.latents.CategoricalLatent`.
+    :param batch_size: points per encoder pass.
+    """
+    latent = vae.latent
+    N, K = latent.num_variables, latent.num_classes
+    q_sum = x.new_zeros(N, K, dtype=torch.float64)
+    perplexity_sum = x.new_zeros(N, dtype=torch.float64)
+    used = torch.zeros(N, K, dtype=torch.bool, device=x.device)
+    for start in range(0, x.shape[0], batch_size):
+        log_q = vae.inference.logits(x[start : start + batch_size]).log_softmax(-1)  # (b, N, K)
+        q = log_q.exp()
+        q_sum += q.double().sum(0)
+        entropy = -(q * log_q).sum(-1)  # (b, N)
+        perplexity_sum += entropy.double().exp().sum(0)
+        used |= torch.nn.functional.one_hot(log_q.argmax(-1), K).bool().any(0)  # (N, K)
+    q_bar = q_sum / x.shape[0]  # (N, K)
+    h_bar = -(q_bar * q_bar.clamp_min(1e-300).log()).sum(-1)  # (N,)
+    return CategoryUsage(h_bar.exp(), perplexity_sum / x.shape[0], used.sum(-1), K)

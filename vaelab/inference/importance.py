@@ -20,7 +20,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LogWeights", "log_weights", "DATA_PLATE"]
+__all__ = ["LogWeights", "log_weights", "in_data_plate", "DATA_PLATE"]
 
 #: the name of the data plate in vaelab models
 DATA_PLATE = "data"
@@ -36,7 +36,8 @@ class LogWeights:
     guide_trace: poutine.Trace
 
 
-def _in_data_plate(site: dict) -> bool:
+def in_data_plate(site: dict) -> bool:
+    """Whether a trace site lies inside the ``"data"`` plate (a per-point term)."""
     return any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
 
 
@@ -69,7 +70,7 @@ def log_weights(
                 continue
             lp = site["fn"].log_prob(site["value"])  # batch shape, e.g. (K, B) or (K, 1)
             lp = scale_and_mask(lp, site["scale"], site["mask"])
-            if _in_data_plate(site):
+            if in_data_plate(site):
                 local = local + sign * lp
             else:
                 global_ = global_ + sign * lp.reshape(num_particles, -1).sum(-1)

@@ -18,7 +18,8 @@ sample size ESS = (Σw)² / Σw², the delta-method Monte Carlo standard error o
 :math:`\mathrm{se} ≈ \sqrt{(K/\mathrm{ESS} - 1)/K}`, and the Pareto k̂ of the weights
 (:mod:`vaelab.inference.psis`): points with k̂ > 0.7 are flagged, since there the variance of
 the weights is likely infinite and both log p̂ and its standard error are unreliable. The
-convergence curve of log p̂ against K is read from prefixes of the same K draws.
+convergence curve of log p̂ against K is read from prefixes of the same K draws (plotted by
+:func:`vaelab.plots.save_convergence_plot`).
 
 .. note:: The standard error is a first-order (delta-method) figure; it is itself estimated from
    the weights and understates the error exactly when k̂ is large.
@@ -48,7 +49,6 @@ __all__ = [
     "estimate_marginal",
     "default_curve_ks",
     "quantile_summary",
-    "save_convergence_plot",
 ]
 
 
@@ -295,33 +295,3 @@ def estimate_marginal(
         curve_ks=curve_ks,
         curve_log_px=torch.cat(curve, -1) if curve_ks is not None else None,
     )
-
-
-def save_convergence_plot(est: MarginalEstimate, path, title: str = ""):
-    """PNG of the mean over points of log p̂ from the first K draws against K (log axis), with
-    the ELBO (dashed) and the exact mean log p(x) (solid) where known; returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from pathlib import Path
-
-    if est.curve_ks is None:
-        raise ValueError("no convergence curve: pass curve_ks to estimate_marginal")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    curve = est.curve()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(list(curve), list(curve.values()), "o-", ms=3, label="mean log p̂(x), first K draws")
-    ax.axhline(float(est.elbo.double().mean()), ls="--", c="gray", label="ELBO")
-    if est.exact_log_px is not None:
-        ax.axhline(float(est.exact_log_px.mean()), c="k", lw=1, label="exact log p(x)")
-    ax.set_xscale("log")
-    ax.set_xlabel("K (importance samples)")
-    ax.set_ylabel("nats per data point")
-    ax.set_title(title or f"IS convergence ({est.num_points} points)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

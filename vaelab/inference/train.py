@@ -1,7 +1,7 @@
-r"""The training loop: one short function, SVI semantics, exact resume.
+r"""The training loop: SVI semantics, exact resume, a function that reads top to bottom.
 
 Each step is what :meth:`pyro.infer.SVI.step` does — ``objective.loss_and_grads(model, guide,
-x)`` then an optimizer step — with two drivers (``train.driver``):
+x)`` then an optimizer step — with two drivers (``train.driver``, see :class:`Stepper`):
 
 * ``torch`` (default): one ``torch.optim.Adam`` over all parameters (one fused update instead of
   ``pyro.optim``'s optimizer per tensor, which costs a third of Pyro's per-step overhead);
@@ -19,57 +19,162 @@ uninterrupted run: batch order and preprocessing noise come from generators seed
 from __future__ import annotations
 
 import math
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.config import RunConfig, dump_toml, to_dict
-from vaelab.inference.checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-    write_jsonl,
-)
+from vaelab.config import RunConfig, TrainConfig, dump_toml, to_dict
+from vaelab.data import DataSplits, Preprocessor, iterate_batches, load_dataset
+from vaelab.data.subsets import subset_indices
+from vaelab.inference.checkpoint import atomic_write_text, load_checkpoint
 from vaelab.inference.marginal import estimate_marginal
+from vaelab.inference.runfolder import (
+    Commit,
+    RunLock,
+    StopSignals,
+    best_state,
+    commit,
+    latest_commit,
+    remove_temporaries,
+    repair,
+)
 from vaelab.inference.objectives import build_objective
+from vaelab.resolve import resolve
+from vaelab.run import Run
 from vaelab.seed import derived_generator, get_rng_state, seed_all, set_rng_state
+from vaelab.vae import VAE, build_vae
 
-__all__ = ["NonFiniteLossError", "TrainResult", "train", "resolve_device", "kl_weight"]
+__all__ = [
+    "NonFiniteLossError",
+    "Progress",
+    "Stepper",
+    "TrainResult",
+    "kl_weight",
+    "resolve_device",
+    "train",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN/inf; the last good checkpoint is left intact."""
 
 
+#: settings that may change when a run is resumed (extend it, watch it, run it elsewhere)
+RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.num_threads",
+                  "train.device")
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint restores besides parameters and RNG states."""
+
+    epoch: int = 0  #: the next epoch to run (0-based)
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_valid_elbo: float = -math.inf
+    best_epoch: int | None = None  #: 1-based
+    stale_epochs: int = 0
+
+    def should_stop(self, patience: int) -> bool:
+        """Early stopping: ``patience`` epochs without a better validation ELBO."""
+        return self.best_epoch is not None and patience > 0 and self.stale_epochs >= patience
+
+    def record(self, row: dict) -> bool:
+        """Append an epoch's metrics; returns whether it is the new best epoch."""
+        self.history.append(row)
+        self.epoch, self.step = row["epoch"], row["step"]
+        valid = row["valid_elbo"]
+        improved = math.isfinite(valid) and valid > self.best_valid_elbo
+        if improved or self.best_epoch is None:
+            self.best_valid_elbo = valid if improved else self.best_valid_elbo
+            self.best_epoch, self.stale_epochs = row["epoch"], 0
+            return True
+        self.stale_epochs += 1
+        return False
+
+    def state_dict(self) -> dict:
+        # the keys of checkpoints written by vaelab 0.1.0, so that old runs resume
+        return {"epoch": self.epoch - 1, "step": self.step, "history": self.history,
+                "best_valid_elbo": self.best_valid_elbo, "best_epoch": self.best_epoch,
+                "stale_epochs": self.stale_epochs}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Progress:
+        return cls(state["epoch"] + 1, state["step"], state["history"], state["best_valid_elbo"],
+                   state["best_epoch"], state["stale_epochs"])
+
+
+class Stepper:
+    """One SVI step with either driver: ``torch`` (objective + one fused Adam) or ``svi``."""
+
+    def __init__(self, tc: TrainConfig, vae: VAE, objective):
+        self.vae, self.objective, self.clip_norm = vae, objective, tc.clip_norm
+        self.params = list(vae.parameters())
+        if tc.driver == "svi":
+            self.svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": tc.lr}),
+                                      loss=objective)
+            self.optimizer = None
+        else:
+            self.svi = None
+            self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, fused=True)
+
+    def step(self, x: torch.Tensor, beta, temperature) -> tuple[float, float | None]:
+        """Gradient step on ``x (B, D)``; returns (loss, gradient norm or None). Nothing is
+        updated when either is non-finite."""
+        if self.svi is not None:
+            return self.svi.step(x, beta, temperature), None
+        loss = self.objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta, temperature)
+        grad_norm = None
+        if self.clip_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm,
+                                                             foreach=True))
+        # without clipping only the loss is checked: a NaN gradient makes the next loss NaN
+        if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict() if self.svi is None else self.svi.optim.get_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.svi is None:
+            self.optimizer.load_state_dict(state)
+        else:
+            self.svi.optim.set_state(state)
+
+
 @dataclass
 class TrainResult:
+    """What :func:`train` built and reached; :meth:`run` hands it to evaluation unrebuilt."""
+
     out_dir: Path
-    vae: torch.nn.Module
+    cfg: RunConfig
+    vae: VAE
+    data: DataSplits
+    pre: Preprocessor
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     best_valid_elbo: float = -math.inf
 
-
-#: settings that may change when a run is resumed (extend it, watch it, run it elsewhere)
-RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.num_threads", "train.device")
-
-
-def _config_changes(saved: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ, ignoring :data:`RESUMABLE_KEYS` and the [eval] section."""
-    out = []
-    for section in saved.keys() | new.keys():
-        if section == "eval":
-            continue
-        a, b = saved.get(section, {}), new.get(section, {})
-        for key in a.keys() | b.keys():
-            name = f"{section}.{key}"
-            if name not in RESUMABLE_KEYS and a.get(key) != b.get(key):
-                out.append(name)
-    return sorted(out)
+    def run(self, checkpoint: str = "best"):
+        """The trained run as a :class:`vaelab.run.Run`, its ``checkpoint`` loaded into this
+        VAE in place (no second build, no second data load)."""
+        if checkpoint == "best":
+            state = best_state(self.out_dir)
+        else:
+            state = latest_commit(self.out_dir).state
+        self.vae.load_state_dict(state["model"])
+        self.vae.eval()
+        return Run(self.out_dir, self.cfg, self.vae, self.data, self.pre, state["epoch"])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,16 +193,228 @@ def kl_weight(epoch: int, step_in_epoch: int, steps_per_epoch: int, warmup_epoch
     return beta if t >= 1.0 else beta * t
 
 
-def _valid_elbo(vae, x_valid, pre, cfg: RunConfig, device) -> float:
-    """Single-draw ELBO per point on the validation split (hard latents for discrete models)."""
-    if x_valid is None or x_valid.shape[0] == 0:
+# --------------------------------------------------------------------------------------------
+# the pieces of train(), in the order it calls them
+
+
+def _config_changes(saved: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ, ignoring :data:`RESUMABLE_KEYS` and the [eval] section."""
+    out = []
+    for section in saved.keys() | new.keys():
+        if section in ("eval", "version"):
+            continue
+        a, b = saved.get(section, {}), new.get(section, {})
+        for key in a.keys() | b.keys():
+            name = f"{section}.{key}"
+            if name not in RESUMABLE_KEYS and a.get(key) != b.get(key):
+                out.append(name)
+    return sorted(out)
+
+
+def check_resume(cfg: RunConfig, c: Commit | None, out: Path, resume: bool) -> None:
+    """Whether ``out`` may be written: a fresh run needs a folder without a commit; a resumed
+    one, a commit whose config (read at its saved version) equals ``cfg`` up to
+    :data:`RESUMABLE_KEYS` and ``[eval]``."""
+    if not resume:
+        if c is not None:
+            raise FileExistsError(
+                f"{str(out)!r} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        return
+    if c is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}")
+    changed = _config_changes(to_dict(resolve(c.state["config"], saved=True)), to_dict(cfg))
+    if changed:
+        raise ValueError(
+            f"--resume: the config differs from the one saved in {str(c.path)!r} in "
+            f"{', '.join(changed)} (only {', '.join(RESUMABLE_KEYS)} and [eval] may change); "
+            "resume with the saved config: vaelab train DIR/config.toml --out DIR --resume"
+        )
+
+
+def _note(message: str) -> None:
+    print(f"vaelab: note: {message}", file=sys.stderr)
+
+
+@contextmanager
+def writing(out: Path, cfg: RunConfig, resume: bool) -> Iterator[Commit | None]:
+    """Hold ``out``'s lock while training writes it; yield the commit to resume from.
+
+    Under the lock: temporary files a killed writer left are removed, the newest intact commit
+    is found (a damaged ``last.pt`` falls back to ``prev.pt``, saying so) and the views are
+    repaired from it. A fresh run that fails or is interrupted before its first commit leaves
+    nothing behind: what it created is removed.
+    """
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out).acquire()
+    start = None
+    try:
+        if lock.stale_owner:
+            _note(f"took over the lock of {lock.stale_owner} (no longer running)")
+        for p in remove_temporaries(out):
+            _note(f"removed {p.name}, a partial write of a killed run")
+        start = latest_commit(out)
+        check_resume(cfg, start, out, resume)
+        for message in repair(out, start) if start is not None else []:
+            _note(message)
+        yield start
+    except BaseException:
+        if start is None and _safe_latest(out) is None:  # nothing was ever committed here
+            _remove_fresh_run(out, created)
+        raise
+    finally:
+        lock.release()
+
+
+def _safe_latest(out: Path) -> Commit | None | bool:
+    try:
+        return latest_commit(out)
+    except ValueError:
+        return True  # damaged commits: not ours to remove
+
+
+def _remove_fresh_run(out: Path, created: bool) -> None:
+    """Remove what a fresh run wrote before its first commit."""
+    for name in ("config.toml", "metrics.jsonl", ".lock"):
+        (out / name).unlink(missing_ok=True)
+    for folder in ([out / "checkpoints"] + ([out] if created else [])):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (or gone): leave it
+
+
+def _best_model(saved: Commit, out: Path) -> dict | None:
+    """The best epoch's parameters of the commit resumed from (a checkpoint of vaelab 0.1.0
+    keeps them only in ``best.pt``)."""
+    if "best_model" in saved.state:
+        return saved.state["best_model"]
+    try:
+        best = load_checkpoint(out / "checkpoints" / "best.pt")
+    except (FileNotFoundError, ValueError):
+        return None
+    return best["model"] if best["epoch"] == saved.state["best_epoch"] - 1 else None
+
+
+def check_splits(vae: VAE, pre: Preprocessor, data: DataSplits, x_valid: torch.Tensor) -> None:
+    """Refuse, before anything is written, empty splits and data the likelihood cannot score:
+    a sample of the training split and every validation point that will be scored."""
+    for name, n in (("training", data.train.shape[0]), ("validation", x_valid.shape[0])):
+        if n == 0:
+            raise ValueError(
+                f"data: the {name} split is empty; training needs both (set "
+                "data.valid_fraction > 0 for a data set without a validation split)"
+            )
+    likelihood = vae.generative.likelihood
+    likelihood.check_data(pre.eval_batch(data.train[:2000], derived_generator(0)))
+    likelihood.check_data(x_valid)
+
+
+def validation_points(data: DataSplits, pre: Preprocessor, cfg: RunConfig) -> torch.Tensor:
+    """``train.valid_limit`` points of the validation split (``data.subset`` rule), with one
+    fixed draw of preprocessing noise for every epoch."""
+    idx = subset_indices(data.valid.shape[0], cfg.train.valid_limit, cfg.data.subset)
+    return pre.eval_split(data.valid[idx], cfg.train.seed)
+
+
+def _last_good(progress: Progress) -> str:
+    if progress.epoch == 0:
+        return "no epoch was committed, so nothing is saved"
+    return f"the last good checkpoint is checkpoints/last.pt (epoch {progress.epoch})"
+
+
+def _diverged(loss: float, scale: float, grad_norm: float | None, batch: int, tc: TrainConfig,
+              epoch: int, step: int, progress: Progress) -> str | None:
+    """Why the run must stop after this step's loss, or None."""
+    if not (math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))):
+        what = "loss" if not math.isfinite(loss) else "gradient"
+        return (f"non-finite {what} (loss={loss}, grad norm={grad_norm}) at epoch {epoch + 1}, "
+                f"step {step}; {_last_good(progress)}. Try a lower train.lr, "
+                "train.clip_norm > 0, or a likelihood scale floor")
+    per_point = abs(loss) / batch
+    if tc.divergence > 0 and per_point > tc.divergence * max(scale, 1.0):
+        return (f"training diverged at epoch {epoch + 1}, step {step}: the loss per point "
+                f"{per_point:.4g} is over {tc.divergence:g}x its running scale {scale:.4g} "
+                f"(train.divergence); {_last_good(progress)}. Try a lower train.lr or "
+                "train.clip_norm > 0")
+    return None
+
+
+def train_epoch(vae: VAE, stepper: Stepper, data: DataSplits, pre: Preprocessor, cfg: RunConfig,
+                progress: Progress, device: torch.device, stop: StopSignals) -> dict:
+    """One pass over the (seeded, shuffled) training split; returns the epoch's metrics row.
+
+    :raises NonFiniteLossError: a non-finite loss or gradient, or a loss that explodes against
+        its running scale (``train.divergence``).
+    :raises Interrupted: SIGINT/SIGTERM arrived (checked between steps).
+    """
+    tc, epoch, step = cfg.train, progress.epoch, progress.step
+    n_batches = math.ceil(data.train.shape[0] / tc.batch_size)
+    if tc.max_steps_per_epoch:
+        n_batches = min(n_batches, tc.max_steps_per_epoch)
+    noise = derived_generator(tc.seed, epoch, 1)
+    batches = iterate_batches(data.train, tc.batch_size, shuffle=True, seed=tc.seed, epoch=epoch)
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
+               disable=not tc.progress, unit="step")
+    vae.train()
+    t0, total, count, scale = time.perf_counter(), 0.0, 0, None
+    for i, x in enumerate(bar):
+        if i >= n_batches:
+            break
+        stop.check(epoch + 1, step, progress.epoch)
+        x = pre.train_batch(x, noise).to(device)  # (B, D)
+        beta = kl_weight(epoch, i, n_batches, tc.warmup_epochs, cfg.objective.beta)
+        loss, grad_norm = stepper.step(x, beta, vae.latent.temperature_at(step))
+        scale = abs(loss) / x.shape[0] if scale is None else scale
+        why = _diverged(loss, scale, grad_norm, x.shape[0], tc, epoch, step, progress)
+        if why is not None:
+            bar.close()
+            raise NonFiniteLossError(why)
+        scale = 0.9 * scale + 0.1 * abs(loss) / x.shape[0]
+        step, total, count = step + 1, total + loss, count + x.shape[0]
+        if i % 20 == 0:
+            bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", beta=f"{float(beta):.2f}")
+    bar.close()
+    temperature = vae.latent.temperature_at(step)
+    return {
+        "epoch": epoch + 1,
+        "step": step,
+        "train_loss": total / max(1, count),
+        "beta": float(kl_weight(epoch + 1, 0, 1, tc.warmup_epochs, cfg.objective.beta)),
+        "temperature": None if temperature is None else float(temperature),
+        "epoch_time": time.perf_counter() - t0,
+    }
+
+
+@torch.no_grad()
+def valid_elbo(vae: VAE, x_valid: torch.Tensor, cfg: RunConfig, device: torch.device) -> float:
+    """Single-draw ELBO per point on the validation points (hard latents for discrete models)."""
+    if x_valid.shape[0] == 0:
         return float("nan")
+    vae.eval()
     model, guide = vae.eval_pair()
-    est = estimate_marginal(
-        model, guide, x_valid, num_samples=1, batch_size=max(cfg.train.batch_size, 500),
-        device=device,
-    )
+    est = estimate_marginal(model, guide, x_valid, num_samples=1,
+                            batch_size=max(cfg.train.batch_size, 500), device=device)
     return float(est.elbo.mean())
+
+
+def save_epoch(out: Path, cfg: RunConfig, vae: VAE, stepper: Stepper, progress: Progress,
+               best_model: dict, is_best: bool) -> None:
+    """Commit the epoch (:func:`vaelab.inference.runfolder.commit`): ``last.pt`` holds
+    everything resume, ``best.pt`` and ``metrics.jsonl`` need, the best parameters included."""
+    model = vae.state_dict()
+    if not all(bool(t.isfinite().all()) for t in model.values() if t.is_floating_point()):
+        raise NonFiniteLossError(
+            f"non-finite parameters after epoch {progress.epoch}; {_last_good(progress)} "
+            "(the epoch was not committed). Try a lower train.lr or train.clip_norm > 0")
+    state = {"config": to_dict(cfg), "model": model, "optimizer": stepper.state_dict(),
+             "rng": get_rng_state(), **progress.state_dict(), "best_model": best_model}
+    commit(out, state, is_best)
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def train(
@@ -105,169 +422,69 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
-    data=None,
+    data: DataSplits | None = None,
 ) -> TrainResult:
     """Train the VAE described by ``cfg``, writing everything into ``out_dir``.
 
-    :param cfg: a resolved :class:`~vaelab.config.RunConfig` (see :func:`~vaelab.config.load_config`).
+    :param cfg: a resolved :class:`~vaelab.config.RunConfig` (see :func:`vaelab.load_config`).
     :param out_dir: the run folder: ``config.toml``, ``metrics.jsonl``, ``checkpoints/``.
     :param resume: continue from ``out_dir/checkpoints/last.pt``.
-    :param data: a preloaded :class:`~vaelab.data.DataSplits` (else ``cfg.data`` is loaded).
-    :returns: :class:`TrainResult` with the trained VAE (last epoch's parameters).
+    :param data: preloaded :class:`~vaelab.data.DataSplits` (else ``cfg.data`` is loaded).
+    :returns: :class:`TrainResult` with the trained VAE (last epoch's parameters) and its data.
 
     Example::
 
         cfg = load_config("experiments/configs/gaussian_mnist.toml", ["train.epochs=2"])
         result = train(cfg, "runs/demo")
     """
-    from vaelab.data import Preprocessor, iterate_batches, load_dataset
-    from vaelab.vae import build_vae
-
-    out = Path(out_dir)
-    last_path, best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
-    if resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {str(last_path)!r}")
-        state = load_checkpoint(last_path)
-        changed = _config_changes(state["config"], to_dict(cfg))
-        if changed:
-            raise ValueError(
-                f"--resume: the config differs from the one saved in {str(last_path)!r} in "
-                f"{', '.join(changed)} (only {', '.join(RESUMABLE_KEYS)} and [eval] may change); "
-                "resume with the saved config: vaelab train DIR/config.toml --out DIR --resume"
-            )
-    elif last_path.exists():
-        raise FileExistsError(
-            f"{str(out)!r} already holds a run; pass --resume to continue it or choose another --out"
-        )
-
-    tc = cfg.train
+    out, tc = Path(out_dir), cfg.train
+    RunLock.check_free(out)  # early and read-only: fail before loading anything
+    check_resume(cfg, latest_commit(out), out, resume)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc.device)
     pyro.clear_param_store()
-    pyro.enable_validation(tc.pyro_validation)
     seed_all(tc.seed)
 
     data = data if data is not None else load_dataset(cfg.data)
     pre = Preprocessor(cfg.data, data)
     vae = build_vae(cfg, data.train.shape[1]).to(device)
-    # refuse data the likelihood cannot score before anything is written
-    vae.generative.likelihood.check_data(pre.eval_batch(data.train[:2000], derived_generator(0)))
-    objective = build_objective(cfg.objective, vae)
-    params = list(vae.parameters())
-    if tc.driver == "svi":
-        svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": tc.lr}), loss=objective)
-        optimizer = None
-    else:
-        svi = None
-        optimizer = torch.optim.Adam(params, lr=tc.lr, fused=True)  # one fused kernel per step
+    x_valid = validation_points(data, pre, cfg)
+    check_splits(vae, pre, data, x_valid)
+    with writing(out, cfg, resume) as saved, StopSignals() as stop, \
+            pyro.validation_enabled(tc.pyro_validation):
+        stepper = Stepper(tc, vae, build_objective(cfg.objective, vae))
+        progress, best_model = Progress(), None
+        if saved is not None:
+            vae.load_state_dict(saved.state["model"])
+            stepper.load_state_dict(saved.state["optimizer"])
+            progress = Progress.from_state_dict(saved.state)
+            best_model = _best_model(saved, out)
+            set_rng_state(saved.state["rng"])
+        atomic_write_text(out / "config.toml", dump_toml(cfg))
 
-    history: list[dict] = []
-    start_epoch, step, best, best_epoch, stale = 0, 0, -math.inf, None, 0
-    if resume:
-        vae.load_state_dict(state["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(state["optimizer"])
-        else:
-            svi.optim.set_state(state["optimizer"])
-        history = state["history"]
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        best, best_epoch, stale = state["best_valid_elbo"], state["best_epoch"], state["stale_epochs"]
-        set_rng_state(state["rng"])
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.toml", dump_toml(cfg))
-
-    x_train = data.train
-    x_valid = data.valid[: tc.valid_limit] if tc.valid_limit else data.valid
-    x_valid = pre.eval_split(x_valid, tc.seed)  # fixed preprocessing noise across epochs
-    n_batches = math.ceil(x_train.shape[0] / tc.batch_size)
-    if tc.max_steps_per_epoch:
-        n_batches = min(n_batches, tc.max_steps_per_epoch)
-    latent = vae.latent
-
-    for epoch in range(start_epoch, tc.epochs):
-        if best_epoch is not None and tc.patience and stale >= tc.patience:
-            break
-        vae.train()
-        t0 = time.perf_counter()
-        noise = derived_generator(tc.seed, epoch, 1)
-        total, count = 0.0, 0
-        bar = tqdm(
-            iterate_batches(x_train, tc.batch_size, shuffle=True, seed=tc.seed, epoch=epoch),
-            total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not tc.progress,
-            leave=False, unit="step",
-        )
-        for i, x in enumerate(bar):
-            if i >= n_batches:
-                break
-            x = pre.train_batch(x, noise).to(device)
-            beta = kl_weight(epoch, i, n_batches, tc.warmup_epochs, cfg.objective.beta)
-            temperature = latent.temperature_at(step)
-            if svi is not None:
-                loss = svi.step(x, beta, temperature)
-            else:
-                loss = objective.loss_and_grads(vae.model, vae.guide, x, beta, temperature)
-            grad_norm = None
-            if optimizer is not None and tc.clip_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.clip_norm, foreach=True))
-            # without clipping only the loss is checked: a NaN gradient makes the next loss NaN,
-            # and the error fires before any checkpoint is written
-            if not (math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm))):
+        while progress.epoch < tc.epochs and not progress.should_stop(tc.patience):
+            row = train_epoch(vae, stepper, data, pre, cfg, progress, device, stop)
+            row["valid_elbo"] = valid_elbo(vae, x_valid, cfg, device)
+            if not math.isfinite(row["valid_elbo"]):
                 raise NonFiniteLossError(
-                    f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} "
-                    f"(loss={loss}, grad norm={grad_norm}) at epoch {epoch + 1}, step {step}; "
-                    f"the last good checkpoint is {str(last_path)!r}. Try a lower train.lr, "
-                    "train.clip_norm > 0, or a likelihood scale floor"
-                )
-            if optimizer is not None:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            total += loss
-            count += x.shape[0]
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", beta=f"{float(beta):.2f}")
-        bar.close()
-        train_time = time.perf_counter() - t0
-        vae.eval()
-        valid_elbo = _valid_elbo(vae, x_valid, pre, cfg, device)
-        temperature = latent.temperature_at(step)
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train_loss": total / max(1, count),
-            "valid_elbo": valid_elbo,
-            "beta": float(kl_weight(epoch + 1, 0, 1, tc.warmup_epochs, cfg.objective.beta)),
-            "temperature": None if temperature is None else float(temperature),
-            "epoch_time": train_time,
-        }
-        history.append(row)
-        improved = math.isfinite(valid_elbo) and valid_elbo > best
-        if improved or best_epoch is None:
-            best, best_epoch, stale = (valid_elbo if improved else best), epoch + 1, 0
-        else:
-            stale += 1
-        ckpt = {
-            "config": to_dict(cfg),
-            "model": vae.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else svi.optim.get_state(),
-            "rng": get_rng_state(),
-            "epoch": epoch,
-            "step": step,
-            "history": history,
-            "best_valid_elbo": best,
-            "best_epoch": best_epoch,
-            "stale_epochs": stale,
-        }
-        save_checkpoint(last_path, ckpt)
-        if best_epoch == epoch + 1:
-            save_checkpoint(best_path, {"config": ckpt["config"], "model": ckpt["model"], "epoch": epoch})
-        write_jsonl(out / "metrics.jsonl", history)
-        if tc.progress:
-            tqdm.write(
-                f"epoch {epoch + 1}: train -ELBO {row['train_loss']:.2f}, "
-                f"valid ELBO {valid_elbo:.2f}, {train_time:.1f}s"
-            )
-    return TrainResult(out, vae, history, best_epoch, best)
+                    f"non-finite validation ELBO ({row['valid_elbo']}) after epoch "
+                    f"{row['epoch']}; {_last_good(progress)} (the epoch was not committed)")
+            stop.check(row["epoch"], row["step"], progress.epoch)
+            is_best = progress.record(_ordered(row))
+            if is_best or best_model is None:
+                best_model = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+            save_epoch(out, cfg, vae, stepper, progress, best_model, is_best)
+            if tc.progress:
+                tqdm.write(f"epoch {row['epoch']}: train -ELBO {row['train_loss']:.2f}, "
+                           f"valid ELBO {row['valid_elbo']:.2f}, {row['epoch_time']:.1f}s")
+    return TrainResult(out, cfg, vae, data, pre, progress.history, progress.best_epoch,
+                       progress.best_valid_elbo)
+
+
+_ROW_KEYS = ("epoch", "step", "train_loss", "valid_elbo", "beta", "temperature", "epoch_time")
+
+
+def _ordered(row: dict[str, Any]) -> dict[str, Any]:
+    """The metrics row in the column order of ``metrics.jsonl``."""
+    return {k: row[k] for k in _ROW_KEYS}

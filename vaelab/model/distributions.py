@@ -19,6 +19,13 @@ are the *logs* of points on the simplex and stay finite at every temperature (th
 one-hot sample; :func:`kl_categorical` is the exact KL between the unrelaxed categoricals (the
 Jang et al. convention).
 
+Categorical latents
+-------------------
+:class:`CategoricalProduct` is N independent one-hot categoricals of K classes as one event of
+shape ``(N, K)`` (the hard latent of ``model.latent = "categorical"``), enumerating its joint
+support of :math:`K^N` states in the order of :func:`joint_states`; :func:`logits_of` reads the
+logits of any categorical-type distribution through its ``to_event`` / mask wrappers.
+
 References
 
 1. T. Salimans, A. Karpathy, X. Chen, D. P. Kingma, *PixelCNN++: Improving the PixelCNN with
@@ -49,11 +56,14 @@ from torch.distributions.utils import broadcast_all, clamp_probs, lazy_property
 
 __all__ = [
     "BernoulliImage",
+    "CategoricalProduct",
     "DiscretizedLogistic",
     "ExpRelaxedCategorical",
     "PixelCategorical",
     "UnitGrid",
+    "joint_states",
     "kl_categorical",
+    "logits_of",
     "soft",
     "straight_through",
 ]
@@ -486,6 +496,113 @@ def kl_categorical(q_logits: Tensor, p_logits: Tensor) -> Tensor:
     q = log_q.exp()
     log_ratio = torch.where(q > 0, log_q - log_p, torch.zeros_like(log_q))
     return (q * log_ratio).sum(-1)
+
+
+def logits_of(fn) -> Tensor:
+    """The logits of a (possibly masked / ``to_event``-wrapped) categorical-type distribution."""
+    while not hasattr(fn, "logits") and hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn.logits
+
+
+# --------------------------------------------------------------------------------------------
+# N independent one-hot categoricals as one event
+# --------------------------------------------------------------------------------------------
+
+
+class CategoricalProduct(TorchDistribution):
+    r"""N independent one-hot categoricals of K classes as one event of shape ``(N, K)``.
+
+    .. math:: \log q(z) = \sum_{n=1}^{N} \sum_{k=1}^{K} z_{nk} \log \mathrm{softmax}(\ell_n)_k
+
+    Unlike ``OneHotCategorical(logits).to_event(1)``, it enumerates its *joint* support: the
+    :math:`S = K^N` one-hot configurations, in the order of ``itertools.product(range(K),
+    repeat=N)`` (variable 1 most significant), so :class:`~pyro.infer.TraceEnum_ELBO` can sum
+    over all states of one ``"z"`` site. Not reparameterizable (score-function gradients).
+
+    :param logits: unnormalized log-probabilities :math:`\ell`, shape ``batch_shape + (N, K)``.
+    """
+
+    arg_constraints = {"logits": constraints.independent(constraints.real, 2)}
+    support = constraints.independent(constraints.one_hot, 1)
+    has_enumerate_support = True
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, validate_args=None):
+        if logits.dim() < 2:
+            raise ValueError(f"logits must have shape (..., N, K), got {tuple(logits.shape)}")
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)  # (..., N, K), normalized
+        super().__init__(logits.shape[:-2], logits.shape[-2:], validate_args=validate_args)
+
+    @property
+    def num_states(self) -> int:
+        """:math:`K^N`, the number of joint states."""
+        N, K = self.event_shape
+        return K**N
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        return self.logits.exp()  # (..., N, K)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(CategoricalProduct, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.event_shape)
+        super(CategoricalProduct, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            index = torch.distributions.Categorical(logits=self.logits).sample(sample_shape)
+            return F.one_hot(index, self.event_shape[-1]).to(self.logits.dtype)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return (value * self.logits).sum((-2, -1))  # (..., *batch)
+
+    def entropy(self) -> Tensor:
+        return -(self.probs * self.logits).sum((-2, -1))
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        N, K = self.event_shape
+        states = joint_states(N, K, dtype=self.logits.dtype, device=self.logits.device)  # (S, N, K)
+        states = states.reshape((-1,) + (1,) * len(self.batch_shape) + (N, K))
+        if expand:
+            states = states.expand((-1,) + self.batch_shape + (N, K))
+        return states
+
+
+def joint_states(
+    num_variables: int,
+    num_classes: int,
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    r"""One-hot joint states ``start .. stop-1`` of N variables with K classes, ``(S, N, K)``.
+
+    State :math:`s` has class :math:`\lfloor s / K^{N-n} \rfloor \bmod K` for variable
+    :math:`n = 1..N` (the ``itertools.product`` order).
+    """
+    N, K = num_variables, num_classes
+    stop = K**N if stop is None else stop
+    s = torch.arange(start, stop, device=device)  # (S,)
+    powers = K ** torch.arange(N - 1, -1, -1, device=device)  # (N,)
+    index = (s.unsqueeze(-1) // powers) % K  # (S, N)
+    return F.one_hot(index, K).to(dtype or torch.get_default_dtype())  # (S, N, K)
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel likelihood of binary images
+# --------------------------------------------------------------------------------------------
 
 
 class BernoulliImage(TorchDistribution):

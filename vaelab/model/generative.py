@@ -8,6 +8,12 @@ Sites: ``"z"`` (latent, event shape ``latent.event_shape``) and ``"x"`` (observe
 ``(D,)``), both inside ``pyro.plate("data", B, dim=-1)``. The guide
 (:mod:`vaelab.guide.amortized`) samples the same ``"z"``. An outer vectorized particle plate
 (``dim=-2``) broadcasts everything to ``(K, B, ...)``.
+
+With ``hard=True`` the ``"z"`` site draws from the prior of the *discrete* model,
+:meth:`~vaelab.model.priors.Prior.hard_dist` (one-hot
+:class:`~vaelab.model.distributions.CategoricalProduct` with the prior logits for a categorical
+latent), and the decoder reads the one-hot sample as it is: the model that evaluation scores,
+whatever relaxation trained it (:meth:`vaelab.vae.VAE.eval_pair`).
 """
 
 from __future__ import annotations
@@ -62,22 +68,26 @@ class Generative(nn.Module):
         x: torch.Tensor,
         beta: float | torch.Tensor = 1.0,
         temperature: torch.Tensor | None = None,
+        hard: bool = False,
     ) -> torch.Tensor:
         r"""The model: ``x (B, D)`` observed; β scales the latent site (KL warm-up, β-VAE).
 
         :param x: a batch of flattened data points, ``(B, D)``.
         :param beta: weight of log p(z) (the guide scales log q(z|x) by the same β).
         :param temperature: relaxation temperature of a discrete latent (scalar tensor).
+        :param hard: the discrete model: ``"z"`` one-hot from :meth:`Prior.hard_dist
+            <vaelab.model.priors.Prior.hard_dist>` (discrete latents only).
         :returns: the sampled z, ``(..., B, *event_shape)``.
         """
         register_module("decoder", self.decoder)
         register_module("prior", self.prior)
         register_module("likelihood", self.likelihood)
-        p_z = self.prior(temperature)  # batch (), event latent.event_shape
+        p_z = self.prior.hard_dist() if hard else self.prior(temperature)  # batch (), event
         with pyro.plate("data", x.shape[0], dim=-1):
             with scaled(beta):
                 z = pyro.sample("z", p_z)  # (..., B, *event)
-            params = self.decoder(self.latent.decoder_input(z))  # (..., B, param_size)
+            u = self.latent.decoder_input(z, hard=hard)  # (..., B, flat_dim)
+            params = self.decoder(u)  # (..., B, param_size)
             pyro.sample("x", self.likelihood(params), obs=x)
         return z
 

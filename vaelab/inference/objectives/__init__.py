@@ -9,35 +9,25 @@ same way by :func:`vaelab.inference.train.train`::
 parameters, and one torch optimizer steps them. A builder receives the ``[objective]`` section and
 the :class:`~vaelab.vae.VAE`, and refuses (with :class:`~vaelab.registry.ConfigError`) a model it
 does not fit.
+
+The registry lives in :mod:`~vaelab.inference.objectives.registry`, which every objective module
+imports; this package collects the modules.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from vaelab.inference.objectives import dreg, enum, graph, iwae, mean_field, renyi, stl, trace
+from vaelab.inference.objectives.registry import OBJECTIVES, build_objective
 
-from vaelab.registry import Registry
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyro.infer import ELBO
-
-    from vaelab.config import ObjectiveConfig
-    from vaelab.vae import VAE
-
-__all__ = ["OBJECTIVES", "build_objective"]
-
-OBJECTIVES: Registry["ELBO"] = Registry("objective")
-
-
-def build_objective(cfg: "ObjectiveConfig", vae: "VAE") -> "ELBO":
-    """The objective named by ``cfg.name``, configured from ``cfg``, checked against ``vae``."""
-    return OBJECTIVES.entry(cfg.name, key="objective.name").builder(cfg, vae)
-
-
-# modules that register objectives (import order = listing order)
-from vaelab.inference.objectives import trace  # noqa: E402,F401
-from vaelab.inference.objectives import mean_field  # noqa: E402,F401
-from vaelab.inference.objectives import renyi  # noqa: E402,F401
-from vaelab.inference.objectives import iwae  # noqa: E402,F401
-from vaelab.inference.objectives import dreg  # noqa: E402,F401
-from vaelab.inference.objectives import stl  # noqa: E402,F401
-from vaelab.inference.objectives import graph, enum  # noqa: E402,F401  (discrete latents)
+__all__ = [
+    "OBJECTIVES",
+    "build_objective",
+    "dreg",
+    "enum",
+    "graph",
+    "iwae",
+    "mean_field",
+    "renyi",
+    "stl",
+    "trace",
+]

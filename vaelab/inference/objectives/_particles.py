@@ -41,13 +41,14 @@ from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from vaelab.inference.importance import DATA_PLATE, log_weights
+from vaelab.inference.importance import in_data_plate, log_weights
 from vaelab.registry import ConfigError
 
 __all__ = [
     "Particles",
     "ParticleELBO",
     "draw_particles",
+    "fn_key",
     "latent_sites",
     "refuse_guide_factors",
     "require_reparameterized",
@@ -59,8 +60,10 @@ __all__ = [
 # sites and distributions
 
 
-def _in_data_plate(site: dict) -> bool:
-    return any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+def fn_key(fn) -> tuple:
+    """Identity of a model/guide function, the key of per-function caches (bound methods compare
+    by owner and function, so ``vae.guide`` accessed twice is one key)."""
+    return (id(getattr(fn, "__self__", None)), getattr(fn, "__func__", fn))
 
 
 def latent_sites(trace: poutine.Trace) -> list[tuple[str, dict]]:
@@ -72,15 +75,39 @@ def latent_sites(trace: poutine.Trace) -> list[tuple[str, dict]]:
     ]
 
 
-def require_reparameterized(guide_trace: poutine.Trace, objective: str) -> None:
-    """Raise :class:`ConfigError` when a latent site of the guide has no ``rsample``."""
-    for name, site in latent_sites(guide_trace):
-        if not site["fn"].has_rsample:
-            raise ConfigError(
-                f"objective.name = {objective!r} needs a reparameterized guide, but site "
-                f"{name!r} draws from {type(site['fn']).__name__}, which has no rsample; use "
-                "objective.name = 'trace' (score-function gradient), 'graph' or 'enum'"
-            )
+def require_reparameterized(
+    objective: str,
+    *,
+    vae=None,
+    guide_trace: poutine.Trace | None = None,
+    why: str = "",
+) -> None:
+    """Raise :class:`ConfigError` when the guide cannot be differentiated pathwise: the one
+    refusal of every objective without a score-function term (``mean_field``, ``iwae``,
+    ``iwae_dreg``, ``renyi``, ``stl``).
+
+    :param objective: the ``objective.name`` (named in the message).
+    :param vae: checked at build time: its guide family's ``reparameterized`` flag.
+    :param guide_trace: checked at run time: every latent site must have ``rsample``, whatever
+        the family declares (validation on or off).
+    :param why: a parenthetical reason appended to "needs a reparameterized guide".
+    """
+
+    def refuse(what: str):
+        raise ConfigError(
+            f"objective.name = {objective!r} needs a reparameterized guide{why}, but {what}; use "
+            "objective.name = 'trace' (score-function gradient), 'graph' or 'enum'"
+        )
+
+    if vae is not None:
+        posterior = vae.inference.posterior
+        if not getattr(posterior, "reparameterized", True):
+            refuse(f"guide family {type(posterior).__name__} is not")
+    if guide_trace is not None:
+        for name, site in latent_sites(guide_trace):
+            if not site["fn"].has_rsample:
+                fn = type(site["fn"]).__name__
+                refuse(f"site {name!r} draws from {fn}, which has no rsample")
 
 
 def refuse_guide_factors(guide_trace: poutine.Trace, objective: str) -> None:
@@ -168,10 +195,6 @@ class Particles:
     guide_trace: poutine.Trace
 
 
-def _guide_key(fn) -> tuple:
-    return (id(getattr(fn, "__self__", None)), getattr(fn, "__func__", fn))
-
-
 class _SetValues(Messenger):
     """Give sample sites fixed values without marking them done (unlike ``poutine.replay``), so
     enclosing plates still broadcast their distributions."""
@@ -191,7 +214,7 @@ def _shared_globals(guide, args, kwargs, K: int, plates: int) -> dict[str, torch
     trace = poutine.trace(guide).get_trace(*args, **kwargs)
     values = {}
     for name, site in latent_sites(trace):
-        if _in_data_plate(site):
+        if in_data_plate(site):
             continue
         v = site["value"]  # (*batch, *event)
         pad = plates - len(site["fn"].batch_shape)
@@ -230,7 +253,7 @@ def draw_particles(
     log_w, global_ = lw.local, lw.global_  # (K, B), (K,)
     local_values = []
     for _, site in latent_sites(lw.guide_trace):
-        in_data = _in_data_plate(site)
+        in_data = in_data_plate(site)
         if in_data:
             local_values.append(site["value"])  # (K, B, *event)
         if not stop_guide_params:
@@ -281,7 +304,7 @@ class ParticleELBO(ELBO):
 
     def particles(self, model, guide, *args, **kwargs) -> Particles:
         """K particles for this batch (global sites shared), checked for reparameterization."""
-        key = _guide_key(guide)
+        key = fn_key(guide)
         known = key in self._has_globals
 
         def draw(has_globals: bool) -> Particles:
@@ -294,9 +317,9 @@ class ParticleELBO(ELBO):
 
         p = draw(self._has_globals.get(key, False))
         if not known:  # first call with this guide: check it, and redraw if it has globals
-            require_reparameterized(p.guide_trace, self.name)
+            require_reparameterized(self.name, guide_trace=p.guide_trace)
             refuse_guide_factors(p.guide_trace, self.name)
-            has_globals = any(not _in_data_plate(s) for _, s in latent_sites(p.guide_trace))
+            has_globals = any(not in_data_plate(s) for _, s in latent_sites(p.guide_trace))
             self._has_globals[key] = has_globals
             if has_globals:
                 p = draw(True)

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import torch
 
-from vaelab.inference.objectives import OBJECTIVES
+from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._particles import ParticleELBO, Particles
 from vaelab.inference.objectives.iwae import check_iw_config, iwae_bound
 

@@ -3,7 +3,7 @@ r"""``enum``: the exact ELBO of a small discrete latent space by enumeration,
 
 With the unrelaxed categorical guide (``guide.family = "categorical"``) the guide's ``"z"`` site
 is enumerated in parallel over all :math:`S = K^N` joint states (the joint support of
-:class:`~vaelab.model.categorical.CategoricalProduct`), so the ELBO and its gradient are exact
+:class:`~vaelab.model.distributions.CategoricalProduct`), so the ELBO and its gradient are exact
 sums, with no sampling and no variance:
 
 .. math:: \mathcal{L}(x) = \sum_{s=1}^{K^N} q_φ(s \mid x)
@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
-from vaelab.inference.objectives import OBJECTIVES
+from vaelab.inference.objectives.registry import OBJECTIVES
+from vaelab.model.latents import CategoricalLatent
 from vaelab.registry import ConfigError
 
 __all__ = ["MAX_ENUM_STATES", "EnumELBO", "build_enum"]
@@ -51,8 +52,6 @@ class EnumELBO(TraceEnum_ELBO):
 @OBJECTIVES.register("enum")
 def build_enum(cfg, vae) -> EnumELBO:
     """Exact enumeration of all K^N latent states (TraceEnum_ELBO); small latent spaces only."""
-    from vaelab.model.categorical import CategoricalLatent
-
     latent = vae.latent
     if not isinstance(latent, CategoricalLatent) or latent.relaxed:
         raise ConfigError(
@@ -64,8 +63,9 @@ def build_enum(cfg, vae) -> EnumELBO:
     if latent.num_states > MAX_ENUM_STATES:
         raise ConfigError(
             f"objective.name = 'enum': model.latent has K^N = {K}^{N} = "
-            f"{float(latent.num_states):.3g} joint states (N = {N}, K = {K}); exact enumeration runs the decoder once per state "
-            f"per data point and is allowed up to {MAX_ENUM_STATES} states. Use objective.name = "
+            f"{float(latent.num_states):.3g} joint states (N = {N}, K = {K}); exact enumeration "
+            "runs the decoder once per state per data point and is allowed up to "
+            f"{MAX_ENUM_STATES} states. Use objective.name = "
             "'graph' (REINFORCE with a baseline) or guide.family = 'relaxed' (Gumbel-softmax), "
             "or a smaller latent (fewer variables / classes)"
         )

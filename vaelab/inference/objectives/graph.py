@@ -41,15 +41,10 @@ from pyro.infer import TraceGraph_ELBO
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from vaelab.inference.objectives import OBJECTIVES
+from vaelab.inference.objectives.registry import OBJECTIVES
+from vaelab.model.distributions import logits_of
 
 __all__ = ["BaselineTraceGraphELBO", "build_graph"]
-
-
-def _logits_of(fn):
-    while not hasattr(fn, "logits") and hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return fn.logits
 
 
 class BaselineTraceGraphELBO(TraceGraph_ELBO):
@@ -79,7 +74,7 @@ class BaselineTraceGraphELBO(TraceGraph_ELBO):
             ):
                 return {}
             # the logits are detached by Pyro before they reach the baseline network
-            logits = _logits_of(msg["fn"])  # (B, N, K)
+            logits = logits_of(msg["fn"])  # (B, N, K)
             return {"baseline": {"nn_baseline": baseline, "nn_baseline_input": logits}}
 
         return poutine.infer_config(guide, config)

@@ -42,8 +42,12 @@ import math
 
 import torch
 
-from vaelab.inference.objectives import OBJECTIVES
-from vaelab.inference.objectives._particles import ParticleELBO, Particles
+from vaelab.inference.objectives.registry import OBJECTIVES
+from vaelab.inference.objectives._particles import (
+    ParticleELBO,
+    Particles,
+    require_reparameterized,
+)
 from vaelab.registry import ConfigError
 
 __all__ = ["IWAE", "build_iwae", "check_iw_config"]
@@ -82,11 +86,7 @@ def check_iw_config(cfg, vae, name: str) -> None:
             f"objective.jit = true: no JIT for objective {name!r} (the Python-level cost is a "
             "small part of a K-particle step); set objective.jit = false"
         )
-    if not getattr(vae.inference.posterior, "reparameterized", True):
-        raise ConfigError(
-            f"objective.name = {name!r} needs a reparameterized guide; guide family "
-            f"{type(vae.inference.posterior).__name__} is not. Use 'trace', 'graph' or 'enum'"
-        )
+    require_reparameterized(name, vae=vae)
 
 
 @OBJECTIVES.register("iwae")

@@ -36,9 +36,9 @@ from pyro.infer import JitTraceMeanField_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import torch_item
 from pyro.util import warn_if_nan
 
-from vaelab.inference.objectives import OBJECTIVES
+from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._jit import TensorArgsMixin
-from vaelab.inference.objectives._particles import require_reparameterized
+from vaelab.inference.objectives._particles import fn_key, require_reparameterized
 from vaelab.registry import ConfigError
 
 __all__ = ["MeanFieldELBO", "CachedJitTraceMeanField_ELBO", "build_mean_field"]
@@ -57,7 +57,7 @@ class _ReparameterizedCheck:
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        require_reparameterized(guide_trace, "mean_field")
+        require_reparameterized("mean_field", guide_trace=guide_trace)
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and site["is_observed"] and name not in model_trace.nodes:
                 if not site["fn"].has_rsample:
@@ -73,11 +73,6 @@ class MeanFieldELBO(_ReparameterizedCheck, TraceMeanField_ELBO):
     """:class:`~pyro.infer.TraceMeanField_ELBO` that refuses a non-reparameterized guide."""
 
 
-def _fn_key(fn) -> tuple:
-    """Identity of a model/guide function (bound methods compare by owner and function)."""
-    return (id(getattr(fn, "__self__", None)), getattr(fn, "__func__", fn))
-
-
 class _CachingJitTraceMeanField_ELBO(_ReparameterizedCheck, JitTraceMeanField_ELBO):
     """:class:`~pyro.infer.JitTraceMeanField_ELBO` that compiles once per (model, guide).
 
@@ -89,7 +84,7 @@ class _CachingJitTraceMeanField_ELBO(_ReparameterizedCheck, JitTraceMeanField_EL
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         cache = self.__dict__.setdefault("_compiled_losses", {})
-        key = (_fn_key(model), _fn_key(guide))
+        key = (fn_key(model), fn_key(guide))
         if key not in cache:
             weakself = weakref.ref(self)
 
@@ -122,12 +117,9 @@ class CachedJitTraceMeanField_ELBO(TensorArgsMixin, _CachingJitTraceMeanField_EL
 @OBJECTIVES.register("mean_field")
 def build_mean_field(cfg, vae) -> TraceMeanField_ELBO:
     """TraceMeanField_ELBO: analytic KL where registered (the fixed JIT with ``objective.jit``)."""
-    if not getattr(vae.inference.posterior, "reparameterized", True):
-        raise ConfigError(
-            "objective.name = 'mean_field' needs a reparameterized guide (TraceMeanField_ELBO has "
-            f"no score-function term); guide family {type(vae.inference.posterior).__name__} is "
-            "not. Use 'trace', 'graph' or 'enum'"
-        )
+    require_reparameterized(
+        "mean_field", vae=vae, why=" (TraceMeanField_ELBO has no score-function term)"
+    )
     cls = CachedJitTraceMeanField_ELBO if cfg.jit else MeanFieldELBO
     return cls(
         num_particles=cfg.num_particles,

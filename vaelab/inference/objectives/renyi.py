@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from vaelab.inference.objectives import OBJECTIVES
+from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._particles import ParticleELBO, Particles
 from vaelab.inference.objectives.iwae import check_iw_config
 from vaelab.registry import ConfigError

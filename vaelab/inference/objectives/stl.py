@@ -42,8 +42,12 @@ from __future__ import annotations
 
 import torch
 
-from vaelab.inference.objectives import OBJECTIVES
-from vaelab.inference.objectives._particles import ParticleELBO, Particles
+from vaelab.inference.objectives.registry import OBJECTIVES
+from vaelab.inference.objectives._particles import (
+    ParticleELBO,
+    Particles,
+    require_reparameterized,
+)
 from vaelab.registry import ConfigError
 
 __all__ = ["STL", "build_stl"]
@@ -69,9 +73,5 @@ def build_stl(cfg, vae) -> STL:
     """ELBO with the sticking-the-landing gradient (Roeder et al. 2017)."""
     if cfg.jit:
         raise ConfigError("objective.jit = true: no JIT for objective 'stl'; set it to false")
-    if not getattr(vae.inference.posterior, "reparameterized", True):
-        raise ConfigError(
-            "objective.name = 'stl' needs a reparameterized guide; guide family "
-            f"{type(vae.inference.posterior).__name__} is not. Use 'trace', 'graph' or 'enum'"
-        )
+    require_reparameterized("stl", vae=vae)
     return STL(num_particles=cfg.num_particles)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pyro.infer import JitTrace_ELBO, Trace_ELBO
 
-from vaelab.inference.objectives import OBJECTIVES
+from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._jit import TensorArgsMixin
 
 
