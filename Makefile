@@ -10,7 +10,7 @@ RUN_DIR ?= runs/gaussian_mnist
 CONFIG  ?= experiments/configs/gaussian_mnist.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test install bench clean
+.PHONY: run test lint install bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check vaelab tests experiments benchmarks
+	$(BIN)/mypy vaelab/model vaelab/guide vaelab/inference
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py

@@ -10,7 +10,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from ppca import exact_log_px, exact_posterior, make_ppca, sample_ppca, set_exact_posterior
+from ppca import exact_log_px, exact_posterior, set_exact_posterior
 from vaelab.inference.ais import LogJoint, ais, beta_schedule, estimate_marginal_ais, hmc_step
 from vaelab.inference.bdmc import bdmc, simulate
 
@@ -170,8 +170,8 @@ def test_bdmc_bounds_bracket_the_closed_form(ppca):
 
 
 def _train_tiny(tmp_path, overrides):
-    from vaelab.resolve import load_config
     from vaelab.inference.train import train
+    from vaelab.resolve import load_config
 
     out = tmp_path / "run"
     train(load_config(None, [*overrides, "train.num_threads=1"]), out)

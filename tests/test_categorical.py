@@ -10,21 +10,20 @@ import itertools
 import math
 
 import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from vaelab.resolve import load_config
 from vaelab.inference import exact
+from vaelab.inference.diagnostics import category_usage
+from vaelab.inference.exact import categorical_log_likelihood, enumerated_elbo
 from vaelab.inference.marginal import estimate_marginal
 from vaelab.inference.objectives import build_objective
 from vaelab.inference.train import train
-from vaelab.inference.diagnostics import category_usage
-from vaelab.inference.exact import categorical_log_likelihood, enumerated_elbo
 from vaelab.model.distributions import CategoricalProduct, joint_states
 from vaelab.registry import ConfigError
+from vaelab.resolve import load_config
 from vaelab.run import eval_config, evaluate, load_run
 from vaelab.vae import build_vae
 

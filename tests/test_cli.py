@@ -54,7 +54,8 @@ def test_resume_via_cli_extends_a_run(tmp_path, tiny_cfg_overrides):
     cfg = tmp_path / "c.toml"
     cfg.write_text("")
     assert main(["train", str(cfg), "--out", str(out), *sets]) == 0
-    assert main(["train", str(cfg), "--out", str(out), *sets, "--set", "train.epochs=3", "--resume"]) == 0
+    more = ["--set", "train.epochs=3", "--resume"]
+    assert main(["train", str(cfg), "--out", str(out), *sets, *more]) == 0
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
 

@@ -12,8 +12,8 @@ import torch
 
 from vaelab.cli import main
 from vaelab.config import dump_toml, to_dict
-from vaelab.resolve import apply_overrides, load_config
 from vaelab.registry import ConfigError
+from vaelab.resolve import apply_overrides, load_config
 
 TINY = [
     "data.name=synthetic", "model.latent_dim=2", "model.hidden_sizes=[8]", "train.epochs=2",

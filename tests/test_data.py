@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from vaelab.config import DataConfig
-from vaelab.data.subsets import spread_indices
 from vaelab.data import (
     DATASETS,
     ChecksumError,
@@ -33,13 +32,16 @@ from vaelab.data import (
     batch_indices,
     bits_per_dim,
     check_binary,
+    datasets,
+    files,
+    formats,
     iterate_batches,
     load_dataset,
     num_batches,
     resolve_file,
     split_indices,
 )
-from vaelab.data import datasets, files, formats
+from vaelab.data.subsets import spread_indices
 from vaelab.registry import ConfigError
 
 REAL_DATA = os.environ.get("VAELAB_DATA")

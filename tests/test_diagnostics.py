@@ -9,7 +9,6 @@ import torch
 
 from ppca import exact_log_px, make_ppca, sample_ppca, set_exact_posterior
 from vaelab.cli import main
-from vaelab.resolve import load_config
 from vaelab.inference.diagnostics import (
     ObjectiveDiagnostics,
     diagnose,
@@ -19,6 +18,7 @@ from vaelab.inference.diagnostics import (
 )
 from vaelab.inference.train import train
 from vaelab.registry import ConfigError
+from vaelab.resolve import load_config
 
 SIGMA = 0.5
 
@@ -40,8 +40,9 @@ def test_group_stats_by_hand():
     var = [((1 - 3) ** 2 + 0 + 1 + 9) / 3, 0.0, 0.0]  # unbiased
     assert s.num_params == 3
     assert s.variance == pytest.approx(sum(var) / 3)
-    assert s.snr == pytest.approx(3.0 / math.sqrt(var[0]))  # only coordinate 0 has spread
-    assert s.snr_norm == pytest.approx(math.sqrt(9 + 4) / math.sqrt(var[0]))
+    mean_norm = math.sqrt(sum(m**2 for m in mean))  # √(9 + 4)
+    assert s.snr == pytest.approx(mean[0] / math.sqrt(var[0]))  # only coordinate 0 has spread
+    assert s.snr_norm == pytest.approx(mean_norm / math.sqrt(var[0]))
     assert s.mean_norm == pytest.approx(math.sqrt(13))
     flat = group_stats(torch.ones(5, 2))
     assert flat.variance == 0 and flat.snr == math.inf and flat.snr_norm == math.inf

@@ -419,9 +419,9 @@ def test_exp_relaxed_binary_density_closed_form(tau):
     integral over z is then 1, checked by quadrature, and the sampler is checked against the same
     law with a KS test.
     """
-    l = torch.tensor([0.7, -0.4], dtype=torch.float64)
-    d = ExpRelaxedCategorical(torch.tensor(tau, dtype=torch.float64), logits=l)
-    loc, scale = (l[0] - l[1]).item() / tau, 1.0 / tau
+    logits = torch.tensor([0.7, -0.4], dtype=torch.float64)
+    d = ExpRelaxedCategorical(torch.tensor(tau, dtype=torch.float64), logits=logits)
+    loc, scale = (logits[0] - logits[1]).item() / tau, 1.0 / tau
     z = torch.linspace(loc - 60 * scale, loc + 60 * scale, 200_001, dtype=torch.float64)
     y = torch.stack([F.logsigmoid(z), F.logsigmoid(-z)], -1)  # (N, 2), on the log-simplex
     lp = d.log_prob(y)
@@ -444,8 +444,8 @@ def test_exp_relaxed_density_normalizes_in_three_classes(tau):
     like exp(-tau |z|), so a square of half-width 40/tau holds all but ~e^-40 of the mass.
     Midpoint rule on a 1201 x 1201 grid; tolerance 1e-6.
     """
-    l = torch.tensor([0.3, -1.0, 0.7], dtype=torch.float64)
-    d = ExpRelaxedCategorical(torch.tensor(tau, dtype=torch.float64), logits=l)
+    logits = torch.tensor([0.3, -1.0, 0.7], dtype=torch.float64)
+    d = ExpRelaxedCategorical(torch.tensor(tau, dtype=torch.float64), logits=logits)
     z = torch.linspace(-40 / tau, 40 / tau, 1201, dtype=torch.float64)
     h = (z[1] - z[0]).item()
     z1, z2 = torch.meshgrid(z, z, indexing="ij")
@@ -599,7 +599,8 @@ def test_bernoulli_image_equals_independent_bernoulli():
     logits = (3 * torch.randn(5, 4, 30, dtype=torch.float64)).requires_grad_()
     x = torch.bernoulli(torch.full((4, 30), 0.4, dtype=torch.float64))
     ours = BernoulliImage(logits).log_prob(x)
-    ref = torch.distributions.Independent(torch.distributions.Bernoulli(logits=logits), 1).log_prob(x)
+    ref = torch.distributions.Independent(torch.distributions.Bernoulli(logits=logits), 1)
+    ref = ref.log_prob(x)
     assert ours.shape == (5, 4)
     assert torch.allclose(ours, ref, atol=1e-10, rtol=0)
     (g1,) = torch.autograd.grad(ours.sum(), logits)

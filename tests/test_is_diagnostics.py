@@ -13,7 +13,7 @@ import pytest
 import torch
 from pyro.ops.stats import fit_generalized_pareto
 
-from ppca import TableNormal, exact_log_px, make_ppca, sample_ppca, set_exact_posterior
+from ppca import TableNormal, set_exact_posterior
 from vaelab.inference.exact import exact_log_likelihood, linear_gaussian_log_likelihood
 from vaelab.inference.importance import log_weights
 from vaelab.inference.marginal import default_curve_ks, estimate_marginal, importance_sample_batch
@@ -324,8 +324,8 @@ def test_exact_method_does_not_apply_to_nonlinear_or_bernoulli_models():
 
 
 def _train_tiny(tmp_path, overrides, name="run"):
-    from vaelab.resolve import load_config
     from vaelab.inference.train import train
+    from vaelab.resolve import load_config
 
     cfg = load_config(None, [*overrides, "train.num_threads=1"])
     out = tmp_path / name

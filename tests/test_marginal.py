@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from ppca import TableNormal, exact_log_px, make_ppca, sample_ppca, set_exact_posterior
+from ppca import TableNormal, set_exact_posterior
 from vaelab.inference.importance import log_weights
 from vaelab.inference.marginal import estimate_marginal, importance_sample_batch
 
@@ -107,7 +107,7 @@ def test_sites_outside_the_data_plate_stay_out_of_the_per_point_sum():
 
     lw = log_weights(model, guide, 4, x)
     assert lw.local.shape == (4, 5) and lw.global_.shape == (4,)
-    tr_m, tr_g = lw.model_trace, lw.guide_trace
+    tr_g = lw.guide_trace
     s = tr_g.nodes["s"]["value"].reshape(4)
     expect_global = dist.LogNormal(0.0, 1.0).log_prob(s) - dist.LogNormal(0.1, 0.5).log_prob(s)
     assert torch.allclose(lw.global_, expect_global, atol=1e-6)

@@ -2,9 +2,9 @@
 
 import pyro
 import pyro.poutine as poutine
-from pyro.poutine.util import site_is_subsample
 import pytest
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from vaelab.resolve import load_config
 from vaelab.vae import build_vae
@@ -22,7 +22,9 @@ def test_model_and_guide_sites_match(vae):
     mtr = poutine.trace(poutine.replay(vae.model, trace=gtr)).get_trace(x)
     gtr.compute_log_prob()
     mtr.compute_log_prob()
-    g_sites = [n for n, s in gtr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)]
+    g_sites = [
+        n for n, s in gtr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)
+    ]
     m_sites = {
         n: s for n, s in mtr.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)
     }

@@ -17,7 +17,6 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ppca import exact_log_px, make_ppca, ppca_config, sample_ppca, set_exact_posterior
 from vaelab.config import ObjectiveConfig
-from vaelab.resolve import load_config
 from vaelab.inference.importance import log_weights
 from vaelab.inference.objectives import OBJECTIVES, build_objective
 from vaelab.inference.objectives._particles import fn_key
@@ -28,6 +27,7 @@ from vaelab.inference.objectives.renyi import RenyiBound, renyi_bound
 from vaelab.inference.objectives.stl import STL
 from vaelab.inference.train import train
 from vaelab.registry import ConfigError
+from vaelab.resolve import load_config
 from vaelab.vae import build_vae
 
 SIGMA = 0.5

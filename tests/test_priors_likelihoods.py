@@ -18,7 +18,6 @@ from scipy import stats
 from torch.nn.functional import softplus
 
 from ppca import sample_ppca
-from vaelab.resolve import load_config
 from vaelab.data import Preprocessor, bits_per_dim, load_dataset
 from vaelab.guide.posteriors import FAMILIES
 from vaelab.inference.importance import log_weights
@@ -27,6 +26,7 @@ from vaelab.inference.objectives import build_objective
 from vaelab.model.likelihoods import LEVELS, LIKELIHOODS
 from vaelab.model.priors import ANALYTIC_KL, PRIORS, has_analytic_kl
 from vaelab.registry import ConfigError
+from vaelab.resolve import load_config
 from vaelab.run import Run, eval_config, evaluate
 from vaelab.vae import build_vae
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from vaelab.resolve import load_config
 from vaelab.inference.checkpoint import load_checkpoint
 from vaelab.inference.train import NonFiniteLossError, kl_weight, train
+from vaelab.resolve import load_config
 
 BASE = [
     "data.name=synthetic",
@@ -101,7 +101,8 @@ def test_warmup_is_logged(tmp_path):
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     # lr so large that the validation ELBO gets worse after the first epoch
-    res = train(_cfg("train.epochs=30", "train.patience=2", "train.lr=0.5", "train.clip_norm=1e6"), tmp_path / "r")
+    cfg = _cfg("train.epochs=30", "train.patience=2", "train.lr=0.5", "train.clip_norm=1e6")
+    res = train(cfg, tmp_path / "r")
     n = len(res.history)
     assert n < 30
     elbos = [r["valid_elbo"] for r in res.history]

@@ -13,8 +13,8 @@ Python API::
 __version__ = "0.1.0"
 
 from vaelab.config import ConfigError, RunConfig  # noqa: E402
-from vaelab.resolve import load_config  # noqa: E402
 from vaelab.inference.train import NonFiniteLossError, train  # noqa: E402
+from vaelab.resolve import load_config  # noqa: E402
 from vaelab.run import Run, evaluate, load_run  # noqa: E402
 from vaelab.vae import VAE, build_vae  # noqa: E402
 

@@ -21,6 +21,16 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -107,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="decode prior samples into an image grid")
     p.add_argument("run_dir")
-    p.add_argument("-n", type=int, default=64)
+    p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")

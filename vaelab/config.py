@@ -57,7 +57,26 @@ Component = str | dict[str, Any] | SerializeAsAny[Options]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section: unknown keys, NaN / infinite numbers and booleans given for numbers
+    are refused (``epochs = true`` is not one epoch)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info) -> Any:
+        field = cls.model_fields[info.field_name]
+        if isinstance(v, bool) and _is_number(field.annotation):
+            raise ValueError(f"expected a number, got the boolean {str(v).lower()}")
+        return v
+
+
+def _is_number(annotation: Any) -> bool:
+    """``int``, ``float`` or an optional one (``int | None``)."""
+    args = getattr(annotation, "__args__", None)
+    if args is not None and type(None) in args:
+        return all(a in (int, float) for a in args if a is not type(None))
+    return annotation in (int, float)
 
 
 class DataConfig(_Section):

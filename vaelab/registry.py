@@ -37,7 +37,7 @@ class Options(BaseModel):
     ctx)``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     #: set on the per-entry subclass that :meth:`Registry.register` creates
     registry_entry: ClassVar["Entry | None"] = None

@@ -18,7 +18,9 @@ from vaelab.inference.checkpoint import read_metrics  # noqa: E402
 __all__ = ["image_grid", "save_grid", "plot_curves", "write_report"]
 
 
-def image_grid(images: torch.Tensor, image_shape: tuple[int, int] | None, ncol: int = 8) -> np.ndarray:
+def image_grid(
+    images: torch.Tensor, image_shape: tuple[int, int] | None, ncol: int = 8
+) -> np.ndarray:
     """``(n, D)`` → one ``(rows·h, ncol·w)`` array with 1-pixel gaps."""
     images = images.detach().float().cpu().clamp(0, 1)
     n, D = images.shape
@@ -34,7 +36,9 @@ def image_grid(images: torch.Tensor, image_shape: tuple[int, int] | None, ncol: 
     return grid
 
 
-def save_grid(path: Path, images: torch.Tensor, image_shape, ncol: int = 8, title: str = "") -> Path:
+def save_grid(
+    path: Path, images: torch.Tensor, image_shape, ncol: int = 8, title: str = ""
+) -> Path:
     grid = image_grid(images, image_shape, ncol)
     fig, ax = plt.subplots(figsize=(max(3, grid.shape[1] / 25), max(3, grid.shape[0] / 25)))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -88,7 +92,8 @@ def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
     recon = run.vae.reconstruct(x)
     pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[1])  # input, reconstruction, ...
     save_grid(out / "reconstructions.png", pairs, shape, ncol=16, title="input | reconstruction")
-    save_grid(out / "samples.png", run.vae.generative.sample(64), shape, ncol=8, title="prior samples")
+    samples = run.vae.generative.sample(64)
+    save_grid(out / "samples.png", samples, shape, ncol=8, title="prior samples")
     c = run.cfg
     lines = [
         f"# vaelab run `{out.name}`",
@@ -102,7 +107,8 @@ def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
         "| epoch | train −ELBO | valid ELBO | s/epoch |",
         "|---:|---:|---:|---:|",
         *[
-            f"| {r['epoch']} | {r['train_loss']:.2f} | {r['valid_elbo']:.2f} | {r['epoch_time']:.1f} |"
+            f"| {r['epoch']} | {r['train_loss']:.2f} | {r['valid_elbo']:.2f} "
+            f"| {r['epoch_time']:.1f} |"
             for r in history
         ],
         "",

@@ -141,6 +141,9 @@ def evaluate(
     _check_method(run, ec)
     seed_all(ec.seed)
     x = run.pre.eval_split(run.split(ec.split, ec.limit), ec.seed)  # (N, D)
+    if x.shape[0] == 0:
+        raise ValueError(f"eval.split: the {ec.split!r} split of this run's data has no points")
+    run.vae.generative.likelihood.check_data(x, key=f"model.likelihood (on the {ec.split} split)")
     model, guide = run.vae.eval_pair()
     with pyro.validation_enabled(False):
         if ec.method == "is":

@@ -12,6 +12,7 @@ Pyro objective::
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,7 @@ def build_vae(cfg: RunConfig, data_dim: int) -> VAE:
     :param data_dim: D, the flattened size of a data point.
     """
     m, g = cfg.model, cfg.guide
+    check_size(cfg, data_dim)
     latent = resolved(m.latent).build(m.latent_dim)
     likelihood = resolved(m.likelihood).build(data_dim)
     posterior = resolved(g.family).build(latent)
@@ -121,6 +123,42 @@ def build_vae(cfg: RunConfig, data_dim: int) -> VAE:
     prior = resolved(m.prior).build(m.latent_dim, ctx)
     generative = Generative(latent, prior, decoder, likelihood)
     return VAE(generative, AmortizedGuide(encoder, posterior))
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now (MemAvailable; physical memory where /proc is absent)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_size(cfg: RunConfig, data_dim: int) -> None:
+    """Refuse networks whose parameters cannot fit in memory, before allocating them.
+
+    Estimate: the encoder and decoder weight matrices (widths from ``cfg``, the outputs at
+    their largest, 2 z and 2 D) times 16 bytes (float32 parameter, gradient and Adam's two
+    moments). A lower bound of what training needs.
+    """
+    m, g = cfg.model, cfg.guide
+    opts = m.latent.model_dump() if isinstance(m.latent, Options) else {}
+    z = opts.get("num_variables", 0) * opts.get("num_classes", 0) or m.latent_dim
+    dec = [z, *m.hidden_sizes, 2 * data_dim]
+    enc = [data_dim, *(g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]),
+           2 * z]
+    weights = sum(a * b + b for w in (dec, enc) for a, b in zip(w[:-1], w[1:]))
+    need, have = 16 * weights, _available_memory()
+    if need > have:
+        raise ValueError(
+            f"model: latent size {z} with hidden sizes {m.hidden_sizes} on D = {data_dim} needs "
+            f"about {need / 2**30:.3g} GiB for parameters, gradients and Adam state alone, more "
+            f"than the {have / 2**30:.3g} GiB of memory available; choose smaller "
+            "model.latent_dim / hidden sizes"
+        )
 
 
 def resolved(spec):

@@ -53,6 +53,7 @@ from vaelab.data.formats import load_numpy_pickle, read_amat, read_array_file, r
 from vaelab.data.preprocess import check_binary
 from vaelab.data.splits import SPLITS, DataSplits
 from vaelab.data.subsets import subset_indices
+from vaelab.notes import note
 from vaelab.seed import derived_generator
 from vaelab.registry import ConfigError, Registry
 
@@ -308,6 +309,8 @@ def build_frey_faces(cfg: DataConfig) -> DataSplits:
 
 def _points(array: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int] | None]:
     """``(N, D)`` or ``(N, H, W)`` → ``(N, D)`` and the image shape."""
+    if array.ndim in (2, 3) and (array.shape[0] == 0 or math.prod(array.shape[1:]) == 0):
+        raise DataError(f"{where}: no data (shape {array.shape}); every point needs D > 0 values")
     if array.ndim == 3:
         return _flatten(array), (array.shape[1], array.shape[2])
     if array.ndim == 2:
@@ -325,6 +328,7 @@ def _to_float(array: np.ndarray, where: str) -> tuple[torch.Tensor, int | None]:
             warnings.warn(f"{where}: uint8 values are all 0 or 1; reading them as binary data, "
                           "not as 8-bit grey levels", stacklevel=4)
             return torch.from_numpy(array.astype(np.float32)), 2
+        note(f"{where}: uint8 values read as 8-bit grey levels k/255 in [0, 1]")
         return _levels_to_unit(array), 256
     if np.issubdtype(array.dtype, np.integer):
         if array.size and (array.min() < 0 or array.max() > 1):

@@ -388,7 +388,7 @@ def estimate_marginal_ais(
         B = x.shape[0]
         r = ais(
             model, guide, x, num_steps=num_steps, num_chains=num_chains,
-            callback=lambda t: bar.update(B), **ais_kwargs,
+            callback=lambda t, n=B: bar.update(n), **ais_kwargs,
         )
         log_px.append(r.log_px.cpu())
         mean_lw.append(r.log_w.double().mean(0).cpu())

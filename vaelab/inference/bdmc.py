@@ -135,11 +135,13 @@ def bdmc(
         x = x_all[start : start + batch_size]  # (B, D)
         z = z_all[start : start + batch_size]  # (B, d)
         B = x.shape[0]
-        fwd = ais(model, guide, x, *args, schedule=betas, callback=lambda t: bar.update(B), **opts)
+        fwd = ais(
+            model, guide, x, *args, schedule=betas, callback=lambda t, n=B: bar.update(n), **opts,
+        )
         z_init = z.unsqueeze(0).expand(num_chains, *z.shape)  # (C, B, d)
         rev = ais(
             model, guide, x, *args, schedule=betas.flip(0), z_init=z_init,
-            callback=lambda t: bar.update(B), **opts,
+            callback=lambda t, n=B: bar.update(n), **opts,
         )
         lower.append(fwd.log_px.cpu())
         upper.append(-rev.log_px.cpu())  # rev estimates log(1/p(x))

@@ -99,6 +99,7 @@ class MarginalEstimate:
         """Mean over points of log p̂ from the first K draws, for each K of the curve."""
         if self.curve_ks is None:
             return {}
+        assert self.curve_log_px is not None, "curve_ks and curve_log_px are set together"
         means = self.curve_log_px.double().mean(-1)
         return {k: float(m) for k, m in zip(self.curve_ks, means)}
 
@@ -174,7 +175,8 @@ def importance_sample_batch(
     :returns: ``lse_w (B,)`` = logsumexp_k log w, ``lse_2w (B,)`` = logsumexp_k 2 log w,
         ``sum_log_w (B,)``, and ``log_w (K, B)`` if ``keep_log_w``.
     """
-    lse_w = lse_2w = None
+    lse_w: torch.Tensor | None = None
+    lse_2w: torch.Tensor | None = None
     sum_log_w = x.new_zeros(x.shape[0], dtype=torch.float64)
     kept = []
     done = 0
@@ -192,6 +194,8 @@ def importance_sample_batch(
             if keep_log_w:
                 kept.append(log_w)
             done += k
+    if lse_w is None or lse_2w is None:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     out = {"lse_w": lse_w, "lse_2w": lse_2w, "sum_log_w": sum_log_w}
     if keep_log_w:
         out["log_w"] = torch.cat(kept, 0)

@@ -55,7 +55,9 @@ class StudentTOptions(Options):
     df: float = Field(5.0, gt=0.0, description="degrees of freedom ν of the Student-t")
 
 
-def _unwrap(fn: dist.Distribution) -> tuple[dist.Distribution, int]:
+def _unwrap(
+    fn: dist.TorchDistribution,
+) -> tuple[torch.distributions.Normal | torch.distributions.StudentT, int]:
     """The location-scale base of an ``Independent``-wrapped site distribution, and its depth."""
     base, event_dims = fn, 0
     while isinstance(base, torch.distributions.Independent):
@@ -69,7 +71,9 @@ def _unwrap(fn: dist.Distribution) -> tuple[dist.Distribution, int]:
     return base, event_dims
 
 
-def _rewrap(new: dist.Distribution, event_dims: int, like: dist.Distribution) -> dist.Distribution:
+def _rewrap(
+    new: dist.TorchDistribution, event_dims: int, like: dist.TorchDistribution
+) -> dist.TorchDistribution:
     new = new.to_event(event_dims) if event_dims else new
     return new if new.batch_shape == like.batch_shape else new.expand(like.batch_shape)
 
@@ -77,7 +81,7 @@ def _rewrap(new: dist.Distribution, event_dims: int, like: dist.Distribution) ->
 class _SwapLatent(Messenger):
     """Replace the distribution of each latent (unobserved) sample site by ``swap(fn)``."""
 
-    def __init__(self, swap: Callable[[dist.Distribution], dist.Distribution]):
+    def __init__(self, swap: Callable[[dist.TorchDistribution], dist.TorchDistribution]):
         super().__init__()
         self.swap = swap
 

@@ -31,12 +31,12 @@ import fcntl
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vaelab.notes import note
 from vaelab.inference.checkpoint import (
     TMP_SUFFIX,
     CorruptCheckpointError,
@@ -340,7 +340,7 @@ def best_state(run_dir: Path) -> dict:
         if b is None or b["epoch"] != want:
             if b is not None:
                 reason = f"best.pt holds epoch {b['epoch'] + 1}, the run's best is {want + 1}"
-            print(f"vaelab: note: {reason}; using the best parameters stored in "
-                  f"{c.path.name} (vaelab train ... --resume repairs the folder)", file=sys.stderr)
+            note(f"{reason}; using the best parameters stored in {c.path.name} "
+                 "(vaelab train ... --resume repairs the folder)")
             return {"config": c.state["config"], "model": c.state["best_model"], "epoch": want}
     return b

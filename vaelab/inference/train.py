@@ -19,7 +19,6 @@ uninterrupted run: batch order and preprocessing noise come from generators seed
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +46,7 @@ from vaelab.inference.runfolder import (
     repair,
 )
 from vaelab.inference.objectives import build_objective
+from vaelab.notes import note
 from vaelab.resolve import resolve
 from vaelab.run import Run
 from vaelab.seed import derived_generator, get_rng_state, seed_all, set_rng_state
@@ -233,10 +233,6 @@ def check_resume(cfg: RunConfig, c: Commit | None, out: Path, resume: bool) -> N
         )
 
 
-def _note(message: str) -> None:
-    print(f"vaelab: note: {message}", file=sys.stderr)
-
-
 @contextmanager
 def writing(out: Path, cfg: RunConfig, resume: bool) -> Iterator[Commit | None]:
     """Hold ``out``'s lock while training writes it; yield the commit to resume from.
@@ -252,13 +248,13 @@ def writing(out: Path, cfg: RunConfig, resume: bool) -> Iterator[Commit | None]:
     start = None
     try:
         if lock.stale_owner:
-            _note(f"took over the lock of {lock.stale_owner} (no longer running)")
+            note(f"took over the lock of {lock.stale_owner} (no longer running)")
         for p in remove_temporaries(out):
-            _note(f"removed {p.name}, a partial write of a killed run")
+            note(f"removed {p.name}, a partial write of a killed run")
         start = latest_commit(out)
         check_resume(cfg, start, out, resume)
         for message in repair(out, start) if start is not None else []:
-            _note(message)
+            note(message)
         yield start
     except BaseException:
         if start is None and _safe_latest(out) is None:  # nothing was ever committed here
@@ -309,7 +305,7 @@ def check_splits(vae: VAE, pre: Preprocessor, data: DataSplits, x_valid: torch.T
             )
     likelihood = vae.generative.likelihood
     likelihood.check_data(pre.eval_batch(data.train[:2000], derived_generator(0)))
-    likelihood.check_data(x_valid)
+    likelihood.check_data(x_valid, key="model.likelihood (on the validation split)")
 
 
 def validation_points(data: DataSplits, pre: Preprocessor, cfg: RunConfig) -> torch.Tensor:

@@ -23,7 +23,8 @@ class MLP(nn.Sequential):
     r"""``in_features → hidden_sizes[0] → … → out_features`` with an activation between layers.
 
     ``hidden_sizes = []`` gives a single affine map (the linear VAE of probabilistic PCA).
-    Any number of leading batch dimensions is accepted: ``(..., in_features) → (..., out_features)``.
+    Any number of leading batch dimensions is accepted:
+    ``(..., in_features) → (..., out_features)``.
 
     :param in_features: input width.
     :param hidden_sizes: hidden widths, in order from the input.

@@ -50,8 +50,8 @@ import math
 import pyro.distributions as dist
 import torch
 from pydantic import Field
-from torch import nn
 from pyro.distributions.torch_distribution import TorchDistribution
+from torch import nn
 from torch.distributions import constraints, kl_divergence
 from torch.nn.functional import softplus
 

@@ -48,9 +48,9 @@ from __future__ import annotations
 
 import torch
 
-from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._particles import ParticleELBO, Particles
 from vaelab.inference.objectives.iwae import check_iw_config, iwae_bound
+from vaelab.inference.objectives.registry import OBJECTIVES
 
 __all__ = ["IWAEDReG", "build_iwae_dreg"]
 

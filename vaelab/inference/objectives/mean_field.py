@@ -36,9 +36,9 @@ from pyro.infer import JitTraceMeanField_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import torch_item
 from pyro.util import warn_if_nan
 
-from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._jit import TensorArgsMixin
 from vaelab.inference.objectives._particles import fn_key, require_reparameterized
+from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.registry import ConfigError
 
 __all__ = ["MeanFieldELBO", "CachedJitTraceMeanField_ELBO", "build_mean_field"]

@@ -33,9 +33,9 @@ import math
 
 import torch
 
-from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._particles import ParticleELBO, Particles
 from vaelab.inference.objectives.iwae import check_iw_config
+from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.registry import ConfigError
 
 __all__ = ["RenyiBound", "build_renyi", "renyi_bound"]

@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import torch
 
-from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._particles import (
     ParticleELBO,
     Particles,
     require_reparameterized,
 )
+from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.registry import ConfigError
 
 __all__ = ["STL", "build_stl"]

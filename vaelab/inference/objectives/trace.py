@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pyro.infer import JitTrace_ELBO, Trace_ELBO
 
-from vaelab.inference.objectives.registry import OBJECTIVES
 from vaelab.inference.objectives._jit import TensorArgsMixin
+from vaelab.inference.objectives.registry import OBJECTIVES
 
 
 class JitTraceELBO(TensorArgsMixin, JitTrace_ELBO):
