@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real training and timing loops, seconds each
+
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 SCRIPTS = sorted(p for p in EXPERIMENTS.glob("*.py") if not p.name.startswith("_"))
 

@@ -3,7 +3,6 @@ item 8), plus a property-based test over ``--set`` overrides."""
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import string

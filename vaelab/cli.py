@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
                    help="set any [eval] key, e.g. --set eval.ais_base=guide")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--report", action="store_true", help="(re)write RUN_DIR/report.md with the result")
+    p.add_argument("--report", action="store_true",
+                   help="(re)write RUN_DIR/report.md with the result")
     p.add_argument("--no-progress", action="store_true")
     _add_marginal_args(p)
 
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", "-T", type=int, default=None,
                    help="eval.ais_steps: AIS steps, each direction; default: the run's [eval]")
     p.add_argument("--chains", "-C", type=int, default=None,
-                   help="eval.ais_chains: chains per point and direction; default: the run's [eval]")
+                   help="eval.ais_chains: chains per point and direction; default: the run's "
+                        "[eval]")
     p.add_argument("--leapfrog", type=int, default=None,
                    help="eval.ais_leapfrog: leapfrog steps per HMC move; default: the run's [eval]")
     p.add_argument("--base", dest="ais_base", choices=["prior", "guide"], default=None,
@@ -180,7 +182,8 @@ def _cmd_train(args) -> int:
     run = result.run("best")  # the trained VAE and data, the best checkpoint loaded in place
     metrics = evaluate(run, progress=cfg.train.progress).summary() if args.evaluate else None
     report = write_report(run, metrics)
-    print(f"best epoch {result.best_epoch}, valid ELBO {result.best_valid_elbo:.2f}; report: {report}")
+    print(f"best epoch {result.best_epoch}, valid ELBO {result.best_valid_elbo:.2f}; "
+          f"report: {report}")
     return 0
 
 
@@ -278,13 +281,13 @@ def _cmd_diagnose(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "config": _cmd_config}
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
+            "config": _cmd_config}
 COMMANDS["diagnose"] = _cmd_diagnose
 
 
 def _cmd_bdmc(args) -> int:
     import pyro
-    import torch
 
     from vaelab.inference.bdmc import bdmc
     from vaelab.inference.exact import exact_log_likelihood

@@ -109,7 +109,8 @@ def format_validation_error(
         if e["type"] == "literal_error":
             choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
             hint = suggest(str(got), choices)
-        lines.append(f"{full}: {e['msg']} (got {got!r}){hint}")
+        msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for our validators
+        lines.append(f"{full}: {msg} (got {got!r}){hint}")
     return "; ".join(lines)
 
 

@@ -19,10 +19,10 @@ from vaelab.config import EvalConfig, RunConfig
 from vaelab.data import DataSplits, Preprocessor, load_dataset
 from vaelab.data.subsets import spread_indices
 from vaelab.inference.ais import estimate_marginal_ais
-from vaelab.inference.runfolder import best_state, latest_commit
 from vaelab.inference.exact import exact_log_likelihood
 from vaelab.inference.marginal import MarginalEstimate, estimate_marginal
 from vaelab.inference.proposals import make_proposal, proposal_name
+from vaelab.inference.runfolder import best_state, latest_commit
 from vaelab.resolve import apply_overrides, resolve
 from vaelab.seed import seed_all
 from vaelab.vae import VAE, build_vae

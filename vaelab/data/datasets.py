@@ -35,12 +35,10 @@ References
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +52,8 @@ from vaelab.data.preprocess import check_binary
 from vaelab.data.splits import SPLITS, DataSplits
 from vaelab.data.subsets import subset_indices
 from vaelab.notes import note
-from vaelab.seed import derived_generator
 from vaelab.registry import ConfigError, Registry
+from vaelab.seed import derived_generator
 
 __all__ = [
     "DATASETS",
@@ -457,7 +455,8 @@ def _binarize_static(splits: DataSplits, seed: int) -> DataSplits:
 
 
 def _limit(splits: DataSplits, limit: int, rule: str) -> DataSplits:
-    """Keep ``limit`` points (and labels) of each split, by :func:`~vaelab.data.subsets.subset_indices`."""
+    """Keep ``limit`` points (and labels) of each split, chosen by
+    :func:`~vaelab.data.subsets.subset_indices`."""
     index = {s: subset_indices(splits.split(s).shape[0], limit, rule) for s in SPLITS}
     xs = {s: splits.split(s)[index[s]].clone() for s in SPLITS}
     labels = {s: y[index[s]].clone() for s, y in splits.labels.items()}

@@ -35,6 +35,11 @@ class Posterior(nn.Module):
         families of discrete latents have one."""
         raise NotImplementedError(f"{type(self).__name__} is not a family of a discrete latent")
 
+    def logits_from(self, h: torch.Tensor) -> torch.Tensor:
+        """Encoder output ``h`` → the logits of a categorical family, ``(..., N, K)``; only
+        families of discrete latents have them."""
+        raise NotImplementedError(f"{type(self).__name__} is not a family of a discrete latent")
+
 
 class NormalPosterior(Posterior):
     r"""q(z | x) = N(z_loc, diag z_scale²) with z_scale = softplus(·) + min_scale."""

@@ -53,7 +53,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyro
 import torch
@@ -67,9 +67,12 @@ from vaelab.model.distributions import (
     kl_categorical,
     logits_of,
 )
-from vaelab.model.latents import CategoricalLatent
+from vaelab.model.latents import CategoricalLatent, KLConvention
 from vaelab.model.networks import MLP
 from vaelab.registry import ConfigError, Options
+
+if TYPE_CHECKING:
+    from vaelab.model.priors import CategoricalPrior
 
 __all__ = ["Baseline", "CategoricalPosterior", "RelaxedPosterior"]
 
@@ -100,15 +103,16 @@ class RelaxedPosterior(_CategoricalFamily):
     """
 
     reparameterized = True
+    _prior: CategoricalPrior | None
 
-    def __init__(self, latent: CategoricalLatent, kl: str, hard: bool):
+    def __init__(self, latent: CategoricalLatent, kl: KLConvention, hard: bool):
         super().__init__(latent)
         self.kl, self.hard = kl, hard
         self.default_temperature = latent.opts.temperature
         latent.configure("straight_through" if hard else "soft", kl)
         object.__setattr__(self, "_prior", None)  # bound by the prior's builder, not owned
 
-    def bind_prior(self, prior: nn.Module) -> None:
+    def bind_prior(self, prior: CategoricalPrior) -> None:
         """Give the categorical-KL term access to the prior logits π (called at build time)."""
         object.__setattr__(self, "_prior", prior)
 
@@ -143,6 +147,9 @@ class Baseline(nn.Module):
     :param hidden_sizes: hidden widths of :math:`C_ψ`.
     :param momentum: decay of the running mean *c*.
     """
+
+    center: Tensor  #: c, a buffer
+    num_updates: Tensor  #: a buffer
 
     def __init__(self, in_features: int, hidden_sizes: list[int], momentum: float = 0.9):
         super().__init__()

@@ -40,19 +40,20 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import scale_and_mask
+from pyro.distributions import TorchDistribution
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints
 from tqdm.auto import tqdm
 
 from vaelab.config import EvalConfig
-from vaelab.inference.importance import DATA_PLATE, in_data_plate
+from vaelab.inference.importance import DATA_PLATE, in_data_plate, site_fn, site_log_prob
 from vaelab.inference.marginal import MarginalEstimate, data_batches
 
 #: the AIS defaults, defined once in the ``[eval]`` schema
@@ -149,12 +150,12 @@ class LogJoint:
         self.model, self.guide = model, guide
         self.args, self.kwargs = args, kwargs
         self.num_chains, self.base, self.site = num_chains, base, site
-        self.q_z = None  # the guide's site distribution, batch (C, B)
+        self.q_z: TorchDistribution | None = None  # the guide's site distribution, batch (C, B)
 
     def _chains(self):
         return pyro.plate(CHAIN_PLATE, self.num_chains, dim=-2)
 
-    def _check_site(self, site: dict) -> None:
+    def _check_site(self, site: Mapping[str, Any]) -> None:
         fn = site["fn"]
         if fn.support.is_discrete:
             raise ValueError(
@@ -175,27 +176,30 @@ class LogJoint:
         with torch.no_grad(), self._chains():
             if self.base == "guide":
                 tr = poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)
-                self.q_z = tr.nodes[self.site]["fn"]
+                self.q_z = site_fn(tr.nodes[self.site])
             else:
                 hidden = poutine.block(self.model, hide_fn=lambda m: bool(m.get("is_observed")))
                 tr = poutine.trace(hidden).get_trace(*self.args, **self.kwargs)
         if self.site not in tr.nodes:
             raise ValueError(f"AIS: no latent site {self.site!r} in the model/guide")
-        self._check_site(tr.nodes[self.site])
-        return tr.nodes[self.site]["value"].detach()
+        site = tr.nodes[self.site]
+        self._check_site(site)
+        value = site["value"]
+        assert value is not None, "a traced sample site has a value"
+        return value.detach()
 
     def _model_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``log p(z), log p(x | z)``, each ``(C, B)``, differentiable in z."""
         conditioned = poutine.condition(self.model, data={self.site: z})
         with self._chains():
             tr = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
-        log_prior = log_lik = 0.0
+        log_prior = log_lik = z.new_zeros(())  # each term broadcasts to (C, B)
         for name, s in tr.nodes.items():
             if s["type"] != "sample" or site_is_subsample(s):
                 continue
             if not in_data_plate(s):
                 raise ValueError(f"AIS: site {name!r} is outside pyro.plate({DATA_PLATE!r})")
-            lp = scale_and_mask(s["fn"].log_prob(s["value"]), s["scale"], s["mask"])  # (C, B)
+            lp = site_log_prob(s)  # (C, B)
             if name == self.site:
                 log_prior = log_prior + lp
             elif s["is_observed"]:
@@ -216,12 +220,18 @@ class LogJoint:
             grad_lik, = torch.autograd.grad(log_lik.sum(), z)
             log_fT, grad_fT = log_prior + log_lik, grad_prior + grad_lik
             if self.base == "guide":
+                assert self.q_z is not None, "sample_base sets the guide's q first"
                 log_q = self.q_z.log_prob(z)  # (C, B)
                 grad_q, = torch.autograd.grad(log_q.sum(), z)
                 log_f0, grad_f0 = log_q, grad_q
             else:
                 log_f0, grad_f0 = log_prior, grad_prior
         return _Terms(log_f0.detach(), log_fT.detach(), grad_f0, grad_fT)
+
+
+def advance_by(bar: Any, n: int) -> Callable[[int], None]:
+    """An AIS ``callback`` that moves the progress bar ``bar`` by ``n`` at every step."""
+    return lambda t: bar.update(n)
 
 
 def hmc_step(
@@ -325,8 +335,8 @@ def ais(
         r = ais(vae.model, vae.guide, x, num_steps=500, num_chains=16)
         r.log_px  # (B,)
     """
-    betas = beta_schedule(num_steps, schedule) if isinstance(schedule, str) else schedule
-    betas = [float(b) for b in betas]
+    schedule_t = beta_schedule(num_steps, schedule) if isinstance(schedule, str) else schedule
+    betas = [float(b) for b in schedule_t]
     log_joint = LogJoint(model, guide, args, kwargs, num_chains, base, site)
     z0 = log_joint.sample_base()  # also checks the site, sets the guide's q
     z = z0 if z_init is None else z_init.detach().to(z0)
@@ -388,7 +398,7 @@ def estimate_marginal_ais(
         B = x.shape[0]
         r = ais(
             model, guide, x, num_steps=num_steps, num_chains=num_chains,
-            callback=lambda t, n=B: bar.update(n), **ais_kwargs,
+            callback=advance_by(bar, B), **ais_kwargs,
         )
         log_px.append(r.log_px.cpu())
         mean_lw.append(r.log_w.double().mean(0).cpu())

@@ -32,7 +32,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.inference.ais import AIS_BASE, AIS_CHAINS, AIS_STEPS, ais, beta_schedule
+from vaelab.inference.ais import AIS_BASE, AIS_CHAINS, AIS_STEPS, advance_by, ais, beta_schedule
 
 __all__ = ["BDMCResult", "simulate", "bdmc"]
 
@@ -49,7 +49,9 @@ def simulate(
     """
     with torch.no_grad():
         tr = poutine.trace(poutine.uncondition(model)).get_trace(x_like, *args, **kwargs)
-    return tr.nodes[obs_site]["value"].detach(), tr.nodes[site]["value"].detach()
+    x, z = tr.nodes[obs_site]["value"], tr.nodes[site]["value"]
+    assert x is not None and z is not None, "traced sample sites have values"
+    return x.detach(), z.detach()
 
 
 @dataclass
@@ -136,12 +138,12 @@ def bdmc(
         z = z_all[start : start + batch_size]  # (B, d)
         B = x.shape[0]
         fwd = ais(
-            model, guide, x, *args, schedule=betas, callback=lambda t, n=B: bar.update(n), **opts,
+            model, guide, x, *args, schedule=betas, callback=advance_by(bar, B), **opts,
         )
         z_init = z.unsqueeze(0).expand(num_chains, *z.shape)  # (C, B, d)
         rev = ais(
             model, guide, x, *args, schedule=betas.flip(0), z_init=z_init,
-            callback=lambda t, n=B: bar.update(n), **opts,
+            callback=advance_by(bar, B), **opts,
         )
         lower.append(fwd.log_px.cpu())
         upper.append(-rev.log_px.cpu())  # rev estimates log(1/p(x))

@@ -155,7 +155,7 @@ def categorical_log_likelihood(
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]  # (b, D)
         chunk = _state_chunk(vae, xb.shape[0], max_memory_mb)
-        lse = None
+        lse: Tensor | None = None
         for s0 in range(0, latent.num_states, chunk):
             states = joint_states(
                 latent.num_variables, latent.num_classes, s0, min(s0 + chunk, latent.num_states),
@@ -163,6 +163,7 @@ def categorical_log_likelihood(
             )  # (S', N, K)
             c = torch.logsumexp(log_joint_states(vae, xb, states), 0)  # (b,)
             lse = c if lse is None else torch.logaddexp(lse, c)
+        assert lse is not None, "num_states >= 1"
         out.append(lse)
     return torch.cat(out)
 

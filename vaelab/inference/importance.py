@@ -12,15 +12,18 @@ bounds stay per point whatever the plate structure (the RenyiELBO trap of pyro #
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import TorchDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LogWeights", "log_weights", "in_data_plate", "DATA_PLATE"]
+__all__ = ["LogWeights", "log_weights", "in_data_plate", "site_fn", "site_log_prob", "DATA_PLATE"]
 
 #: the name of the data plate in vaelab models
 DATA_PLATE = "data"
@@ -36,9 +39,19 @@ class LogWeights:
     guide_trace: poutine.Trace
 
 
-def in_data_plate(site: dict) -> bool:
+def in_data_plate(site: Mapping[str, Any]) -> bool:
     """Whether a trace site lies inside the ``"data"`` plate (a per-point term)."""
     return any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+
+
+def site_fn(site: Mapping[str, Any]) -> TorchDistribution:
+    """The distribution of a sample site (Pyro types a site's ``fn`` as any callable)."""
+    return site["fn"]
+
+
+def site_log_prob(site: Mapping[str, Any]) -> torch.Tensor:
+    """log fn(value) of a sample site, with the site's scale and mask applied."""
+    return scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
 
 
 def log_weights(
@@ -68,8 +81,7 @@ def log_weights(
                 continue
             if sign < 0 and site["is_observed"]:
                 continue
-            lp = site["fn"].log_prob(site["value"])  # batch shape, e.g. (K, B) or (K, 1)
-            lp = scale_and_mask(lp, site["scale"], site["mask"])
+            lp = site_log_prob(site)  # batch shape, e.g. (K, B) or (K, 1)
             if in_data_plate(site):
                 local = local + sign * lp
             else:

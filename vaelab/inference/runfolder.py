@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaelab.notes import note
 from vaelab.inference.checkpoint import (
     TMP_SUFFIX,
     CorruptCheckpointError,
@@ -45,6 +44,7 @@ from vaelab.inference.checkpoint import (
     save_checkpoint,
     write_jsonl,
 )
+from vaelab.notes import note
 
 __all__ = [
     "Interrupted",
@@ -74,8 +74,10 @@ class Interrupted(Exception):
     """Training stopped on SIGINT/SIGTERM at a step boundary; the folder holds the last commit."""
 
     def __init__(self, signum: int, epoch: int, step: int, committed_epoch: int):
-        self.signum, self.epoch, self.step, self.committed_epoch = signum, epoch, step, committed_epoch
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at epoch {epoch}, step {step}")
+        self.signum, self.epoch, self.step = signum, epoch, step
+        self.committed_epoch = committed_epoch
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} at epoch {epoch}, step {step}")
 
     @property
     def exit_code(self) -> int:
@@ -118,10 +120,7 @@ class RunLock:
         except BlockingIOError:
             owner = _read_owner(fd)
             os.close(fd)
-            raise RunFolderBusy(
-                f"run folder {str(self.path.parent)!r} is in use by {owner or 'another process'}; "
-                "wait for it to finish, or choose another --out"
-            ) from None
+            raise _busy(self.path, owner) from None
         self.stale_owner = _read_owner(fd) or None  # a dead owner's record
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
@@ -142,10 +141,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
         except BlockingIOError:
-            raise RunFolderBusy(
-                f"run folder {str(path.parent)!r} is in use by {_read_owner(fd) or 'another process'}"
-                "; wait for it to finish, or choose another --out"
-            ) from None
+            raise _busy(path, _read_owner(fd)) from None
         finally:
             os.close(fd)
 
@@ -161,6 +157,13 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _busy(lock_path: Path, owner: str) -> RunFolderBusy:
+    return RunFolderBusy(
+        f"run folder {str(lock_path.parent)!r} is in use by {owner or 'another process'}; "
+        "wait for it to finish, or choose another --out"
+    )
 
 
 def _read_owner(fd: int) -> str:
@@ -262,7 +265,7 @@ def latest_commit(run_dir: Path) -> Commit | None:
     :raises CorruptCheckpointError: every commit file present is damaged.
     """
     last, prev, _ = _paths(run_dir)
-    skipped = []
+    skipped: list[str] = []
     for path in (last, prev):
         if not path.is_file():
             continue
@@ -319,7 +322,7 @@ def _read_history(run_dir: Path) -> list[dict] | None:
         return None
 
 
-def best_state(run_dir: Path) -> dict:
+def best_state(run_dir: Path) -> dict[str, Any]:
     """The best epoch's ``{config, model, epoch}`` for readers: ``best.pt`` when it agrees with
     the newest commit, else the commit's own copy (a crash or a running writer left ``best.pt``
     behind), with a note on stderr."""
@@ -343,4 +346,6 @@ def best_state(run_dir: Path) -> dict:
             note(f"{reason}; using the best parameters stored in {c.path.name} "
                  "(vaelab train ... --resume repairs the folder)")
             return {"config": c.state["config"], "model": c.state["best_model"], "epoch": want}
+    if b is None:  # unreachable: a missing best.pt without a commit's copy raised above
+        raise FileNotFoundError(f"no best checkpoint in {str(run_dir)!r}")
     return b

@@ -35,6 +35,7 @@ from vaelab.data import DataSplits, Preprocessor, iterate_batches, load_dataset
 from vaelab.data.subsets import subset_indices
 from vaelab.inference.checkpoint import atomic_write_text, load_checkpoint
 from vaelab.inference.marginal import estimate_marginal
+from vaelab.inference.objectives import build_objective
 from vaelab.inference.runfolder import (
     Commit,
     RunLock,
@@ -45,7 +46,6 @@ from vaelab.inference.runfolder import (
     remove_temporaries,
     repair,
 )
-from vaelab.inference.objectives import build_objective
 from vaelab.notes import note
 from vaelab.resolve import resolve
 from vaelab.run import Run
@@ -115,21 +115,25 @@ class Progress:
 class Stepper:
     """One SVI step with either driver: ``torch`` (objective + one fused Adam) or ``svi``."""
 
+    svi: pyro.infer.SVI | None
+    optimizer: torch.optim.Adam | None
+
     def __init__(self, tc: TrainConfig, vae: VAE, objective):
         self.vae, self.objective, self.clip_norm = vae, objective, tc.clip_norm
         self.params = list(vae.parameters())
+        self.svi, self.optimizer = None, None
         if tc.driver == "svi":
-            self.svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": tc.lr}),
-                                      loss=objective)
-            self.optimizer = None
+            # pyro.optim's wrappers are made at import time, invisible to mypy
+            adam = pyro.optim.Adam({"lr": tc.lr})  # type: ignore[attr-defined]
+            self.svi = pyro.infer.SVI(vae.model, vae.guide, adam, loss=objective)
         else:
-            self.svi = None
             self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, fused=True)
 
     def step(self, x: torch.Tensor, beta, temperature) -> tuple[float, float | None]:
         """Gradient step on ``x (B, D)``; returns (loss, gradient norm or None). Nothing is
         updated when either is non-finite."""
-        if self.svi is not None:
+        if self.optimizer is None:
+            assert self.svi is not None
             return self.svi.step(x, beta, temperature), None
         loss = self.objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta, temperature)
         grad_norm = None
@@ -143,12 +147,16 @@ class Stepper:
         return loss, grad_norm
 
     def state_dict(self) -> dict:
-        return self.optimizer.state_dict() if self.svi is None else self.svi.optim.get_state()
+        if self.optimizer is not None:
+            return self.optimizer.state_dict()
+        assert self.svi is not None
+        return self.svi.optim.get_state()
 
     def load_state_dict(self, state: dict) -> None:
-        if self.svi is None:
+        if self.optimizer is not None:
             self.optimizer.load_state_dict(state)
         else:
+            assert self.svi is not None
             self.svi.optim.set_state(state)
 
 
@@ -171,7 +179,10 @@ class TrainResult:
         if checkpoint == "best":
             state = best_state(self.out_dir)
         else:
-            state = latest_commit(self.out_dir).state
+            last = latest_commit(self.out_dir)
+            if last is None:
+                raise FileNotFoundError(f"no checkpoint in {str(self.out_dir)!r}")
+            state = last.state
         self.vae.load_state_dict(state["model"])
         self.vae.eval()
         return Run(self.out_dir, self.cfg, self.vae, self.data, self.pre, state["epoch"])
@@ -185,7 +196,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def kl_weight(epoch: int, step_in_epoch: int, steps_per_epoch: int, warmup_epochs: int, beta: float):
+def kl_weight(epoch: int, step_in_epoch: int, steps_per_epoch: int, warmup_epochs: int,
+              beta: float) -> float:
     """β at a step: linear from 0 to ``beta`` over ``warmup_epochs`` epochs, then constant."""
     if warmup_epochs <= 0:
         return beta

@@ -100,6 +100,10 @@ class Latent(nn.Module):
         """Relaxation temperature at a training step (``None``: not a relaxed latent)."""
         return None
 
+    def hard(self, z: torch.Tensor) -> torch.Tensor:
+        """The hard (one-hot) version of a sample; only discrete latents have one."""
+        raise NotImplementedError(f"{type(self).__name__} is not a discrete latent")
+
 
 LATENTS: Registry[Latent] = Registry("latent type")
 
@@ -161,11 +165,19 @@ class CategoricalOptions(Options):
         return self
 
 
+#: how a categorical latent's samples reach the decoder (see :attr:`CategoricalLatent.mode`)
+LatentMode = Literal["soft", "straight_through", "one_hot"]
+#: KL convention of a relaxed guide family: "relaxed" (Maddison) or "categorical" (Jang)
+KLConvention = Literal["relaxed", "categorical"]
+
+
 class CategoricalLatent(Latent):
     r"""N categorical variables of K classes, event shape ``(N, K)``; see the module docstring.
 
     :param opts: :class:`CategoricalOptions`.
     """
+
+    _anchor: torch.Tensor  #: a device/dtype anchor (a non-persistent buffer)
 
     continuous = False
     families = ("relaxed", "categorical")
@@ -177,9 +189,9 @@ class CategoricalLatent(Latent):
         self.event_shape = (opts.num_variables, opts.num_classes)
         self.opts = opts
         #: set by the guide family: "soft", "straight_through" or "one_hot"
-        self.mode: Literal["soft", "straight_through", "one_hot"] = "one_hot"
+        self.mode: LatentMode = "one_hot"
         #: KL convention of a relaxed guide family: "relaxed" (Maddison) or "categorical" (Jang)
-        self.kl: Literal["relaxed", "categorical"] = "relaxed"
+        self.kl: KLConvention = "relaxed"
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     @property
@@ -192,7 +204,7 @@ class CategoricalLatent(Latent):
         """Whether the ``"z"`` site holds log-space Concrete samples (else one-hot vectors)."""
         return self.mode != "one_hot"
 
-    def configure(self, mode: str, kl: str = "relaxed") -> None:
+    def configure(self, mode: LatentMode, kl: KLConvention = "relaxed") -> None:
         """Called by the guide family's builder: how samples reach the decoder, which KL."""
         if mode not in ("soft", "straight_through", "one_hot"):
             raise ValueError(f"unknown mode {mode!r}")

@@ -180,9 +180,12 @@ class ContinuousBernoulliLikelihood(Likelihood):
 # location-scale densities: normal and Laplace
 
 
-class ScaleMixin:
+class ScaleMixin(nn.Module):
     r"""A scale that is fixed, learned per pixel, or learned and shared, with a floor:
     :math:`s = \mathrm{softplus}(\rho) + s_{\min}` when learned."""
+
+    fixed_scale: torch.Tensor  #: a buffer, ``learn = "fixed"``
+    raw_scale: nn.Parameter  #: ρ, ``learn = "pixel"`` or ``"shared"``
 
     def _init_scale(self, data_dim: int, opts) -> None:
         self.learn = opts.learn

@@ -72,6 +72,8 @@ __all__ = [
 class Prior(nn.Module):
     """Base class: ``prior() -> Distribution`` over z with event shape ``(latent_dim,)``."""
 
+    _anchor: torch.Tensor  #: the buffer :func:`_anchor` registers, where a prior has one
+
     def __init__(self, latent_dim: int):
         super().__init__()
         self.latent_dim = latent_dim
@@ -325,6 +327,9 @@ class CategoricalPrior(Prior):
     :param latent: the :class:`~vaelab.model.latents.CategoricalLatent`.
     """
 
+    _latent: CategoricalLatent
+    logits: torch.Tensor  #: π ``(N, K)``: a parameter (learned) or a buffer (uniform)
+
     def __init__(self, latent: CategoricalLatent):
         super().__init__(latent.flat_dim)
         object.__setattr__(self, "_latent", latent)  # owned by the Generative, not by the prior
@@ -425,7 +430,9 @@ ANALYTIC_KL: frozenset[tuple[str, str]] = frozenset(
 )
 
 
-def has_analytic_kl(q: dist.Distribution, p: dist.Distribution) -> bool:
+def has_analytic_kl(
+    q: torch.distributions.Distribution, p: torch.distributions.Distribution
+) -> bool:
     """True when ``kl_divergence(q, p)`` has a registered closed form (what TraceMeanField uses)."""
     try:
         kl_divergence(q, p)

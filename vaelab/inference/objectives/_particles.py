@@ -32,7 +32,9 @@ only, used by STL (Roeder et al. 2017) and DReG (Tucker et al. 2019).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pyro.poutine as poutine
 import torch
@@ -66,7 +68,7 @@ def fn_key(fn) -> tuple:
     return (id(getattr(fn, "__self__", None)), getattr(fn, "__func__", fn))
 
 
-def latent_sites(trace: poutine.Trace) -> list[tuple[str, dict]]:
+def latent_sites(trace: poutine.Trace) -> list[tuple[str, Mapping[str, Any]]]:
     """The unobserved sample sites of a guide trace, in order (subsample sites excluded)."""
     return [
         (name, site)
