@@ -27,7 +27,8 @@ def sets(overrides):
 
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines()
+             if line.strip() and not line.startswith("vaelab: note:")]  # notes may precede it
     assert "Traceback" not in err and len(lines) == 1, err
     assert lines[0].startswith("vaelab ") and ": error: " in lines[0], err
     return lines[0]

@@ -30,10 +30,34 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vaelab.catalog import DATASETS, FAMILIES, LATENTS, LIKELIHOODS, OBJECTIVES, PRIORS
-from vaelab.config import CONFIG_VERSION, SECTIONS, ModelConfig, RunConfig, dump_toml, to_dict
+from vaelab.catalog import (
+    DATASETS,
+    FAMILIES,
+    LATENTS,
+    LIKELIHOODS,
+    NETWORKS,
+    OBJECTIVES,
+    PRIORS,
+)
+from vaelab.config import (
+    CONFIG_VERSION,
+    SECTIONS,
+    GuideConfig,
+    ModelConfig,
+    RunConfig,
+    dump_toml,
+    to_dict,
+)
 from vaelab.inference.proposals import parse_proposal
-from vaelab.registry import ConfigError, format_validation_error, suggest
+from vaelab.model.networks import MLP
+from vaelab.registry import (
+    ConfigError,
+    Options,
+    fits,
+    format_validation_error,
+    load_plugins,
+    suggest,
+)
 
 __all__ = [
     "CHANGED_DEFAULTS",
@@ -165,6 +189,92 @@ def _with_default(spec: Any, default: str) -> Any:
     return spec
 
 
+def _table(spec: Any) -> Any:
+    """A component spec as a table (a name → ``{name = ...}``, options → their dump)."""
+    if isinstance(spec, Options):
+        return spec.model_dump()
+    if isinstance(spec, str):
+        return {"name": spec}
+    return spec
+
+
+def _mirrored(opts: Options) -> dict[str, Any]:
+    """A network's options for the other role (its ``mirrored``; else widths reversed)."""
+    mirror = getattr(opts, "mirrored", None)
+    if callable(mirror):
+        return mirror()
+    d = opts.model_dump()
+    if isinstance(d.get("hidden_sizes"), list):
+        d["hidden_sizes"] = d["hidden_sizes"][::-1]
+    return d
+
+
+def _network(spec: Any, key: str, hidden: list[int], hidden_key: str, hidden_given: bool,
+             activation: str) -> Options:
+    """Parse a network, with the MLP shortcut keys (``hidden_key``, ``*.activation``) filling
+    the options a table leaves out.
+
+    An MLP table without ``hidden_sizes`` takes ``hidden``; one with other widths than a
+    ``hidden_key`` that was set is refused. Another network refuses a ``hidden_key`` that was set
+    to other widths than its own (a saved config holds the network's widths there). A network
+    with an ``activation`` option takes ``activation`` unless its table gives one.
+    """
+    spec = _table(spec)
+    opts = NETWORKS.parse(spec, key)
+    given = set(spec) if isinstance(spec, dict) else set()
+    fields = type(opts).model_fields
+    is_mlp = isinstance(opts.component, type) and issubclass(opts.component, MLP)
+    fill: dict[str, Any] = {}
+    own = getattr(opts, "hidden_sizes", None)
+    if is_mlp and "hidden_sizes" not in given:
+        fill["hidden_sizes"] = hidden
+    elif hidden_given and list(hidden) != (own if own is not None else _default_widths(key)):
+        clash = (f"and {key}.hidden_sizes = {own} disagree" if is_mlp else
+                 f"is the width shortcut of an MLP, but {key} = {opts.name!r} is set too (its "
+                 f"widths are {key}.hidden_sizes)")
+        raise ConfigError(
+            f"{hidden_key} = {list(hidden)} {clash}; give the widths once, as "
+            f"{key}.hidden_sizes (or drop {hidden_key})"
+        )
+    if "activation" in fields and "activation" not in given:
+        fill["activation"] = activation
+    return NETWORKS.parse({**opts.model_dump(), **fill}, key) if fill else opts
+
+
+def _default_widths(key: str) -> list[int] | None:
+    """What resolution leaves in the width shortcut of a network without ``hidden_sizes``."""
+    if key == "model.decoder":
+        return ModelConfig.model_fields["hidden_sizes"].get_default(call_default_factory=True)
+    return GuideConfig.model_fields["hidden_sizes"].default
+
+
+def _resolve_networks(m: ModelConfig, g: GuideConfig) -> tuple[Options, Options]:
+    """``model.decoder`` and ``guide.encoder`` as full options.
+
+    No ``model.decoder``: the MLP of ``model.hidden_sizes`` and ``model.activation`` (what every
+    config before networks were components meant). No ``guide.encoder`` (or a table without a
+    name): the decoder mirrored (:meth:`~vaelab.model.networks.NetworkOptions.mirrored`), an
+    MLP of ``guide.hidden_sizes`` when those are given, the table's keys on top.
+    """
+    decoder = _network(
+        "mlp" if m.decoder is None else _with_default(m.decoder, "mlp"), "model.decoder",
+        m.hidden_sizes, "model.hidden_sizes", "hidden_sizes" in m.model_fields_set,
+        m.activation,
+    )
+    dec_is_mlp = isinstance(decoder.component, type) and issubclass(decoder.component, MLP)
+    spec = g.encoder
+    if spec is None or (isinstance(spec, dict) and "name" not in spec):
+        base = _mirrored(decoder)
+        if g.hidden_sizes is not None:
+            base = ({**base, "hidden_sizes": g.hidden_sizes} if dec_is_mlp
+                    else {"name": "mlp", "hidden_sizes": g.hidden_sizes})
+        spec = {**base, **(spec or {})}
+    hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
+    encoder = _network(spec, "guide.encoder", hidden, "guide.hidden_sizes",
+                       g.hidden_sizes is not None, m.activation)
+    return decoder, encoder
+
+
 def _resolve_components(cfg: RunConfig) -> RunConfig:
     """``cfg`` with each component replaced by its parsed options (one registry pass)."""
     m, g = cfg.model, cfg.guide
@@ -180,25 +290,37 @@ def _resolve_components(cfg: RunConfig) -> RunConfig:
     DATASETS.entry(cfg.data.name, key="data.name")
     OBJECTIVES.entry(cfg.objective.name, key="objective.name")
     proposal = parse_proposal(cfg.eval.proposal, "eval.proposal")
-    if prior.name not in kind.priors:
+    if not fits(prior, latent.name, kind.priors):
         raise ConfigError(
             f"model.prior: {prior.name!r} does not fit latent type {latent.name!r}"
             f"{suggest(prior.name, kind.priors)}; priors for it: {', '.join(kind.priors)}"
         )
-    if family.name not in kind.families:
+    if not fits(family, latent.name, kind.families):
         raise ConfigError(
             f"guide.family: {family.name!r} does not fit latent type {latent.name!r}; "
             f"families for it: {', '.join(kind.families)}"
         )
+    decoder, encoder = _resolve_networks(m, g)
+    # the shortcut keys say what the networks are (so that a saved config re-resolves to itself)
+    shortcut = {"hidden_sizes": getattr(decoder, "hidden_sizes", m.hidden_sizes)}
+    if "activation" in type(decoder).model_fields:
+        shortcut["activation"] = decoder.activation
     return cfg.model_copy(update={
-        "model": m.model_copy(update={"latent": latent, "prior": prior, "likelihood": likelihood}),
-        "guide": g.model_copy(update={"family": family}),
+        "model": m.model_copy(update={"latent": latent, "prior": prior, "likelihood": likelihood,
+                                      "decoder": decoder, **shortcut}),
+        "guide": g.model_copy(update={"family": family, "encoder": encoder,
+                                      "hidden_sizes": getattr(encoder, "hidden_sizes", None)}),
         "eval": cfg.eval.model_copy(update={"proposal": proposal}),
     })
 
 
 def resolve(raw: dict[str, Any] | RunConfig, *, saved: bool = False) -> RunConfig:
     """Validate plain data into a :class:`RunConfig` whose components are typed options.
+
+    The modules of ``plugins`` (and, once per process, the entry points of installed packages)
+    are imported first, so that the components they register are choices
+    (:func:`~vaelab.registry.load_plugins`); a ``"module:name"`` component is imported by its
+    registry.
 
     :param raw: plain data (a parsed TOML file, a checkpoint's config) or a config to re-resolve.
     :param saved: ``raw`` was saved by a run (read it at its own version, see :func:`migrate`).
@@ -211,7 +333,7 @@ def resolve(raw: dict[str, Any] | RunConfig, *, saved: bool = False) -> RunConfi
     raw = migrate(raw) if saved else {**raw, "version": raw.get("version", CONFIG_VERSION)}
     if raw["version"] != CONFIG_VERSION:
         raw = migrate(raw)
-    unknown = [k for k in raw if k not in SECTIONS and k != "version"]
+    unknown = [k for k in raw if k not in SECTIONS and k not in ("version", "plugins")]
     if unknown:
         k = unknown[0]
         raise ConfigError(
@@ -221,6 +343,7 @@ def resolve(raw: dict[str, Any] | RunConfig, *, saved: bool = False) -> RunConfi
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error("", err, RunConfig)) from None
+    load_plugins(cfg.plugins)  # the user's modules register their components first
     return _resolve_components(cfg)
 
 

@@ -21,6 +21,7 @@ from vaelab.data.subsets import spread_indices
 from vaelab.inference.ais import estimate_marginal_ais
 from vaelab.inference.exact import exact_log_likelihood
 from vaelab.inference.marginal import MarginalEstimate, estimate_marginal
+from vaelab.inference.numerics import flush_denormals
 from vaelab.inference.proposals import make_proposal, proposal_name
 from vaelab.inference.runfolder import best_state, latest_commit
 from vaelab.resolve import apply_overrides, resolve
@@ -60,7 +61,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", data: DataSplits | N
     state = best_state(run_dir) if checkpoint == "best" else commit.state
     cfg = resolve(state["config"], saved=True)
     data = data if data is not None else load_dataset(cfg.data)
-    vae = build_vae(cfg, data.train.shape[1])
+    vae = build_vae(cfg, data.train.shape[1], data.shape)
     vae.load_state_dict(state["model"])
     vae.eval()
     return Run(run_dir, cfg, vae, data, Preprocessor(cfg.data, data), state["epoch"])
@@ -75,9 +76,13 @@ def eval_config(cfg: RunConfig, overrides: list[str]) -> EvalConfig:
 
 
 def bytes_per_particle(vae, data_dim: int) -> int:
-    """Rough bytes of activations one particle of one data point needs (for chunk sizing)."""
+    """Rough bytes of activations one particle of one data point needs (for chunk sizing): the
+    decoder's layers (:attr:`~vaelab.model.networks.Network.activations_per_row`) and, where
+    the guide family or the prior is a flow, its per-particle work."""
     g = vae.generative
-    hidden = sum(m.out_features for m in g.decoder.linear_layers)
+    hidden = g.decoder.activations_per_row
+    hidden += getattr(vae.inference.posterior, "activations_per_sample", 0)
+    hidden += getattr(g.prior, "activations_per_sample", 0)
     return 4 * (4 * data_dim + 2 * hidden + 4 * g.latent.flat_dim + g.likelihood.param_size)
 
 
@@ -145,7 +150,7 @@ def evaluate(
         raise ValueError(f"eval.split: the {ec.split!r} split of this run's data has no points")
     run.vae.generative.likelihood.check_data(x, key=f"model.likelihood (on the {ec.split} split)")
     model, guide = run.vae.eval_pair()
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), flush_denormals(run.cfg.train.flush_denormal):
         if ec.method == "is":
             est = estimate_marginal(
                 model, make_proposal(ec.proposal, model, guide), x,

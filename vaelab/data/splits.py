@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vaelab.data.errors import DataError
+from vaelab.data.values import KINDS
 
 __all__ = ["SPLITS", "DataSplits"]
 
@@ -27,8 +28,10 @@ class DataSplits:
     :param binary: every value is 0 or 1.
     :param levels: the number of discrete values a coordinate takes, data given as
         ``level / (levels - 1)``: 256 for 8-bit grey levels, 2 for binary data, ``None`` for
-        continuous data.
+        counts and continuous data.
     :param labels: int64 class labels of shape ``(N_split,)`` by split name; may be empty.
+    :param values: how the numbers were read, one of ``binary``, ``levels``, ``counts``,
+        ``real`` (:mod:`vaelab.data.values`); ``None``: derived from ``binary`` and ``levels``.
     """
 
     train: torch.Tensor
@@ -39,8 +42,14 @@ class DataSplits:
     binary: bool = False
     levels: int | None = None
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    values: str | None = None
 
     def __post_init__(self) -> None:
+        if self.values is None:
+            self.values = "binary" if self.binary else "levels" if self.levels else "real"
+        if self.values not in KINDS:
+            raise DataError(f"data set {self.name!r}: values must be one of {', '.join(KINDS)}, "
+                            f"got {self.values!r}")
         dims = {s: tuple(self.split(s).shape) for s in SPLITS}
         if any(len(d) != 2 for d in dims.values()) or len({d[1] for d in dims.values()}) != 1:
             raise DataError(f"data set {self.name!r}: splits must be (N, D) with one D, got {dims}")
@@ -53,6 +62,14 @@ class DataSplits:
         for s, y in self.labels.items():
             if s not in SPLITS or y.shape != (self.split(s).shape[0],):
                 raise DataError(f"data set {self.name!r}: labels[{s!r}] do not match the split")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one data point: ``(C, H, W)`` for images (C = 1 for the grey and binary
+        sets), ``(D,)`` for tables; ``D = prod(shape)``."""
+        if self.image_shape is not None:
+            return (1, *self.image_shape)
+        return (self.dim,)
 
     @property
     def dim(self) -> int:
@@ -77,6 +94,6 @@ class DataSplits:
         sizes = "/".join(str(n) for n in self.sizes().values())
         return (
             f"DataSplits(name={self.name!r}, train/valid/test={sizes}, D={self.dim}, "
-            f"image_shape={self.image_shape}, binary={self.binary}, levels={self.levels}, "
-            f"labels={sorted(self.labels)})"
+            f"image_shape={self.image_shape}, values={self.values!r}, binary={self.binary}, "
+            f"levels={self.levels}, labels={sorted(self.labels)})"
         )

@@ -35,7 +35,9 @@ from vaelab.data import DataSplits, Preprocessor, iterate_batches, load_dataset
 from vaelab.data.subsets import subset_indices
 from vaelab.inference.checkpoint import atomic_write_text, load_checkpoint
 from vaelab.inference.marginal import estimate_marginal
+from vaelab.inference.numerics import flush_denormals
 from vaelab.inference.objectives import build_objective
+from vaelab.inference.objectives._jit import TensorArgsMixin, compiled_matches_eager
 from vaelab.inference.runfolder import (
     Commit,
     RunLock,
@@ -118,8 +120,12 @@ class Stepper:
     svi: pyro.infer.SVI | None
     optimizer: torch.optim.Adam | None
 
-    def __init__(self, tc: TrainConfig, vae: VAE, objective):
+    def __init__(self, tc: TrainConfig, vae: VAE, objective, eager=None):
         self.vae, self.objective, self.clip_norm = vae, objective, tc.clip_norm
+        #: a compiled objective's eager twin, for steps at β = 0: there the eager model drops
+        #: the latent site (no gradient at all for the prior, so Adam skips it), which a
+        #: compiled graph, scaling by a tensor β, cannot do
+        self.eager = eager
         self.params = list(vae.parameters())
         self.svi, self.optimizer = None, None
         if tc.driver == "svi":
@@ -135,7 +141,10 @@ class Stepper:
         if self.optimizer is None:
             assert self.svi is not None
             return self.svi.step(x, beta, temperature), None
-        loss = self.objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta, temperature)
+        objective = self.objective
+        if self.eager is not None and isinstance(beta, (int, float)) and beta == 0.0:
+            objective = self.eager
+        loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta, temperature)
         grad_norm = None
         if self.clip_norm > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm,
@@ -213,7 +222,7 @@ def _config_changes(saved: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ, ignoring :data:`RESUMABLE_KEYS` and the [eval] section."""
     out = []
     for section in saved.keys() | new.keys():
-        if section in ("eval", "version"):
+        if section in ("eval", "version", "plugins"):
             continue
         a, b = saved.get(section, {}), new.get(section, {})
         for key in a.keys() | b.keys():
@@ -304,6 +313,31 @@ def _best_model(saved: Commit, out: Path) -> dict | None:
     except (FileNotFoundError, ValueError):
         return None
     return best["model"] if best["epoch"] == saved.state["best_epoch"] - 1 else None
+
+
+def choose_objective(cfg: RunConfig, vae: VAE, data: DataSplits, pre: Preprocessor):
+    """The objective to train with and, when it is compiled, its eager twin: ``objective.jit =
+    "auto"`` compiles where allowed, then checks the compiled loss against the eager one on a
+    fixed first batch (else eager, noted)."""
+    objective = build_objective(cfg.objective, vae)
+    if cfg.objective.jit is False or not isinstance(objective, TensorArgsMixin):
+        return objective, None
+    tc = cfg.train
+    eager = build_objective(cfg.objective.model_copy(update={"jit": False}), vae)
+    if cfg.objective.jit == "auto" and data.train.shape[0] % tc.batch_size:
+        note(f"objective.jit = 'auto': eager, the last batch is smaller than train.batch_size "
+             f"= {tc.batch_size} ({data.train.shape[0]} training points) and a compiled graph "
+             "has one batch size")
+        return eager, None
+    x = pre.eval_batch(data.train[: tc.batch_size], derived_generator(tc.seed, 2))
+    x = x.to(next(vae.parameters()).device)  # (B, D)
+    tau = vae.latent.temperature_at(0)
+    argsets = [(x, 1.0, tau)] if tau is not None else [(x,), (x, 0.5)]
+    if compiled_matches_eager(objective, eager, vae, argsets) or cfg.objective.jit is True:
+        return objective, eager
+    note("objective.jit = 'auto': eager, the compiled loss differs from the eager one on the "
+         "first batch")
+    return eager, None
 
 
 def check_splits(vae: VAE, pre: Preprocessor, data: DataSplits, x_valid: torch.Tensor) -> None:
@@ -415,8 +449,8 @@ def save_epoch(out: Path, cfg: RunConfig, vae: VAE, stepper: Stepper, progress: 
     model = vae.state_dict()
     if not all(bool(t.isfinite().all()) for t in model.values() if t.is_floating_point()):
         raise NonFiniteLossError(
-            f"non-finite parameters after epoch {progress.epoch}; {_last_good(progress)} "
-            "(the epoch was not committed). Try a lower train.lr or train.clip_norm > 0")
+            f"non-finite parameters after epoch {progress.epoch}; {_last_good(progress)}. "
+            "Try a lower train.lr or train.clip_norm > 0")
     state = {"config": to_dict(cfg), "model": model, "optimizer": stepper.state_dict(),
              "rng": get_rng_state(), **progress.state_dict(), "best_model": best_model}
     commit(out, state, is_best)
@@ -456,12 +490,12 @@ def train(
 
     data = data if data is not None else load_dataset(cfg.data)
     pre = Preprocessor(cfg.data, data)
-    vae = build_vae(cfg, data.train.shape[1]).to(device)
+    vae = build_vae(cfg, data.train.shape[1], data.shape).to(device)
     x_valid = validation_points(data, pre, cfg)
     check_splits(vae, pre, data, x_valid)
     with writing(out, cfg, resume) as saved, StopSignals() as stop, \
-            pyro.validation_enabled(tc.pyro_validation):
-        stepper = Stepper(tc, vae, build_objective(cfg.objective, vae))
+            pyro.validation_enabled(tc.pyro_validation), flush_denormals(tc.flush_denormal):
+        stepper = Stepper(tc, vae, *choose_objective(cfg, vae, data, pre))
         progress, best_model = Progress(), None
         if saved is not None:
             vae.load_state_dict(saved.state["model"])
@@ -477,7 +511,7 @@ def train(
             if not math.isfinite(row["valid_elbo"]):
                 raise NonFiniteLossError(
                     f"non-finite validation ELBO ({row['valid_elbo']}) after epoch "
-                    f"{row['epoch']}; {_last_good(progress)} (the epoch was not committed)")
+                    f"{row['epoch']}; {_last_good(progress)}")
             stop.check(row["epoch"], row["step"], progress.epoch)
             is_best = progress.record(_ordered(row))
             if is_best or best_model is None:

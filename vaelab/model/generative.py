@@ -25,7 +25,7 @@ from torch import nn
 
 from vaelab.model.latents import Latent
 from vaelab.model.likelihoods import Likelihood
-from vaelab.model.networks import MLP, register_module
+from vaelab.model.networks import Network, register_module
 from vaelab.model.priors import Prior
 
 __all__ = ["Generative", "scaled"]
@@ -33,13 +33,20 @@ __all__ = ["Generative", "scaled"]
 
 def scaled(beta: float | torch.Tensor):
     """``poutine.scale`` for a KL weight β: a no-op when β is the Python float 1, and a mask
-    (log-densities dropped, as β = 0 requires; ``poutine.scale`` refuses 0) when β == 0."""
+    (log-densities dropped, as β = 0 requires; ``poutine.scale`` refuses 0) when β == 0.
+
+    A tensor β (what the compiled objectives pass, so that one graph serves the whole warm-up)
+    cannot branch: it scales, and β = 0 multiplies the finite log-densities by 0. Pyro's
+    validation refuses a zero tensor scale at construction, so it is built without it.
+    """
     if isinstance(beta, (int, float)):
         if beta == 1.0:
             return _NULL
         if beta == 0.0:
             return poutine.mask(mask=False)
-    return poutine.scale(scale=beta)
+        return poutine.scale(scale=beta)
+    with pyro.validation_enabled(False):
+        return poutine.scale(scale=beta)
 
 
 class _Null:
@@ -56,7 +63,7 @@ _NULL = _Null()
 class Generative(nn.Module):
     """Prior, decoder network and likelihood, with :meth:`forward` as the Pyro model."""
 
-    def __init__(self, latent: Latent, prior: Prior, decoder: MLP, likelihood: Likelihood):
+    def __init__(self, latent: Latent, prior: Prior, decoder: Network, likelihood: Likelihood):
         super().__init__()
         self.latent = latent
         self.prior = prior

@@ -1,16 +1,24 @@
-"""Argument handling for Pyro's JIT objectives.
+"""Pyro's JIT objectives: argument handling, the allowlist, and the compiled-equals-eager check.
 
 ``torch.jit.trace`` takes tensors only, and Pyro compiles one graph per argument count; a Python
 float β or a ``None`` temperature would break it, and a float changing every warm-up step would
 recompile. :class:`TensorArgsMixin` drops trailing defaults and turns β into a tensor, so the
 loop can call every objective the same way: ``loss_and_grads(model, guide, x, beta, temperature)``.
+
+``objective.jit = "auto"`` compiles only what is known to trace correctly: the components in
+:data:`JIT_ALLOWLIST`, each of which ``tests/test_jit.py`` trains compiled and eager to the same
+parameters (a user's component class may declare ``jit_safe = True``); :func:`jit_blockers` lists
+the components that are not, and :func:`compiled_matches_eager` checks the first batch before
+training relies on the graph.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["TensorArgsMixin", "tensor_args"]
+from vaelab.seed import get_rng_state, set_rng_state
+
+__all__ = ["JIT_ALLOWLIST", "TensorArgsMixin", "compiled_matches_eager", "jit_blockers", "tensor_args"]
 
 
 def tensor_args(x, beta=1.0, temperature=None) -> tuple:
@@ -26,10 +34,58 @@ class TensorArgsMixin:
     """Mix into a ``Jit*_ELBO`` before the Pyro class: converts the loop's arguments."""
 
     def loss(self, model, guide, *args, **kwargs):
-        return super().loss(model, guide, *tensor_args(*args), **kwargs)
+        return super().loss(model, guide, *tensor_args(*args), **kwargs)  # type: ignore[misc]
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
-        return super().loss_and_grads(model, guide, *tensor_args(*args), **kwargs)
+        return super().loss_and_grads(  # type: ignore[misc]
+            model, guide, *tensor_args(*args), **kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        return super().differentiable_loss(model, guide, *tensor_args(*args), **kwargs)
+        return super().differentiable_loss(  # type: ignore[misc]
+            model, guide, *tensor_args(*args), **kwargs)
+
+
+#: component classes whose compiled objective is tested equal to the eager one
+JIT_ALLOWLIST = frozenset({
+    "GaussianLatent",
+    "StandardNormalPrior", "LearnedNormalPrior", "LaplacePrior",
+    "BernoulliLikelihood", "NormalLikelihood",
+    "NormalPosterior",
+})
+
+
+def jit_blockers(vae) -> list[str]:
+    """The components of ``vae`` not on :data:`JIT_ALLOWLIST` (nor declaring ``jit_safe``)."""
+    parts = {
+        "latent type": vae.generative.latent,
+        "prior": vae.generative.prior,
+        "likelihood": vae.generative.likelihood,
+        "guide family": vae.inference.posterior,
+    }
+    return [f"{role} {type(m).__name__}" for role, m in parts.items()
+            if type(m).__name__ not in JIT_ALLOWLIST and not getattr(type(m), "jit_safe", False)]
+
+
+def compiled_matches_eager(compiled, eager, vae, argsets: list[tuple], rtol: float = 1e-5) -> bool:
+    """Compile ``compiled`` for every argument pattern training will call it with (``argsets``,
+    e.g. ``[(x,), (x, 0.5)]``: Pyro compiles one graph per argument count), then say whether
+    its loss on ``argsets[0]`` equals the eager one's on the same draws.
+
+    Compiling runs the function several times; doing it here, with the global RNG state
+    restored afterwards and the gradients cleared, makes training draw exactly what the eager
+    objective would draw.
+    """
+    state = get_rng_state()
+    try:
+        for args in argsets:
+            set_rng_state(state)
+            compiled.loss_and_grads(vae.model, vae.guide, *args)
+        set_rng_state(state)
+        want = eager.loss_and_grads(vae.model, vae.guide, *argsets[0])
+        set_rng_state(state)
+        got = compiled.loss_and_grads(vae.model, vae.guide, *argsets[0])
+    finally:
+        set_rng_state(state)
+        for p in vae.parameters():
+            p.grad = None
+    return abs(got - want) <= rtol * (1.0 + abs(want))

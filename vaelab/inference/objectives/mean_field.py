@@ -13,7 +13,9 @@ normal guide with the ``standard_normal`` and ``normal`` priors), and by Monte C
 analytic. β scales the KL through the latent sites' scales (both the model's and the guide's).
 
 The guide must be fully reparameterized (Pyro's estimator has no score-function term): a
-non-reparameterized guide family is refused with a :class:`~vaelab.registry.ConfigError`.
+non-reparameterized guide family is refused with a :class:`~vaelab.registry.ConfigError`, and so
+is a normalizing flow as guide family or prior (``iaf``, ``flow``): no KL with a flow has a
+closed form, and the silent Monte Carlo fallback would make ``mean_field`` a slower ``trace``.
 
 With ``objective.jit = true`` the loss is compiled by :func:`pyro.ops.jit.trace` through
 :class:`CachedJitTraceMeanField_ELBO`, which fixes Pyro 1.9.2's
@@ -38,10 +40,10 @@ from pyro.util import warn_if_nan
 
 from vaelab.inference.objectives._jit import TensorArgsMixin
 from vaelab.inference.objectives._particles import fn_key, require_reparameterized
-from vaelab.inference.objectives.registry import OBJECTIVES
+from vaelab.inference.objectives.registry import OBJECTIVES, compiles
 from vaelab.registry import ConfigError
 
-__all__ = ["MeanFieldELBO", "CachedJitTraceMeanField_ELBO", "build_mean_field"]
+__all__ = ["MeanFieldELBO", "CachedJitTraceMeanField_ELBO", "build_mean_field", "refuse_flows"]
 
 
 class _ReparameterizedCheck:
@@ -114,12 +116,28 @@ class CachedJitTraceMeanField_ELBO(TensorArgsMixin, _CachingJitTraceMeanField_EL
     """The fixed JIT mean-field ELBO, called with the loop's ``(x, β, τ)`` arguments."""
 
 
+def refuse_flows(vae) -> None:
+    """Raise :class:`ConfigError` for a normalizing-flow guide family or prior: no KL with a
+    flow has a closed form, and TraceMeanField_ELBO would fall back to Monte Carlo silently."""
+    for key, part in (("guide.family", vae.inference.posterior),
+                      ("model.prior", vae.generative.prior)):
+        if getattr(part, "normalizing_flow", False):
+            raise ConfigError(
+                f"objective.name = 'mean_field' computes KL(q || p) in closed form, but {key} is "
+                f"a normalizing flow ({type(part).__name__}), which has none; use "
+                "objective.name = 'trace' (the same ELBO with a Monte Carlo KL), 'iwae', "
+                "'renyi', 'stl' or 'iwae_dreg'"
+            )
+
+
 @OBJECTIVES.register("mean_field")
+@compiles
 def build_mean_field(cfg, vae) -> TraceMeanField_ELBO:
     """TraceMeanField_ELBO: analytic KL where registered (the fixed JIT with ``objective.jit``)."""
     require_reparameterized(
         "mean_field", vae=vae, why=" (TraceMeanField_ELBO has no score-function term)"
     )
+    refuse_flows(vae)
     cls = CachedJitTraceMeanField_ELBO if cfg.jit else MeanFieldELBO
     return cls(
         num_particles=cfg.num_particles,

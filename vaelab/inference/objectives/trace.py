@@ -18,7 +18,7 @@ from __future__ import annotations
 from pyro.infer import JitTrace_ELBO, Trace_ELBO
 
 from vaelab.inference.objectives._jit import TensorArgsMixin
-from vaelab.inference.objectives.registry import OBJECTIVES
+from vaelab.inference.objectives.registry import OBJECTIVES, compiles
 
 
 class JitTraceELBO(TensorArgsMixin, JitTrace_ELBO):
@@ -26,6 +26,7 @@ class JitTraceELBO(TensorArgsMixin, JitTrace_ELBO):
 
 
 @OBJECTIVES.register("trace")
+@compiles
 def build_trace(cfg, vae):
     """Trace_ELBO (JitTrace_ELBO with ``objective.jit``)."""
     cls = JitTraceELBO if cfg.jit else Trace_ELBO
