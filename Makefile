@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev,sklearn,anndata]'
 	$(BIN)/python -c "import torch, pyro; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, '| pyro', pyro.__version__)"
 	touch $(STAMP)
 
@@ -31,12 +31,19 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check vaelab tests experiments benchmarks
+	$(BIN)/ruff check vaelab tests experiments benchmarks examples
 	$(BIN)/mypy vaelab/model vaelab/guide vaelab/inference
 
+# Every benchmark, its tables gathered into benchmarks/results.md (ratios measured in one run).
+BENCHMARKS := startup train_step epoch marginal
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_step.py
-	$(BIN)/python benchmarks/marginal.py
+	@set -e; out=benchmarks/results.md; tmp=$$out.tmp; \
+	echo "# Benchmark results" > $$tmp; \
+	echo "" >> $$tmp; echo "\`make bench\` on $$(nproc) cores, $$(date -u +%Y-%m-%d)." >> $$tmp; \
+	for b in $(BENCHMARKS); do \
+	  echo "" >> $$tmp; echo "## benchmarks/$$b.py" >> $$tmp; echo "" >> $$tmp; \
+	  $(BIN)/python benchmarks/$$b.py | tee -a $$tmp; \
+	done; mv $$tmp $$out; echo "wrote $$out"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -86,3 +86,23 @@ def test_report_reconstructs_points_spread_over_the_test_split(tmp_path, tiny_cf
     expected = run.pre.eval_split(test[spread_indices(test.shape[0], 32)], 0)
     assert len(seen) == 1 and torch.equal(seen[0], expected)
     assert not torch.equal(seen[0], run.pre.eval_split(test[:32], 0))
+
+
+def test_version_list_and_plain_help(capsys):
+    import pytest
+
+    from vaelab import __version__
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"vaelab {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for kind in ("priors:", "likelihoods:", "families:", "networks:", "objectives:", "datasets:"):
+        assert kind in out, kind
+    assert "  vamp — " in out and "components: int = 10" in out and "``" not in out
+    assert main(["list", "priorz"]) == 2
+    assert "kinds: " in capsys.readouterr().err

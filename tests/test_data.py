@@ -394,9 +394,202 @@ def test_array_config_errors(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="obj.npy"):
         load_dataset(DataConfig(name="array", path=str(tmp_path / "obj.npy")))
-    np.save(tmp_path / "int.npy", np.arange(20).reshape(10, 2))
-    with pytest.raises(DataError, match="uint8"):
-        load_dataset(DataConfig(name="array", path=str(tmp_path / "int.npy")))
+    np.save(tmp_path / "text.npy", np.array([["a", "b"]] * 10))
+    with pytest.raises(DataError, match=r"text\.npy.*unsupported dtype <U1"):
+        load_dataset(DataConfig(name="array", path=str(tmp_path / "text.npy")))
+    with pytest.raises(ConfigError, match=r"data\.path.*\.csv or \.h5ad"):
+        load_dataset(DataConfig(name="array", path=str(tmp_path / "x.txt")))
+
+
+# --------------------------------------------------------------------------------------------
+# data.values, CSV, AnnData, the scikit-learn data sets
+
+
+def _load(path, capsys=None, **kw):
+    splits = load_dataset(DataConfig(name="array", path=str(path), **kw))
+    said = capsys.readouterr().err if capsys is not None else ""
+    return splits, said
+
+
+@pytest.mark.parametrize("array,values,kind,levels,said", [
+    (np.array([[0, 1], [1, 1]] * 10, dtype=bool), "auto", "binary", 2, "all 0 or 1"),
+    (np.array([[0, 1], [1, 0]] * 10, dtype=np.uint8), "auto", "binary", 2,
+     "not as 8-bit grey levels"),
+    (np.array([[0, 7], [200, 255]] * 10, dtype=np.uint8), "auto", "levels", 256,
+     "uint8 values read as 8-bit grey levels"),
+    (np.array([[0, 7], [16, 3]] * 10, dtype=np.int32), "auto", "counts", None,
+     "int32 values read as counts 0..16"),
+    (np.array([[0.0, 7.0], [16.0, 3.0]] * 10), "auto", "counts", None, "read as counts 0..16"),
+    (np.array([[-1, 7], [16, 3]] * 10, dtype=np.int64), "auto", "real", None,
+     "read as real numbers in [-1, 16]"),
+    (np.array([[0.5, 7.25], [16.0, 3.0]] * 10), "auto", "real", None, "real numbers"),
+    (np.array([[0, 7], [16, 3]] * 10, dtype=np.int64), "levels", "levels", 17,
+     "17 levels k/16"),
+    (np.array([[0, 7], [200, 3]] * 10, dtype=np.uint8), "levels", "levels", 256, ""),
+    (np.array([[0, 1], [1, 0]] * 10, dtype=np.int64), "levels", "binary", 2, ""),
+    (np.array([[0, 7], [200, 3]] * 10, dtype=np.uint8), "counts", "counts", None, ""),
+    (np.array([[0, 7], [200, 3]] * 10, dtype=np.uint8), "real", "real", None, ""),
+])
+def test_values_say_how_numbers_are_read(tmp_path, capsys, array, values, kind, levels, said):
+    np.save(tmp_path / "x.npy", array)
+    splits, err = _load(tmp_path / "x.npy", capsys, values=values)
+    assert splits.values == kind and splits.levels == levels
+    assert (said in err) if said else ("note" not in err), err
+    everything = torch.cat([splits.train, splits.valid, splits.test])
+    expected = torch.tensor(array.astype(np.float64), dtype=torch.float32)
+    if kind == "levels":
+        expected = expected / (levels - 1)
+    assert torch.allclose(everything.sort(0).values, expected.sort(0).values, atol=1e-7)
+
+
+@pytest.mark.parametrize("values,array,match", [
+    ("counts", np.array([[-1, 2]] * 10), r"data.values = 'counts'.*negative values"),
+    ("counts", np.array([[0.5, 2.0]] * 10), r"non-integer values.*data.values = 'real'"),
+    ("levels", np.array([[0.25, 1.0]] * 10), r"levels are integers 0..L-1"),
+    ("counts", np.array([[2.0**25, 1.0]] * 10), r"exceed 2\^24"),
+    ("real", np.array([[1e39, 1.0]] * 10), r"NaN or infinite \(in float32\).*row 1, column 1"),
+])
+def test_values_that_a_reading_refuses(tmp_path, values, array, match):
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(DataError, match=match):
+        load_dataset(DataConfig(name="array", path=str(tmp_path / "bad.npy"), values=values))
+
+
+def test_splits_of_one_file_are_read_the_same_way(tmp_path):
+    """Levels L = max + 1 over all splits (here the test split holds the maximum)."""
+    np.savez(tmp_path / "d.npz", train=np.array([[0, 3]] * 8), test=np.array([[9, 1]] * 2))
+    splits = load_dataset(DataConfig(name="array", path=str(tmp_path / "d.npz"), values="levels"))
+    assert splits.levels == 10 and float(splits.test.max()) == 1.0
+    assert torch.allclose(splits.train[0], torch.tensor([0.0, 3 / 9]))
+
+
+@pytest.mark.parametrize("text,header", [
+    ("a,b,c\n1,2.5,-3\n4,5,6e2\n", ["a", "b", "c"]),
+    ('"x 1";"y";"z"\n1;2.5;-3\n4;5;6e2\n', ["x 1", "y", "z"]),
+    ("1\t2.5\t-3\n4\t5\t6e2\n\n", None),
+    ("\ufeff1,2.5,-3\r\n4,5,600\r\n", None),  # a byte-order mark and Windows line ends
+])
+def test_read_csv_with_and_without_a_header(tmp_path, text, header):
+    path = tmp_path / "t.csv"
+    path.write_text(text, encoding="utf-8")
+    array, names = formats.read_csv(path)
+    assert names == header
+    assert np.array_equal(array, np.array([[1, 2.5, -3], [4, 5, 600]]))
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a,b\n1,2\n3,M\n", r"line 3, column 2 \('b'\): 'M' is not a number"),
+    ("1,2\n3,\n", r"line 2, column 2: '' is not a number"),
+    ("a,b\n1,2\n3\n", r"line 3: 1 fields, the rows before it have 2"),
+    ("a,b,c\n1,2\n", r"the header names 3 columns, the rows hold 2"),
+    ("a,b\n", r"has a header and no rows"),
+    ("", r"is empty"),
+])
+def test_read_csv_errors_name_the_line_and_column(tmp_path, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=match):
+        formats.read_csv(path)
+
+
+def test_array_csv_is_a_table(tmp_path, capsys):
+    """A CSV of 16 columns stays a table (no 4×4 image is guessed), counts read as counts."""
+    rng = np.random.default_rng(0)
+    x = rng.poisson(2.0, (50, 16))
+    np.savetxt(tmp_path / "c.csv", x, delimiter=",", fmt="%d",
+               header=",".join(f"gene{i}" for i in range(16)), comments="")
+    splits, err = _load(tmp_path / "c.csv", capsys)
+    assert splits.values == "counts" and splits.image_shape is None and splits.shape == (16,)
+    assert "read as counts" in err
+    everything = torch.cat([splits.train, splits.valid, splits.test])
+    assert torch.equal(everything.sort(0).values, torch.tensor(x, dtype=torch.float32).sort(0)
+                       .values)
+
+
+def test_array_h5ad_reads_the_counts_layer(tmp_path, capsys):
+    anndata = pytest.importorskip("anndata", reason="the [anndata] extra is not installed")
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(1.5, (40, 7)).astype(np.float32)
+    adata = anndata.AnnData(X=scipy.sparse.csr_matrix(np.log1p(counts)))
+    adata.layers["counts"] = scipy.sparse.csr_matrix(counts)
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    splits, err = _load(tmp_path / "cells.h5ad", capsys, valid_fraction=0.25, test_fraction=0.25)
+    assert "layers['counts'] matrix, 40 cells × 7 genes" in err and "read as counts" in err
+    assert splits.values == "counts" and splits.shape == (7,) and splits.sizes() == {
+        "train": 20, "valid": 10, "test": 10}
+    everything = torch.cat([splits.train, splits.valid, splits.test])
+    assert torch.equal(everything.sort(0).values, torch.from_numpy(counts).sort(0).values)
+    anndata.AnnData(X=counts).write_h5ad(tmp_path / "x_only.h5ad")  # no layer: X is read
+    splits, err = _load(tmp_path / "x_only.h5ad", capsys)
+    assert "AnnData X matrix" in err and splits.values == "counts"
+    (tmp_path / "junk.h5ad").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match=r"cannot read .h5ad file .*junk\.h5ad"):
+        _load(tmp_path / "junk.h5ad")
+
+
+def test_scikit_learn_data_sets_carry_their_shape_values_and_labels():
+    pytest.importorskip("sklearn", reason="the [sklearn] extra is not installed")
+    digits = load_dataset(DataConfig(name="digits"))
+    assert sum(digits.sizes().values()) == 1797 and digits.shape == (1, 8, 8)
+    assert digits.values == "counts" and digits.levels is None
+    everything = torch.cat([digits.train, digits.valid, digits.test])
+    assert float(everything.min()) == 0.0 and float(everything.max()) == 16.0
+    assert torch.equal(everything, everything.round())
+    assert set(digits.labels["test"].tolist()) == set(range(10))
+    levels = load_dataset(DataConfig(name="digits", values="levels"))
+    assert levels.values == "levels" and levels.levels == 17
+    assert torch.allclose(levels.train * 16, digits.train)  # same split, k/16
+    cancer = load_dataset(DataConfig(name="breast_cancer", split_seed=1))
+    assert sum(cancer.sizes().values()) == 569 and cancer.shape == (30,)
+    assert cancer.values == "real" and cancer.image_shape is None
+    assert float(cancer.train.max()) > 1000 and set(cancer.labels["train"].tolist()) == {0, 1}
+    with pytest.raises(DataError, match="breast_cancer.*non-integer values"):
+        load_dataset(DataConfig(name="breast_cancer", values="counts"))
+    with pytest.raises(ConfigError, match="data.values = 'counts'.*binary"):
+        load_dataset(DataConfig(name="synthetic", values="counts"))
+
+
+def test_standardization_from_the_training_split(capsys):
+    """y = (x − m) / s with the training split's mean and population standard deviation;
+    log-Jacobian −Σ log s; a constant feature keeps s = 1 (with a note); deterministic."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(500, 3, generator=g) * torch.tensor([10.0, 0.1, 1.0]) + 5
+    train[:, 2] = 7.0  # constant
+    test = torch.randn(20, 3, generator=g)
+    splits = DataSplits(train, test, test, name="t")
+    pre = Preprocessor(DataConfig(standardize=True), splits)
+    assert "1 feature(s)" in capsys.readouterr().err
+    x = train.double()
+    m, s = x.mean(0), x.std(0, correction=0)
+    s[2] = 1.0
+    assert torch.allclose(pre.mean.double(), m, atol=1e-5)
+    assert torch.allclose(pre.scale.double(), s, rtol=1e-6)
+    y = pre.eval_split(test)
+    assert torch.allclose(y, ((test - m.float()) / s.float()), atol=1e-6)
+    assert torch.equal(pre.train_batch(test, torch.Generator()), y)  # no random draw
+    assert pre.log_jacobian_per_point(3) == pytest.approx(-float(s.log().sum()), rel=1e-6)
+    standardized = pre.eval_split(train)
+    assert torch.allclose(standardized[:, :2].mean(0), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(standardized[:, :2].std(0, correction=0), torch.ones(2), atol=1e-5)
+    again = Preprocessor(DataConfig(standardize=True), splits)  # recomputed: the same numbers
+    assert torch.equal(again.mean, pre.mean) and torch.equal(again.scale, pre.scale)
+    with pytest.raises(ConfigError, match="standardize=true and data.dequantize=true"):
+        Preprocessor(DataConfig(standardize=True, dequantize=True), grey_splits())
+
+
+def test_dequantization_of_levels_other_than_256():
+    """17 levels k/16: x' = (k + u)/17 stays in level k's cube; log-Jacobian −D log 17."""
+    k = torch.arange(17, dtype=torch.float32).repeat(4).unsqueeze(1)  # (68, 1)
+    splits = DataSplits(k / 16, k[:5] / 16, k[:5] / 16, name="l17", levels=17)
+    pre = Preprocessor(DataConfig(dequantize=True), splits)
+    x = pre.eval_split(splits.train)
+    assert torch.equal(torch.floor(x * 17), k)
+    assert pre.log_jacobian_per_point(64) == pytest.approx(-64 * math.log(17))
+    counts = DataSplits(k, k[:5], k[:5], name="c", values="counts")
+    with pytest.raises(ConfigError, match="counts data, not levels"):
+        Preprocessor(DataConfig(dequantize=True), counts)
 
 
 # --------------------------------------------------------------------------------------------

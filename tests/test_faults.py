@@ -106,35 +106,38 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert not list(b.rglob("*.tmp")), list(b.rglob("*.tmp"))
 
 
+def _config_file(factory, name: str, text: str) -> Path:
+    path = factory.mktemp("cfg") / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def _uninterrupted(factory, cfg: Path) -> Path:
+    """One uninterrupted run of ``cfg``, trained once for the whole module."""
+    out = factory.mktemp(f"ref_{cfg.stem}") / "run"
+    r = vaelab(*train_args(cfg, out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 @pytest.fixture(scope="module")
 def cfg_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
-    path.write_text(CONFIG)
-    return path
+    return _config_file(tmp_path_factory, "tiny", CONFIG)
 
 
 @pytest.fixture(scope="module")
 def reference(cfg_file, tmp_path_factory) -> Path:
-    """One uninterrupted run, trained once for the whole module."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    r = vaelab(*train_args(cfg_file, out))
-    assert r.returncode == 0, r.stderr
-    return out
+    return _uninterrupted(tmp_path_factory, cfg_file)
 
 
 @pytest.fixture(scope="module")
 def slow_cfg_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "slow.toml"
-    path.write_text(SLOW_CONFIG)
-    return path
+    return _config_file(tmp_path_factory, "slow", SLOW_CONFIG)
 
 
 @pytest.fixture(scope="module")
 def slow_reference(slow_cfg_file, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("slowref") / "run"
-    r = vaelab(*train_args(slow_cfg_file, out))
-    assert r.returncode == 0, r.stderr
-    return out
+    return _uninterrupted(tmp_path_factory, slow_cfg_file)
 
 
 @pytest.mark.parametrize("point", FAULT_POINTS)

@@ -141,3 +141,18 @@ def test_train_command_builds_the_data_set_and_the_vae_once(tmp_path, monkeypatc
 @pytest.mark.parametrize("module", ["vaelab.config", "vaelab.resolve"])
 def test_modules_named_in_the_layout_exist(module):
     __import__(module)
+
+
+def test_help_and_import_pay_for_nothing_heavy():
+    """``import vaelab`` and ``vaelab --help`` import neither torch nor Pyro, matplotlib, scipy
+    or numpy (issue 12: start-up); they come when a command needs them."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, vaelab, vaelab.cli as c; c.build_parser()\n"
+             "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'pyro', 'matplotlib', 'scipy', 'numpy')"
+             " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out

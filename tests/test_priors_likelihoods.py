@@ -40,6 +40,7 @@ PRIOR_SPECS = {
     "student_t": "student_t",
     "mog": '{name = "mog", components = 3}',
     "vamp": '{name = "vamp", components = 3}',
+    "flow": '{name = "flow", hidden_sizes = [8]}',
 }
 LIKELIHOOD_SPECS = {
     "bernoulli": "bernoulli",
@@ -49,11 +50,16 @@ LIKELIHOOD_SPECS = {
     "beta": "beta",
     "discretized_logistic": "discretized_logistic",
     "categorical": "categorical",
+    "student_t": '{name = "student_t", learn = "feature", learn_df = true}',
+    "poisson": "poisson",
+    "negative_binomial": '{name = "negative_binomial", library_size = true}',
+    "zero_inflated_negative_binomial": "zero_inflated_negative_binomial",
 }
 #: guide families of the Gaussian latent type (the discrete ones are tested in test_categorical)
-GAUSSIAN_FAMILIES = ["normal", "student_t"]
+GAUSSIAN_FAMILIES = ["normal", "student_t", "iaf"]
 #: likelihoods that score the 8-bit levels themselves (the other grey-level ones: dequantized)
 DISCRETE_8BIT = {"discretized_logistic", "categorical"}
+COUNTS = {"poisson", "negative_binomial", "zero_inflated_negative_binomial"}
 
 
 def test_every_component_is_covered():
@@ -96,6 +102,10 @@ def data_for(likelihood, n=10):
     x = grey_levels(n)
     if likelihood == "bernoulli":
         return (x > 0.5).float()
+    if likelihood in COUNTS:
+        return torch.floor(x * 8)  # counts 0..8
+    if likelihood == "student_t":
+        return 10 * (x - 0.5)  # real values in [-5, 5]
     return x if likelihood in DISCRETE_8BIT else dequantized(x)
 
 
@@ -197,6 +207,9 @@ def test_priors_match_reference_densities():
             comp = (-0.5 * ((z[:, None] - prior.locs) / s) ** 2 - s.log()
                     - 0.5 * math.log(2 * math.pi)).sum(-1)  # (6, K)
             ref = (comp + prior.logits.log_softmax(-1)).logsumexp(-1)
+        elif name == "flow":  # MAF steps start at the identity: N(0, I) (tests/test_flows.py
+            # checks a perturbed flow against the change of variables)
+            ref = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
         else:  # vamp: uniform mixture of the guide's posteriors at the hard-tanh'd pseudo-inputs
             u = prior.pseudo_inputs.clamp(0, 1)
             q = vae.inference.posterior_dist(u)  # batch (K,)
@@ -276,7 +289,11 @@ def test_diagonal_normal_mixture_matches_mixture_same_family():
 @pytest.mark.parametrize("prior", list(PRIOR_SPECS))
 def test_analytic_kl_table_matches_torch_registry(family, prior):
     """``ANALYTIC_KL`` (the docstring's table) = the pairs torch has a closed form for, with the
-    prior expanded over the data plate as Pyro does."""
+    prior expanded over the data plate as Pyro does (the VampPrior refuses a flow guide)."""
+    if (family, prior) == ("iaf", "vamp"):
+        with pytest.raises(ConfigError, match="normalizing flow"):
+            build_vae(tiny_cfg(prior, "bernoulli", f"guide.family={family}"), D)
+        return
     vae = build_vae(tiny_cfg(prior, "bernoulli", f"guide.family={family}"), D)
     q = vae.inference.posterior_dist(torch.rand(4, D))  # batch (4,)
     p = vae.generative.prior().expand((4,))
@@ -527,7 +544,7 @@ def test_categorical_likelihood_reference():
 @pytest.mark.parametrize("likelihood", list(LIKELIHOOD_SPECS))
 def test_likelihood_shapes_under_a_particle_plate(likelihood):
     """params (K, B, P) → batch (K, B), event (D,), log_prob (K, B); mean (K, B, D)."""
-    learned = likelihood in ("normal", "laplace")
+    learned = likelihood in ("normal", "laplace", "student_t")
     spec = {"name": likelihood, "learn": "pixel"} if learned else likelihood
     lik = build_likelihood(spec)
     params = torch.randn(5, 4, lik.param_size)
@@ -548,10 +565,17 @@ def test_check_data_refuses_what_a_likelihood_cannot_score():
         lik.check_data((grey > 0.5).float())  # 0 and 1 are on the grid
         with pytest.raises(ConfigError, match=r"off that grid.*data\.dequantize = false"):
             lik.check_data(dequantized(grey))
-    for name in ("continuous_bernoulli", "normal", "laplace", "beta"):
+    for name in ("continuous_bernoulli", "normal", "laplace", "beta", "student_t"):
         build_likelihood(name).check_data(dequantized(grey))
-    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
-        build_likelihood("normal").check_data(grey * 2)
+    for name in ("normal", "laplace", "student_t"):  # real values of any range
+        build_likelihood(name).check_data(grey * 30 - 12)
+    for name in ("continuous_bernoulli", "beta", "bernoulli", *DISCRETE_8BIT):
+        with pytest.raises(ConfigError, match=r"outside \[0, 1\].*normal, student_t$"):
+            build_likelihood(name).check_data(grey * 2)
+    for name in COUNTS:
+        build_likelihood(name).check_data(torch.floor(grey * 1000))
+        with pytest.raises(ConfigError, match=r"not integers.*laplace, normal, student_t$"):
+            build_likelihood(name).check_data(grey)
 
 
 # --------------------------------------------------------------------------------------------

@@ -100,8 +100,10 @@ def test_warmup_is_logged(tmp_path):
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
-    # lr so large that the validation ELBO gets worse after the first epoch
-    cfg = _cfg("train.epochs=30", "train.patience=2", "train.lr=0.5", "train.clip_norm=1e6")
+    # lr so large that the validation ELBO gets worse after the first epoch (and the loss spikes
+    # far above its running scale: divergence detection, tested elsewhere, is off here)
+    cfg = _cfg("train.epochs=30", "train.patience=2", "train.lr=0.5", "train.clip_norm=1e6",
+               "train.divergence=0")
     res = train(cfg, tmp_path / "r")
     n = len(res.history)
     assert n < 30

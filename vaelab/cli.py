@@ -81,8 +81,24 @@ def _eval_overrides(args, flags: tuple[str, ...] = tuple(EVAL_FLAGS)) -> list[st
     return out + list(getattr(args, "overrides", []))
 
 
+def plain(text: str) -> str:
+    """Docstring markup as plain text for the terminal: ``x`` → x, :class:`~a.B` → B,
+    :math:`x` → x."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`<]*?)(?: <[^>]*>)?`", lambda m: m.group(1).split(".")[-1]
+                  if m.group(0).startswith((":class:", ":func:", ":meth:", ":mod:", ":data:"))
+                  else m.group(1), text)
+    return text.replace("``", "").replace("`", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaelab", description=__doc__.split("\n")[0])
+    from vaelab import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vaelab", description="vaelab: variational autoencoders as Pyro models and guides "
+        "(train, evaluate, sample, config show, list, bdmc, diagnose)")
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a VAE from a TOML config")
@@ -122,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+
+    p = sub.add_parser("list", help="registered components (plugins included) and their options")
+    p.add_argument("kind", nargs="?", default=None,
+                   help="priors, likelihoods, latents, families, networks, objectives, datasets, "
+                        "proposals (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="plugins=[...]",
+                   help="e.g. --set plugins=['my_module'] to list a module's components too")
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True)
@@ -236,8 +259,49 @@ def _cmd_sample(args) -> int:
     run = load_run(args.run_dir, args.checkpoint)
     torch.manual_seed(args.seed)
     out = Path(args.out) if args.out else run.dir / "samples.png"
-    save_grid(out, run.vae.generative.sample(args.n), run.data.image_shape, ncol=8)
+    save_grid(out, run.vae.generative.sample(args.n), run.data.shape, ncol=8)
     print(out)
+    return 0
+
+
+def _option_rows(options) -> list[str]:
+    rows = []
+    for name, field in options.model_fields.items():
+        if name == "name":
+            continue
+        ann = field.annotation
+        kind = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+        default = field.get_default(call_default_factory=True)
+        doc = f" — {plain(field.description)}" if field.description else ""
+        rows.append(f"      {name}: {kind} = {default!r}{doc}")
+    return rows
+
+
+def _cmd_list(args) -> int:
+    import vaelab.catalog  # noqa: F401  (fills the registries)
+    from vaelab.registry import REGISTRIES, load_entry_points, load_plugins
+    from vaelab.resolve import apply_overrides
+
+    plugins = apply_overrides({}, args.overrides).get("plugins", [])
+    load_plugins(plugins)
+    load_entry_points()
+    kinds = {("families" if k == "family" else f"{k}s"): r for k, r in REGISTRIES.items()}
+    wanted = kinds if args.kind is None else {args.kind: kinds.get(args.kind)}
+    if None in wanted.values():
+        raise ValueError(f"unknown kind {args.kind!r}; kinds: "
+                         f"{', '.join(sorted(k for k, v in kinds.items() if v is not None))}")
+    seen = set()
+    for title, reg in sorted(wanted.items()):
+        if reg is None or id(reg) in seen:
+            continue
+        seen.add(id(reg))
+        print(f"{title}:")
+        for name in reg.names():
+            entry = reg.entry(name)
+            doc = plain(entry.doc.split("\n")[0]) if entry.doc else ""
+            print(f"  {name}" + (f" — {doc}" if doc else ""))
+            for row in _option_rows(entry.options):
+                print(row)
     return 0
 
 
@@ -284,6 +348,7 @@ def _cmd_diagnose(args) -> int:
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
             "config": _cmd_config}
 COMMANDS["diagnose"] = _cmd_diagnose
+COMMANDS["list"] = _cmd_list
 
 
 def _cmd_bdmc(args) -> int:
@@ -345,10 +410,10 @@ def _os_error(err: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a bad input, a failed run or an OS error is one line on stderr and
     exit 2; SIGINT / SIGTERM during training stop at a step boundary with exit 130 / 143."""
+    args = build_parser().parse_args(argv)  # --help and usage errors exit here, before torch
     from vaelab.inference.runfolder import Interrupted, RunFolderBusy
     from vaelab.registry import ConfigError
 
-    args = build_parser().parse_args(argv)
     known = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, ValueError,
              RunFolderBusy)
     prefix = f"vaelab {args.command}"

@@ -15,24 +15,49 @@ import torch  # noqa: E402
 
 from vaelab.inference.checkpoint import read_metrics  # noqa: E402
 
-__all__ = ["image_grid", "save_grid", "plot_curves", "write_report"]
+__all__ = ["image_grid", "image_shape_of", "save_grid", "plot_curves", "write_report"]
+
+
+def image_shape_of(shape: tuple[int, ...] | None, D: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` to lay out a point of D values: the data's own ``(C, H, W)`` (or ``(H, W)``,
+    one channel); for a table ``(D,)`` (or ``None``) a square when D is one, else a 1×D strip."""
+    if shape is not None and len(shape) == 3:
+        c, h, w = shape
+        return int(c), int(h), int(w)
+    if shape is not None and len(shape) == 2:
+        return 1, int(shape[0]), int(shape[1])
+    side = int(math.isqrt(D))
+    return (1, side, D // side) if side * (D // side) == D else (1, 1, D)
 
 
 def image_grid(
-    images: torch.Tensor, image_shape: tuple[int, int] | None, ncol: int = 8
+    images: torch.Tensor, image_shape: tuple[int, ...] | None, ncol: int = 8
 ) -> np.ndarray:
-    """``(n, D)`` → one ``(rows·h, ncol·w)`` array with 1-pixel gaps."""
+    """``(n, D)`` → one array of ``rows × ncol`` images with 1-pixel gaps, each image in its own
+    shape: ``(rows·(H+1)−1, ncol·(W+1)−1)`` for one channel, ``(…, …, 3)`` RGB for three; other
+    channel counts are laid side by side, one grey panel per channel.
+
+    :param image_shape: the data's shape (:attr:`~vaelab.data.DataSplits.shape`, ``(C, H, W)``
+        or ``(D,)``), an ``(H, W)`` image shape, or ``None``.
+    """
     images = images.detach().float().cpu().clamp(0, 1)
     n, D = images.shape
-    if image_shape is None:
-        side = int(math.isqrt(D))
-        image_shape = (side, D // side) if side * (D // side) == D else (1, D)
-    h, w = image_shape
+    c, h, w = image_shape_of(image_shape, D)
+    if c * h * w != D:
+        raise ValueError(f"image_grid: shape {(c, h, w)} does not hold D = {D} values")
+    pics = images.reshape(n, c, h, w)
+    if c == 3:
+        pics = pics.permute(0, 2, 3, 1)  # (n, H, W, 3) RGB
+    elif c != 1:
+        pics = pics.permute(0, 2, 1, 3).reshape(n, h, c * w)  # channels side by side
+    else:
+        pics = pics[:, 0]  # (n, H, W)
+    h, w = pics.shape[1], pics.shape[2]
     rows = math.ceil(n / ncol)
-    grid = np.ones((rows * (h + 1) - 1, ncol * (w + 1) - 1), dtype=np.float32)
+    grid = np.ones((rows * (h + 1) - 1, ncol * (w + 1) - 1, *pics.shape[3:]), dtype=np.float32)
     for i in range(n):
-        r, c = divmod(i, ncol)
-        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i].reshape(h, w)
+        r, col = divmod(i, ncol)
+        grid[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = pics[i].numpy()
     return grid
 
 
@@ -84,7 +109,7 @@ def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
     """Write ``run.dir/report.md`` and its PNGs; returns the report's path."""
     out = Path(run.dir)
     history = read_metrics(out)
-    shape = run.data.image_shape
+    shape = run.data.shape  # (C, H, W) for images, (D,) for tables
     plot_curves(history, out / "curves.png")
     # n points spread over the split (the binarized MNIST test file is sorted by digit)
     x = run.pre.eval_split(run.split("test" if run.data.test.shape[0] else "valid", n), 0)
@@ -100,7 +125,9 @@ def write_report(run, metrics: dict | None = None, n: int = 32) -> Path:
         "",
         f"data `{c.data.name}`, latent `{c.model.latent.name}` (dim {c.model.latent_dim}), "
         f"prior `{c.model.prior.name}`, likelihood `{c.model.likelihood.name}`, "
-        f"hidden {c.model.hidden_sizes}, objective `{c.objective.name}` "
+        f"decoder `{c.model.decoder.name}`, encoder `{c.guide.encoder.name}`, "
+        f"guide `{c.guide.family.name}`, hidden {c.model.hidden_sizes}, "
+        f"objective `{c.objective.name}` "
         f"(particles {c.objective.num_particles}), {len(history)} epochs of batch "
         f"{c.train.batch_size}, lr {c.train.lr}, seed {c.train.seed}.",
         "",

@@ -4,7 +4,7 @@
 ``vae.guide`` are the Pyro model and guide functions with matching sites, to be handed to any
 Pyro objective::
 
-    vae = build_vae(cfg, data_dim=784)
+    vae = build_vae(cfg, data_dim=784, shape=(1, 28, 28))
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     svi.step(x)
 """
@@ -12,6 +12,7 @@ Pyro objective::
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -23,8 +24,9 @@ from vaelab.guide.amortized import AmortizedGuide
 from vaelab.guide.posteriors import Posterior
 from vaelab.model.generative import Generative
 from vaelab.model.latents import Latent
-from vaelab.model.networks import MLP
-from vaelab.registry import Options
+from vaelab.model.likelihoods import Likelihood
+from vaelab.model.networks import Network, NetworkIO
+from vaelab.registry import ConfigError, Options
 
 __all__ = ["VAE", "BuildContext", "build_vae"]
 
@@ -35,7 +37,7 @@ class BuildContext:
 
     data_dim: int
     latent: Latent
-    encoder: MLP
+    encoder: Network
     posterior: Posterior
 
 
@@ -104,25 +106,73 @@ class VAE(nn.Module):
         }
 
 
-def build_vae(cfg: RunConfig, data_dim: int) -> VAE:
+def build_vae(cfg: RunConfig, data_dim: int, shape: tuple[int, ...] | None = None) -> VAE:
     """Build the networks and the components that the resolved ``cfg.model`` and ``cfg.guide``
     name: one ``.build(...)`` call per component, no registry lookup.
 
     :param cfg: a config from :func:`vaelab.resolve.load_config` / :func:`~vaelab.resolve.resolve`.
     :param data_dim: D, the flattened size of a data point.
+    :param shape: one data point's shape (:attr:`vaelab.data.DataSplits.shape`: ``(C, H, W)``
+        for images, ``(D,)`` for tables); default ``(D,)``. Convolutional networks need an image
+        shape.
+    :raises ConfigError: a network that does not fit the data, a prior that does not fit the
+        guide family.
     """
     m, g = cfg.model, cfg.guide
-    check_size(cfg, data_dim)
-    latent = resolved(m.latent).build(m.latent_dim)
-    likelihood = resolved(m.likelihood).build(data_dim)
-    posterior = resolved(g.family).build(latent)
-    enc_hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
-    encoder = MLP(data_dim, enc_hidden, posterior.param_size, m.activation)
-    decoder = MLP(latent.flat_dim, m.hidden_sizes, likelihood.param_size, m.activation)
+    shape = _data_shape(data_dim, shape)
+    latent, likelihood, posterior = _components(cfg, data_dim)
+    check_size(cfg, data_dim, shape, (latent, likelihood, posterior))
+    encoder, decoder = _networks(cfg, shape, latent, likelihood, posterior)
     ctx = BuildContext(data_dim, latent, encoder, posterior)
+    if getattr(posterior, "normalizing_flow", False) and resolved(m.prior).name == "vamp":
+        raise ConfigError(
+            f"model.prior = 'vamp' mixes the guide's own posteriors at its pseudo-inputs, but "
+            f"guide.family = {resolved(g.family).name!r} is a normalizing flow, whose mixture "
+            "vaelab does not score; use guide.family = 'normal' with the VampPrior, or another "
+            "prior (e.g. 'flow' or 'mog')"
+        )
     prior = resolved(m.prior).build(m.latent_dim, ctx)
     generative = Generative(latent, prior, decoder, likelihood)
     return VAE(generative, AmortizedGuide(encoder, posterior))
+
+
+def _data_shape(data_dim: int, shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    if shape is None:
+        return (data_dim,)
+    shape = tuple(int(s) for s in shape)
+    if math.prod(shape) != data_dim:
+        raise ValueError(f"build_vae: data shape {shape} does not hold D = {data_dim} values")
+    return shape
+
+
+def _components(cfg: RunConfig, data_dim: int) -> tuple[Latent, Likelihood, Posterior]:
+    """The latent type, likelihood and posterior family (small; built before the size check)."""
+    m, g = cfg.model, cfg.guide
+    latent = resolved(m.latent).build(m.latent_dim)
+    likelihood = resolved(m.likelihood).build(data_dim)
+    posterior = resolved(g.family).build(latent)
+    return latent, likelihood, posterior
+
+
+def _interfaces(shape: tuple[int, ...], latent: Latent, likelihood: Likelihood,
+                posterior: Posterior) -> tuple[NetworkIO, NetworkIO]:
+    """What the encoder and the decoder connect: the data's shape, the posterior family's
+    parameters, the latent's decoder input and the likelihood's parameters (and their layout)."""
+    D = math.prod(shape)
+    layout = getattr(likelihood, "param_layout", "planes")
+    enc = NetworkIO("encoder", "guide.encoder", shape, posterior.param_size, D)
+    dec = NetworkIO("decoder", "model.decoder", shape, latent.flat_dim, likelihood.param_size,
+                    layout)
+    return enc, dec
+
+
+def _networks(cfg: RunConfig, shape: tuple[int, ...], latent: Latent, likelihood: Likelihood,
+              posterior: Posterior) -> tuple[Network, Network]:
+    """(encoder, decoder) as ``guide.encoder`` and ``model.decoder`` say; the encoder first,
+    the order (and so the draws of a seed) of every vaelab so far."""
+    enc, dec = _interfaces(shape, latent, likelihood, posterior)
+    encoder = resolved(cfg.guide.encoder).build(enc)
+    return encoder, resolved(cfg.model.decoder).build(dec)
 
 
 def _available_memory() -> int:
@@ -137,24 +187,38 @@ def _available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_size(cfg: RunConfig, data_dim: int) -> None:
+def _network_name(opts) -> str:
+    if not isinstance(opts, Options):
+        return "mlp"
+    return opts.name + "".join(f" {getattr(opts, k)}" for k in ("channels", "hidden_sizes")
+                               if hasattr(opts, k))
+
+
+def check_size(cfg: RunConfig, data_dim: int, shape: tuple[int, ...] | None = None,
+               parts: tuple[Latent, Likelihood, Posterior] | None = None) -> None:
     """Refuse networks whose parameters cannot fit in memory, before allocating them.
 
-    Estimate: the encoder and decoder weight matrices (widths from ``cfg``, the outputs at
-    their largest, 2 z and 2 D) times 16 bytes (float32 parameter, gradient and Adam's two
-    moments). A lower bound of what training needs.
+    The encoder and decoder are built on PyTorch's ``meta`` device (shapes only, no memory) and
+    their parameters counted, together with the posterior family's and the likelihood's; times
+    16 bytes (float32 parameter, gradient and Adam's two moments). A lower bound of what
+    training needs.
+
+    :param parts: the built latent, likelihood and posterior (default: built here).
     """
-    m, g = cfg.model, cfg.guide
-    opts = m.latent.model_dump() if isinstance(m.latent, Options) else {}
-    z = opts.get("num_variables", 0) * opts.get("num_classes", 0) or m.latent_dim
-    dec = [z, *m.hidden_sizes, 2 * data_dim]
-    enc = [data_dim, *(g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]),
-           2 * z]
-    weights = sum(a * b + b for w in (dec, enc) for a, b in zip(w[:-1], w[1:]))
+    m = cfg.model
+    shape = _data_shape(data_dim, shape)
+    latent, likelihood, posterior = parts if parts is not None else _components(cfg, data_dim)
+    enc, dec = _interfaces(shape, latent, likelihood, posterior)
+    with torch.device("meta"):  # shapes only; draws nothing from the random generators
+        decoder = resolved(m.decoder).build(dec)  # first: a misfit names the key a user sets
+        encoder = resolved(cfg.guide.encoder).build(enc)
+    weights = sum(p.numel() for mod in (encoder, decoder, posterior, likelihood)
+                  for p in mod.parameters())
     need, have = 16 * weights, _available_memory()
     if need > have:
         raise ValueError(
-            f"model: latent size {z} with hidden sizes {m.hidden_sizes} on D = {data_dim} needs "
+            f"model: latent size {latent.flat_dim} with networks {_network_name(m.decoder)} "
+            f"(decoder) / {_network_name(cfg.guide.encoder)} (encoder) on D = {data_dim} needs "
             f"about {need / 2**30:.3g} GiB for parameters, gradients and Adam state alone, more "
             f"than the {have / 2**30:.3g} GiB of memory available; choose smaller "
             "model.latent_dim / hidden sizes"

@@ -4,7 +4,10 @@
   train/valid/test tensors), choosing the data set from the :data:`DATASETS` registry;
 * :func:`resolve_file` finds a published file in ``$VAELAB_DATA``, the cache, or downloads it,
   always checking its SHA-256;
-* :class:`Preprocessor` applies dynamic binarization or dequantization per batch;
+* :func:`read_values` reads the numbers of a file as ``data.values`` says (levels, counts,
+  real values, or decided by dtype and range);
+* :class:`Preprocessor` applies dynamic binarization, dequantization or standardization per
+  batch;
 * :func:`iterate_batches` yields mini-batches in an order fixed by ``(seed, epoch)``.
 
 Example::
@@ -22,11 +25,12 @@ Example::
 
 from vaelab.data.batching import batch_indices, iterate_batches, num_batches
 from vaelab.data.datasets import DATASETS, FILES, load_dataset, split_indices
-from vaelab.data.errors import ChecksumError, DataError, DataUnavailableError
+from vaelab.data.errors import ChecksumError, DataError, DataUnavailableError, MissingExtraError
 from vaelab.data.files import RemoteFile, resolve_file
 from vaelab.data.preprocess import Preprocessor, bits_per_dim, check_binary
 from vaelab.data.splits import SPLITS, DataSplits
 from vaelab.data.subsets import spread_indices, subset_indices
+from vaelab.data.values import read_values
 
 __all__ = [
     "DATASETS",
@@ -38,6 +42,7 @@ __all__ = [
     "spread_indices",
     "subset_indices",
     "DataUnavailableError",
+    "MissingExtraError",
     "Preprocessor",
     "RemoteFile",
     "batch_indices",
@@ -46,6 +51,7 @@ __all__ = [
     "iterate_batches",
     "load_dataset",
     "num_batches",
+    "read_values",
     "resolve_file",
     "split_indices",
 ]

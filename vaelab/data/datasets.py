@@ -2,18 +2,28 @@ r"""The data sets, each loaded into memory as three flattened float32 splits.
 
 A data set is a builder ``(DataConfig) -> DataSplits`` registered in :data:`DATASETS`;
 :func:`load_dataset` resolves ``data.name`` there, then applies the config's static binarization
-and per-split ``limit``. Values are in [0, 1]: binary data as {0, 1}, 8-bit grey levels ``k`` as
-``k / 255`` (``levels = 256``, see :mod:`vaelab.data.preprocess` for dequantization).
+and per-split ``limit``. How the numbers are read is ``data.values``
+(:mod:`vaelab.data.values`): binary data as {0, 1}, grey levels ``k`` of L levels as
+``k / (L - 1)`` (8-bit: ``k / 255``, see :mod:`vaelab.data.preprocess` for dequantization),
+counts and real values as they are. Each data set carries its shape (``DataSplits.shape``:
+``(C, H, W)`` for images, ``(D,)`` for tables).
 
-============================  ==================  ===========  =====  =======================
-name                          splits (N)          dims         type   source
-============================  ==================  ===========  =====  =======================
-``binarized_mnist``           50000/10000/10000   784 (28×28)  {0,1}  Larochelle & Murray [1]
-``mnist``                     50000/10000/10000   784 (28×28)  8-bit  LeCun et al. [2]
-``frey_faces``                by fractions, 1965  560 (28×20)  8-bit  Kingma & Welling [3]
-``array``                     the user's file     any          any    ``data.path``
-``synthetic``                 400/100/100         64 (8×8)     {0,1}  a seeded generator
-============================  ==================  ===========  =====  =======================
+=================  ==================  ============  ======  ==================================
+name               splits (N)          shape         values  source
+=================  ==================  ============  ======  ==================================
+``binarized_mnist`` 50000/10000/10000  (1, 28, 28)   binary  Larochelle & Murray [1]
+``mnist``          50000/10000/10000   (1, 28, 28)   8-bit   LeCun et al. [2]
+``frey_faces``     by fractions, 1965  (1, 28, 20)   8-bit   Kingma & Welling [3]
+``digits``         by fractions, 1797  (1, 8, 8)     counts  UCI pen digits [4], scikit-learn
+``breast_cancer``  by fractions, 569   (30,)         real    UCI WDBC [5], scikit-learn
+``array``          the user's file     any           any     ``data.path``: .npy .npz .csv .h5ad
+``synthetic``      400/100/100         (1, 8, 8)     binary  a seeded generator
+=================  ==================  ============  ======  ==================================
+
+``digits`` (counts 0–16 of 4×4 blocks; ``data.values = "levels"`` reads them as 17 levels
+k/16) and ``breast_cancer`` (30 real-valued features of cell nuclei, from 0.0008 to 4254) ship
+inside scikit-learn, so they work offline: ``pip install 'vaelab[sklearn]'``. Their class labels
+(digit, malignant/benign) are kept.
 
 Files are found or downloaded by :func:`vaelab.data.files.resolve_file` (set ``VAELAB_DATA`` to a
 folder of local copies). Splits carved "by fractions" hold ``round(N * data.test_fraction)`` test
@@ -31,6 +41,10 @@ References
 2. Y. LeCun, L. Bottou, Y. Bengio, P. Haffner. *Gradient-Based Learning Applied to Document
    Recognition*. Proc. IEEE 1998.
 3. D. P. Kingma, M. Welling. *Auto-Encoding Variational Bayes*. ICLR 2014.
+4. E. Alpaydin, C. Kaynak. *Optical Recognition of Handwritten Digits*. UCI Machine Learning
+   Repository, 1998.
+5. W. N. Street, W. H. Wolberg, O. L. Mangasarian. *Nuclear feature extraction for breast tumor
+   diagnosis*. IS&T/SPIE 1993 (the Wisconsin Diagnostic Breast Cancer data).
 """
 
 from __future__ import annotations
@@ -45,12 +59,20 @@ import numpy as np
 import torch
 
 from vaelab.config import DataConfig
-from vaelab.data.errors import DataError, DataUnavailableError
+from vaelab.data.errors import DataError, DataUnavailableError, missing_extra
 from vaelab.data.files import RemoteFile, cache_dir
-from vaelab.data.formats import load_numpy_pickle, read_amat, read_array_file, read_idx
+from vaelab.data.formats import (
+    load_numpy_pickle,
+    read_amat,
+    read_array_file,
+    read_csv,
+    read_h5ad,
+    read_idx,
+)
 from vaelab.data.preprocess import check_binary
 from vaelab.data.splits import SPLITS, DataSplits
 from vaelab.data.subsets import subset_indices
+from vaelab.data.values import read_values
 from vaelab.notes import note
 from vaelab.registry import ConfigError, Registry
 from vaelab.seed import derived_generator
@@ -163,22 +185,16 @@ def split_indices(
     return train.sort().values, valid.sort().values, test.sort().values
 
 
-def _levels_to_unit(x: np.ndarray) -> torch.Tensor:
-    """uint8 grey levels ``k`` → float32 ``k / 255`` in [0, 1]."""
-    return torch.from_numpy(x).to(torch.float32).div_(255.0)
-
-
 def _flatten(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)  # (N, D)
 
 
-def _carve(
-    x: torch.Tensor, y: torch.Tensor | None, cfg: DataConfig
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Split one set of points (and labels) into train/valid/test by the config's fractions."""
+def _carve(x, y: torch.Tensor | None, cfg: DataConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Split one set of points (a tensor or an array, and labels) into train/valid/test by the
+    config's fractions."""
     idx = dict(zip(SPLITS, split_indices(x.shape[0], cfg.valid_fraction, cfg.test_fraction,
                                          cfg.split_seed)))
-    xs = {s: x[i] for s, i in idx.items()}
+    xs = {s: x[i.numpy() if isinstance(x, np.ndarray) else i] for s, i in idx.items()}
     ys = {s: y[i] for s, i in idx.items()} if y is not None else {}
     return xs, ys
 
@@ -223,6 +239,7 @@ def load_amat_cached(file: RemoteFile, dim: int) -> np.ndarray:
 @DATASETS.register("binarized_mnist")
 def build_binarized_mnist(cfg: DataConfig) -> DataSplits:
     """Statically binarized MNIST of Larochelle & Murray (2011): 50k/10k/10k × 784, no labels."""
+    _binary_only(cfg)
     xs = {
         s: torch.from_numpy(
             load_amat_cached(FILES[f"binarized_mnist/binarized_mnist_{s}.amat"], 784)
@@ -272,15 +289,14 @@ def build_mnist(cfg: DataConfig) -> DataSplits:
             f"are not comparable with the standard split. ({err})",
             stacklevel=3  # the caller of load_dataset,
         )
-        xs, ys = _carve(_levels_to_unit(_flatten(test_x)),
-                        torch.from_numpy(test_y).to(torch.int64), cfg)
+        xs, ys = _carve(_flatten(test_x), torch.from_numpy(test_y).to(torch.int64), cfg)
     else:
-        x = _levels_to_unit(_flatten(train_x))  # (60000, 784)
+        x = _flatten(train_x)  # (60000, 784)
         y = torch.from_numpy(train_y).to(torch.int64)  # (60000,)
         n = _MNIST_TRAIN
-        xs = {"train": x[:n], "valid": x[n:], "test": _levels_to_unit(_flatten(test_x))}
+        xs = {"train": x[:n], "valid": x[n:], "test": _flatten(test_x)}
         ys = {"train": y[:n], "valid": y[n:], "test": torch.from_numpy(test_y).to(torch.int64)}
-    return DataSplits(**xs, name="mnist", image_shape=(28, 28), levels=256, labels=ys)
+    return _packaged(xs, cfg, "mnist", "MNIST", image_shape=(28, 28), labels=ys)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +313,8 @@ def build_frey_faces(cfg: DataConfig) -> DataSplits:
             and array.shape[1] == 560):
         raise DataError(f"{str(path)!r}: expected a one-element list holding a (N, 560) uint8 "
                         f"array, got {type(obj).__name__}")
-    xs, _ = _carve(_levels_to_unit(array), None, cfg)  # (N, 560) each
-    return DataSplits(**xs, name="frey_faces", image_shape=(28, 20), levels=256)
+    xs, _ = _carve(array, None, cfg)  # (N, 560) each
+    return _packaged(xs, cfg, "frey_faces", "Frey faces", image_shape=(28, 20))
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,51 +333,47 @@ def _points(array: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, int] 
     raise DataError(f"{where}: expected shape (N, D) or (N, H, W), got {array.shape}")
 
 
-def _to_float(array: np.ndarray, where: str) -> tuple[torch.Tensor, int | None]:
-    """Values as float32 and their number of levels (256 for uint8, 2 for 0/1 data, else None)."""
-    if array.dtype == np.bool_:
-        return torch.from_numpy(array.astype(np.float32)), 2
-    if array.dtype == np.uint8:
-        if array.size and array.max() <= 1:
-            warnings.warn(f"{where}: uint8 values are all 0 or 1; reading them as binary data, "
-                          "not as 8-bit grey levels", stacklevel=4)
-            return torch.from_numpy(array.astype(np.float32)), 2
-        note(f"{where}: uint8 values read as 8-bit grey levels k/255 in [0, 1]")
-        return _levels_to_unit(array), 256
-    if np.issubdtype(array.dtype, np.integer):
-        if array.size and (array.min() < 0 or array.max() > 1):
-            raise DataError(
-                f"{where}: integer data ({array.dtype}) must be uint8 grey levels or 0/1; "
-                "convert other values to floats in [0, 1]"
-            )
-        return torch.from_numpy(array.astype(np.float32)), 2
-    if not np.issubdtype(array.dtype, np.floating):
-        raise DataError(f"{where}: unsupported dtype {array.dtype}; use uint8, bool or float")
-    x = torch.from_numpy(array.astype(np.float32))
-    bad = (~torch.isfinite(x)).sum().item()
-    if bad:
-        raise DataError(f"{where}: {bad} values are NaN or infinite (in float32)")
-    return x, None
+_ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".h5ad")
+
+
+def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+    """The arrays of the user's file by key (``{"": array}`` for a single one) and, for a table
+    whose layout says it is not an image, ``"table"``."""
+    if path.suffix == ".csv":
+        array, _ = read_csv(path)
+        return {"": array}, "table"
+    if path.suffix == ".h5ad":
+        matrix, where = read_h5ad(path)
+        note(f"{str(path)!r}: read the AnnData {where} matrix, {matrix.shape[0]} cells × "
+             f"{matrix.shape[1]} genes")
+        return {"": matrix}, "table"
+    return read_array_file(path), None
 
 
 @DATASETS.register("array")
 def build_array(cfg: DataConfig) -> DataSplits:
-    """The user's ``.npy`` / ``.npz`` file at ``data.path``.
+    """The user's file at ``data.path``: ``.npy``, ``.npz``, ``.csv`` or ``.h5ad``.
 
     A ``.npz`` holding arrays ``train`` and optionally ``valid`` / ``test`` uses them, carving a
     missing validation or test split out of ``train`` by the config's fractions; a single array
-    (``.npy``, or a one-array ``.npz``) is split by the fractions. Arrays are ``(N, D)`` or
-    ``(N, H, W)``; uint8 means 8-bit grey levels (scaled by 1/255), bool or 0/1 integers binary
-    data, floats are used as they are (NaN and infinity are refused).
+    (``.npy``, a one-array ``.npz``, a CSV table, the count matrix of an AnnData file) is split
+    by the fractions. Arrays are ``(N, D)`` (a square D is taken for an image, except from a
+    CSV or AnnData table) or ``(N, H, W)``. A CSV file holds numeric columns, with or without a
+    header row (:func:`~vaelab.data.formats.read_csv`); ``.h5ad`` needs the ``anndata`` extra
+    (:func:`~vaelab.data.formats.read_h5ad`). The numbers are read as ``data.values`` says
+    (:func:`~vaelab.data.values.read_values`, ``auto`` saying what it decided); NaN and
+    infinity are refused.
     """
     if cfg.path is None:
-        raise ConfigError("data.path: the 'array' data set needs data.path, a .npy or .npz file")
+        raise ConfigError("data.path: the 'array' data set needs data.path, a .npy, .npz, .csv "
+                          "or .h5ad file")
     path = Path(cfg.path).expanduser()
-    if path.suffix not in (".npy", ".npz"):
-        raise ConfigError(f"data.path: expected a .npy or .npz file, got {cfg.path!r}")
+    if path.suffix not in _ARRAY_SUFFIXES:
+        raise ConfigError(f"data.path: expected a .npy, .npz, .csv or .h5ad file, got "
+                          f"{cfg.path!r}")
     if not path.is_file():
         raise ConfigError(f"data.path: file {cfg.path!r} does not exist")
-    arrays = read_array_file(path)
+    arrays, layout = _read_arrays(path)
     found = [s for s in SPLITS if s in arrays]
     keys = {s: s for s in found}  # split → key in the file
     if found:
@@ -377,19 +389,16 @@ def build_array(cfg: DataConfig) -> DataSplits:
         ((key, array),) = arrays.items()
         found, keys, arrays = ["train"], {"train": key}, {"train": array}
 
-    xs: dict[str, torch.Tensor] = {}
-    shapes, levels = set(), set()
+    points, where, shapes = {}, {}, set()
     for s in found:
-        where = f"{str(path)!r}[{keys[s]!r}]" if keys[s] else repr(str(path))
-        points, image_shape = _points(arrays[s], where)
-        xs[s], lv = _to_float(points, where)
-        shapes.add((points.shape[1], image_shape))
-        levels.add(lv)
+        where[s] = f"{str(path)!r}[{keys[s]!r}]" if keys[s] else repr(str(path))
+        points[s], image_shape = _points(arrays[s], where[s])
+        shapes.add((points[s].shape[1], None if layout == "table" else image_shape))
     if len(shapes) != 1:
         raise DataError(f"{str(path)!r}: the arrays differ in shape: {sorted(map(str, shapes))}")
-    if len(levels) != 1:
-        raise DataError(f"{str(path)!r}: the arrays differ in kind (dtype or value set)")
-    ((_, image_shape),), (lv,) = shapes, levels
+    ((_, image_shape),) = shapes
+    read = read_values(points, cfg.values, where)
+    xs = read.tensors
 
     missing = [s for s in SPLITS if s not in xs]
     if missing:
@@ -403,9 +412,65 @@ def build_array(cfg: DataConfig) -> DataSplits:
         for s in SPLITS:
             if s == "train" or s in missing:
                 xs[s] = train[carved[s]]
-    binary = lv == 2 or all(check_binary(x) for x in xs.values())
+    binary = read.kind == "binary" or all(check_binary(x) for x in xs.values())
     return DataSplits(**xs, name="array", image_shape=image_shape, binary=binary,
-                      levels=2 if binary else lv)
+                      levels=2 if binary else read.levels, values=read.kind)
+
+
+# --------------------------------------------------------------------------------------------
+# data sets that ship inside a package: scikit-learn's digits and breast cancer
+
+
+def _packaged(xs: dict[str, np.ndarray], cfg: DataConfig, name: str, what: str, *,
+              image_shape: tuple[int, int] | None = None,
+              labels: dict[str, torch.Tensor] | None = None, default: str = "auto") -> DataSplits:
+    """Splits of a built-in data set, read as ``data.values`` says (``auto``: the data set's own
+    reading ``default``, silently)."""
+    values = default if cfg.values == "auto" else cfg.values
+    where = {s: f"data set {name!r} ({what})" for s in xs}
+    read = read_values(xs, values, where, say=cfg.values != "auto")
+    binary = read.kind == "binary"
+    return DataSplits(**read.tensors, name=name, image_shape=image_shape, binary=binary,
+                      levels=read.levels, labels=labels or {}, values=read.kind)
+
+
+def _sklearn_datasets(name: str):
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise missing_extra(f"data.name = {name!r} (bundled with scikit-learn)", "sklearn",
+                            "scikit-learn") from None
+    return datasets
+
+
+@DATASETS.register("digits")
+def build_digits(cfg: DataConfig) -> DataSplits:
+    """scikit-learn's 1797 handwritten digits, 8×8 images of counts 0–16 (the pixels counted
+    in each 4×4 block of a 32×32 bitmap) with their labels, split by the config's fractions.
+    ``data.values``: ``counts`` (``auto``), ``levels`` (17 levels k/16) or ``real``."""
+    bunch = _sklearn_datasets("digits").load_digits()
+    x = np.asarray(bunch.data, dtype=np.float64)  # (1797, 64), integers 0..16
+    xs, ys = _carve(x, torch.from_numpy(np.asarray(bunch.target)).to(torch.int64), cfg)
+    return _packaged(xs, cfg, "digits", "scikit-learn digits", image_shape=(8, 8), labels=ys,
+                     default="counts")
+
+
+@DATASETS.register("breast_cancer")
+def build_breast_cancer(cfg: DataConfig) -> DataSplits:
+    """scikit-learn's Wisconsin diagnostic breast cancer table: 569 × 30 real-valued features
+    (radius, texture, ... of cell nuclei; ranges from 1e-3 to 4e3, so standardize them), labels
+    0 = malignant, 1 = benign, split by the config's fractions."""
+    bunch = _sklearn_datasets("breast_cancer").load_breast_cancer()
+    x = np.asarray(bunch.data, dtype=np.float64)  # (569, 30)
+    xs, ys = _carve(x, torch.from_numpy(np.asarray(bunch.target)).to(torch.int64), cfg)
+    return _packaged(xs, cfg, "breast_cancer", "scikit-learn breast cancer", labels=ys,
+                     default="real")
+
+
+def _binary_only(cfg: DataConfig) -> None:
+    if cfg.values not in ("auto", "levels"):
+        raise ConfigError(f"data.values = {cfg.values!r}: data set {cfg.name!r} is binary; "
+                          "leave data.values = 'auto'")
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,6 +487,7 @@ def build_synthetic(cfg: DataConfig) -> DataSplits:
     from ``data.split_seed``: a smoke-test data set with real latent structure, built in
     milliseconds. ``data.path`` is ignored.
     """
+    _binary_only(cfg)
     g = derived_generator(cfg.split_seed, _SYNTHETIC_STREAM)
     latent_dim, dim = 4, 64
     w = 2.0 * torch.randn(dim, latent_dim, generator=g)  # (D, 4)
@@ -451,7 +517,7 @@ def _binarize_static(splits: DataSplits, seed: int) -> DataSplits:
                 f"split {s!r} spans [{x.min().item():g}, {x.max().item():g}]"
             )
         xs[s] = torch.bernoulli(x, generator=derived_generator(seed, _STATIC_BINARIZE_STREAM, i))
-    return splits.replace(**xs, binary=True, levels=2)
+    return splits.replace(**xs, binary=True, levels=2, values="binary")
 
 
 def _limit(splits: DataSplits, limit: int, rule: str) -> DataSplits:

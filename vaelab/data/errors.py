@@ -7,7 +7,7 @@ network raise :class:`DataError` or one of its subclasses. Both are :class:`Valu
 
 from __future__ import annotations
 
-__all__ = ["ChecksumError", "DataError", "DataUnavailableError"]
+__all__ = ["ChecksumError", "DataError", "DataUnavailableError", "MissingExtraError"]
 
 
 class DataError(ValueError):
@@ -28,3 +28,16 @@ class DataUnavailableError(DataError):
 
 class ChecksumError(DataError):
     """A file's SHA-256 (or byte size) differs from the published one."""
+
+
+class MissingExtraError(DataError):
+    """Reading a format or a data set needs an optional dependency that is not installed; the
+    message names the ``pip install 'vaelab[EXTRA]'`` that provides it."""
+
+
+def missing_extra(what: str, extra: str, module: str) -> MissingExtraError:
+    """The one-line error for ``what`` needing ``module`` from the extra ``extra``."""
+    return MissingExtraError(
+        f"{what} needs the optional package {module!r}, which is not installed: "
+        f"pip install 'vaelab[{extra}]'"
+    )

@@ -1,4 +1,5 @@
-r"""Readers of raw file formats: Larochelle's ``.amat`` text, IDX, NumPy pickles, ``.npy``/``.npz``.
+r"""Readers of raw file formats: Larochelle's ``.amat`` text, IDX, NumPy pickles, ``.npy``/``.npz``,
+``.csv`` tables and AnnData ``.h5ad`` files (through the ``anndata`` extra).
 
 Each reader validates the layout and raises :class:`~vaelab.data.errors.DataError` naming the file
 (and the line or field) on anything unexpected, instead of returning silently wrong numbers.
@@ -11,7 +12,9 @@ Each reader validates the layout and raises :class:`~vaelab.data.errors.DataErro
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import pickle
 import zipfile
 import zlib
@@ -20,13 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from vaelab.data.errors import DataError
+from vaelab.data.errors import DataError, missing_extra
 
 __all__ = [
     "RestrictedUnpickler",
     "load_numpy_pickle",
     "read_amat",
     "read_array_file",
+    "read_csv",
+    "read_h5ad",
     "read_idx",
 ]
 
@@ -239,3 +244,106 @@ def read_array_file(path: str | Path) -> dict[str, np.ndarray]:
     except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
         # ValueError covers "Object arrays cannot be loaded when allow_pickle=False"
         raise DataError(f"cannot read array file {str(path)!r}: {err}") from err
+
+
+
+# --------------------------------------------------------------------------------------------
+# .csv: a table of numeric columns, with or without a header row
+
+_DELIMITERS = (",", ";", "\t")
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def read_csv(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
+    """A CSV table of numbers as a float64 array ``(N, D)`` and its column names.
+
+    The delimiter is the one of ``,`` ``;`` and tab that the first line holds most of. The first
+    line is a header when any of its fields is not a number. Every other field must be a
+    number (``nan`` parses, and is refused later by :func:`vaelab.data.values.read_values`).
+
+    :returns: the values and the header's names (``None`` without a header).
+    :raises DataError: naming the file, and the row and column of the first field that is not
+        a number (with the column's name), or a row of another length.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{str(path)!r} is not UTF-8 text (byte {err.start})") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise DataError(f"{str(path)!r} is empty; expected a table of numbers")
+    delimiter = max(_DELIMITERS, key=lines[0].count)
+    first = next(csv.reader([lines[0]], delimiter=delimiter))
+    header = None if all(_is_number(f) for f in first) else [f.strip() for f in first]
+    body = lines[1:] if header is not None else lines
+    if not body:
+        raise DataError(f"{str(path)!r} has a header and no rows")
+    try:
+        array = np.loadtxt(io.StringIO("\n".join(body)), delimiter=delimiter, dtype=np.float64,
+                           ndmin=2, quotechar='"')
+    except ValueError as err:
+        raise DataError(_csv_error(path, body, delimiter, header, err)) from None
+    if header is not None and array.shape[1] != len(header):
+        raise DataError(f"{str(path)!r}: the header names {len(header)} columns, the rows hold "
+                        f"{array.shape[1]}")
+    return array, header
+
+
+def _csv_error(path: Path, body: list[str], delimiter: str, header: list[str] | None,
+               err: ValueError) -> str:
+    """The first field that is not a number (or row of another length), in one line."""
+    offset = 2 if header is not None else 1  # the file's line number of body[0]
+    width = None
+    for i, row in enumerate(csv.reader(body, delimiter=delimiter)):
+        width = len(row) if width is None else width
+        if len(row) != width:
+            return (f"{str(path)!r} line {i + offset}: {len(row)} fields, the rows before it "
+                    f"have {width}")
+        for j, field in enumerate(row):
+            if not _is_number(field):
+                name = f" ({header[j]!r})" if header is not None and j < len(header) else ""
+                return (f"{str(path)!r} line {i + offset}, column {j + 1}{name}: {field!r} is "
+                        "not a number; vaelab reads tables of numeric columns only")
+    return f"{str(path)!r} is not a table of numbers: {err}"
+
+
+# --------------------------------------------------------------------------------------------
+# .h5ad (AnnData): single-cell count matrices, through the optional ``anndata`` package
+
+
+def read_h5ad(path: str | Path) -> tuple[np.ndarray, str]:
+    """The count matrix of an AnnData file, dense ``(cells, genes)``, and where it was found.
+
+    Reads ``layers["counts"]`` when the file has it (where raw counts are kept once ``X`` holds
+    normalized values), else ``X``; a sparse matrix is made dense.
+
+    :returns: the matrix and ``"layers['counts']"`` or ``"X"``.
+    :raises MissingExtraError: ``anndata`` is not installed (``pip install 'vaelab[anndata]'``).
+    :raises DataError: naming the file when it cannot be read.
+    """
+    path = Path(path)
+    try:
+        import anndata
+    except ImportError:
+        raise missing_extra(f"reading {str(path)!r} (.h5ad)", "anndata", "anndata") from None
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as err:  # h5py's OSError, KeyError of a file that is not AnnData, ...
+        raise DataError(f"cannot read .h5ad file {str(path)!r}: {err}") from None
+    where = "layers['counts']" if "counts" in adata.layers else "X"
+    matrix = adata.layers["counts"] if where != "X" else adata.X
+    if matrix is None:
+        raise DataError(f"{str(path)!r}: the AnnData file has no X matrix")
+    if hasattr(matrix, "toarray"):  # scipy.sparse
+        matrix = matrix.toarray()
+    return np.asarray(matrix), where

@@ -21,7 +21,7 @@ from torch import nn
 
 from vaelab.guide.posteriors import Posterior
 from vaelab.model.generative import scaled
-from vaelab.model.networks import MLP, register_module
+from vaelab.model.networks import Network, register_module
 
 __all__ = ["AmortizedGuide"]
 
@@ -29,7 +29,7 @@ __all__ = ["AmortizedGuide"]
 class AmortizedGuide(nn.Module):
     """Encoder network and posterior family, with :meth:`forward` as the Pyro guide."""
 
-    def __init__(self, encoder: MLP, posterior: Posterior):
+    def __init__(self, encoder: Network, posterior: Posterior):
         super().__init__()
         self.encoder = encoder
         self.posterior = posterior
@@ -38,7 +38,8 @@ class AmortizedGuide(nn.Module):
         self, x: torch.Tensor, temperature: torch.Tensor | None = None, hard: bool = False
     ):
         """q_φ(z | x) for ``x (B, D)``: batch ``(B,)``, event the latent's (``hard``: over
-        one-hot latents, :meth:`~vaelab.guide.posteriors.Posterior.hard_dist`)."""
+        one-hot latents, :meth:`~vaelab.guide.posteriors.Posterior.hard_dist`). The encoder
+        reads each row in the data's own shape (``(C, H, W)`` for a convolutional one)."""
         h = self.encoder(x)  # (B, param_size)
         return self.posterior.hard_dist(h) if hard else self.posterior(h, temperature)
 

@@ -26,6 +26,8 @@ class Posterior(nn.Module):
 
     param_size: int
     reparameterized: bool = True
+    #: a normalizing flow: no closed-form KL with any prior (analytic-KL objectives refuse it)
+    normalizing_flow: bool = False
 
     def forward(self, h: torch.Tensor, temperature: torch.Tensor | None = None):
         raise NotImplementedError

@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write_text",
     "content_digest",
     "fsync_dir",
+    "json_safe",
     "load_checkpoint",
     "read_metrics",
     "save_checkpoint",
@@ -153,19 +154,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def _json_safe(v: Any) -> Any:
-    """NaN and ±inf as ``null``: metrics.jsonl stays valid JSON."""
+def json_safe(v: Any) -> Any:
+    """NaN and ±inf as ``null`` (recursively): what vaelab writes stays valid JSON."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
+        return {k: json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n"
+    atomic_write_text(path, "".join(json.dumps(json_safe(r), allow_nan=False) + "\n"
                                     for r in rows))
 
 

@@ -60,6 +60,7 @@ import pyro
 import torch
 
 from vaelab.config import ObjectiveConfig
+from vaelab.inference.checkpoint import json_safe
 from vaelab.registry import ConfigError
 
 __all__ = [
@@ -106,17 +107,7 @@ class ObjectiveDiagnostics:
 
     def to_dict(self) -> dict:
         """Plain data for JSON: non-finite numbers (an infinite SNR) become ``None``."""
-        return _json_safe(asdict(self))
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+        return json_safe(asdict(self))
 
 
 def parse_objective_spec(spec: str) -> ObjectiveConfig:

@@ -126,9 +126,7 @@ def log_joint_states(vae, x: Tensor, states: Tensor) -> Tensor:
 
 
 def _state_chunk(vae, batch: int, max_memory_mb: float) -> int:
-    width = vae.generative.likelihood.param_size + sum(
-        m.out_features for m in vae.generative.decoder.linear_layers
-    )
+    width = vae.generative.likelihood.param_size + vae.generative.decoder.activations_per_row
     return max(1, int(max_memory_mb * 2**20 // (4 * 4 * max(1, batch) * width)))
 
 

@@ -116,8 +116,8 @@ class GaussianLatent(Latent):
     """z ∈ ℝ^d, read by the decoder as it is."""
 
     continuous = True
-    families = ("normal", "student_t")
-    priors = ("standard_normal", "normal", "laplace", "student_t", "mog", "vamp")
+    families = ("normal", "student_t", "iaf")
+    priors = ("standard_normal", "normal", "laplace", "student_t", "mog", "vamp", "flow")
 
     def __init__(self, latent_dim: int):
         super().__init__()

@@ -1,33 +1,45 @@
-r"""Likelihoods p_θ(x | z), selectable by ``model.likelihood``.
+r"""Likelihoods p_θ(x | z), selectable by ``model.likelihood``, each declaring the data it scores.
 
 A likelihood turns the decoder's output ``params`` of shape ``(..., param_size)`` into a Pyro
 distribution with ``batch_shape == (...)`` and ``event_shape == (D,)`` over a flattened data
-point in [0, 1]^D (every one is ``.to_event(1)`` of a per-pixel distribution, so ``params`` of
-shape ``(K, B, param_size)`` under a particle plate give log-probabilities ``(K, B)``). Each
-declares
+point (every one is ``.to_event(1)`` of a per-feature distribution, or a distribution over the
+whole row, so ``params`` of shape ``(K, B, param_size)`` under a particle plate give
+log-probabilities ``(K, B)``). Each declares
 
-* ``param_size``: the decoder output width it needs (``D`` for logits, ``2D`` for two numbers per
-  pixel, ``256 D`` for a categorical over 8-bit levels);
+* ``domain``: the data it can score (:data:`DOMAINS`): ``binary`` {0, 1}, ``unit`` [0, 1],
+  ``levels`` the grid k/(L − 1) of L levels in [0, 1], ``counts`` non-negative integers, ``real``
+  any finite number;
+* ``param_size``: the decoder output width it needs (``D`` for one number per feature, ``2D``
+  for two, ``L D`` for a categorical over L levels);
 * ``discrete``: whether ``log_prob`` is a probability of the observed values (Bernoulli,
-  categorical, discretized logistic) or a density (normal, Laplace, beta, continuous Bernoulli)
-  — densities on *dequantized* 8-bit data convert to the same units, nats of the 8-bit image,
-  with the ``− D log 256`` term of :meth:`vaelab.data.Preprocessor.log_jacobian_per_point`
-  (added by :func:`vaelab.run.evaluate`);
-* :meth:`Likelihood.check_data`, which refuses data it cannot score with a
-  :class:`~vaelab.registry.ConfigError` before a run writes anything: Bernoulli on grey levels,
-  the two 8-bit likelihoods on data off the grid ``k/255`` (e.g. dequantized data).
+  categorical, discretized logistic, the count likelihoods) or a density (normal, Laplace,
+  Student-t, beta, continuous Bernoulli) — densities on *dequantized* or *standardized* data
+  convert to the units of the data with
+  :meth:`vaelab.data.Preprocessor.log_jacobian_per_point` (added by :func:`vaelab.run.evaluate`);
+* :meth:`Likelihood.check_data`, which refuses data outside its domain with a
+  :class:`~vaelab.registry.ConfigError` before a run writes anything, in one line naming the
+  key, the offending values and the likelihoods of the registry whose domain holds the data
+  (:func:`fitting_likelihoods`, computed from the declared domains).
 
-============================  =========  ==========  ===========================================
-name                          size       log_prob    per pixel
-============================  =========  ==========  ===========================================
-``bernoulli``                 D          mass        Bernoulli(σ(ℓ)), x ∈ {0, 1}
-``continuous_bernoulli``      D          density     CB(σ(ℓ)) on [0, 1] (Loaiza-Ganem 2019 [1])
-``normal``                    D          density     N(μ, σ²), σ fixed / learned (pixel, shared)
-``laplace``                   D          density     Laplace(μ, b), b as for ``normal``
-``beta``                      2D         density     Beta(α, β), x clamped to [ε, 1 − ε]
-``discretized_logistic``      2D         mass        logistic binned on k/255 (PixelCNN++ [2])
-``categorical``               256 D      mass        Categorical over the 256 levels k/255 [3]
-============================  =========  ==========  ===========================================
+====================================  ======  ========  ========  ================================
+name                                  domain  size      log_prob  per feature
+====================================  ======  ========  ========  ================================
+``bernoulli``                         binary  D         mass      Bernoulli(σ(ℓ))
+``continuous_bernoulli``              unit    D         density   CB(σ(ℓ)) (Loaiza-Ganem 2019 [1])
+``beta``                              unit    2D        density   Beta(α, β), x clamped to [ε, 1−ε]
+``discretized_logistic``              levels  2D        mass      logistic binned on k/(L−1) [2]
+``categorical``                       levels  L D       mass      Categorical over the L levels [3]
+``poisson``                           counts  D         mass      Poisson(e^η)
+``negative_binomial``                 counts  D         mass      NB(μ = e^η, θ), θ learned [4]
+``zero_inflated_negative_binomial``   counts  2D        mass      π δ₀ + (1 − π) NB(μ, θ) [4]
+``normal``                            real    D         density   N(μ, σ²), σ fixed or learned
+``laplace``                           real    D         density   Laplace(μ, b), b as for normal
+``student_t``                         real    D         density   t_ν(μ, s), ν fixed or learned
+====================================  ======  ========  ========  ================================
+
+The count likelihoods take ``library_size = true`` to model the row's proportions instead of
+its means: μ = softmax(ℓ) · Σ_d x_d, the observed total (single-cell VAEs [4];
+:class:`~vaelab.model.distributions.LibraryScaledCounts`).
 
 References:
   1. G. Loaiza-Ganem, J. Cunningham. *The continuous Bernoulli: fixing a pervasive error in
@@ -36,23 +48,34 @@ References:
      Discretized Logistic Mixture Likelihood and Other Modifications*. ICLR 2017.
   3. A. van den Oord, N. Kalchbrenner, K. Kavukcuoglu. *Pixel Recurrent Neural Networks*. ICML
      2016.
+  4. R. Lopez, J. Regier, M. B. Cole, M. I. Jordan, N. Yosef. *Deep generative modeling for
+     single-cell transcriptomics*. Nature Methods 2018 (scVI).
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Literal
 
 import pyro.distributions as dist
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.functional import softplus
 
-from vaelab.model.distributions import BernoulliImage, DiscretizedLogistic, PixelCategorical
+from vaelab.model.distributions import (
+    MAX_LOG_RATE,
+    BernoulliImage,
+    DiscretizedLogistic,
+    LibraryScaledCounts,
+    PixelCategorical,
+    count_distribution,
+)
 from vaelab.registry import ConfigError, Options, Registry
 
 __all__ = [
+    "DOMAINS",
     "LIKELIHOODS",
     "LEVELS",
     "BernoulliLikelihood",
@@ -60,27 +83,123 @@ __all__ = [
     "CategoricalLikelihood",
     "ClampedBeta",
     "ContinuousBernoulliLikelihood",
+    "CountLikelihood",
     "DiscretizedLogisticLikelihood",
     "LaplaceLikelihood",
     "Likelihood",
+    "NegativeBinomialLikelihood",
     "NormalLikelihood",
+    "PoissonLikelihood",
+    "StudentTLikelihood",
+    "ZeroInflatedNegativeBinomialLikelihood",
+    "fitting_likelihoods",
+    "grid_levels",
+    "outside_domain",
 ]
 
-#: number of grey levels of 8-bit data, given to the likelihoods as ``k / (LEVELS - 1)``
+#: default number of levels of the level likelihoods: 8-bit data given as ``k / (LEVELS - 1)``
 LEVELS = 256
-#: tolerance (in units of one level) of the 8-bit grid check, as in ``UnitGrid``
+#: tolerance (in units of one level) of the grid check, as in ``UnitGrid``
 _GRID_ATOL = 1e-3
+#: the largest L − 1 :func:`grid_levels` looks for (any grid a float32 value resolves exactly)
+_MAX_DENOMINATOR = 1024
+
+#: domain → what it holds, in the words of the error messages
+DOMAINS = {
+    "binary": "binary data in {0, 1}",
+    "unit": "values in [0, 1]",
+    "levels": "levels k/(L-1) in [0, 1]",
+    "counts": "counts (non-negative integers)",
+    "real": "finite real values",
+}
+Domain = Literal["binary", "unit", "levels", "counts", "real"]
+
+
+# --------------------------------------------------------------------------------------------
+# domains: which values a likelihood can score
+
+
+def outside_domain(x: torch.Tensor, domain: str, levels: int | None = None) -> torch.Tensor:
+    """The values of ``x`` outside ``domain`` (:data:`DOMAINS`), a boolean tensor like ``x``.
+
+    NaN and infinities are outside every domain; ``levels`` (L) is the grid of ``levels``.
+    """
+    finite = torch.isfinite(x)
+    if domain == "real":
+        return ~finite
+    if domain == "counts":
+        return ~finite | (x < 0) | (x != x.round())
+    if domain == "binary":
+        return (x != 0) & (x != 1)
+    off_unit = ~finite | (x < 0) | (x > 1)
+    if domain == "unit":
+        return off_unit
+    if domain == "levels":
+        if levels is None:
+            raise ValueError("the levels domain needs the number of levels")
+        scaled = x * (levels - 1)  # in units of levels
+        return off_unit | ((scaled - scaled.round()).abs() > _GRID_ATOL)
+    raise ValueError(f"unknown domain {domain!r}; domains: {', '.join(DOMAINS)}")
+
+
+def grid_levels(x: torch.Tensor) -> int | None:
+    """The number of levels L of the coarsest grid k/(L − 1) that holds every value of ``x``
+    (L − 1 the least common denominator of the values, at most 1024), or ``None`` when ``x`` is
+    off every such grid."""
+    if x.numel() == 0 or bool(outside_domain(x, "unit").any()):
+        return None
+    values = torch.unique(x.detach().flatten().double().cpu())  # sorted
+    denominator = 1
+    for v in values.tolist():
+        q = Fraction(v).limit_denominator(_MAX_DENOMINATOR).denominator
+        denominator = math.lcm(denominator, q)
+        if denominator > _MAX_DENOMINATOR:
+            return None
+    levels = max(2, denominator + 1)
+    return None if bool(outside_domain(values, "levels", levels).any()) else levels
+
+
+def fitting_likelihoods(x: torch.Tensor) -> list[str]:
+    """The registered likelihoods whose declared domain holds every value of ``x`` (a level
+    likelihood with the number of levels that fits, e.g. ``categorical (levels = 17)``)."""
+    out = []
+    grid = grid_levels(x)
+    for name in LIKELIHOODS.names():
+        domain = getattr(LIKELIHOODS.entry(name).component, "domain", None)
+        if domain is None:
+            continue
+        if domain == "levels":
+            if grid is not None:
+                out.append(f"{name} (levels = {grid})")
+        elif not bool(outside_domain(x, domain).any()):
+            out.append(name)
+    return out
+
+
+def _examples(values: torch.Tensor, n: int = 3) -> str:
+    """Up to ``n`` distinct offending values, as ``0.53, -1.2, nan``."""
+    seen: list[float] = []
+    for v in values.flatten()[:10_000].tolist():
+        if not any(v == s or (math.isnan(v) and math.isnan(s)) for s in seen):
+            seen.append(v)
+        if len(seen) == n:
+            break
+    return ", ".join(f"{v:.4g}" for v in seen)
 
 
 class Likelihood(nn.Module):
-    """Base class of the observation models."""
+    """Base class of the observation models.
+
+    A subclass declares its ``domain`` (default ``real``: any finite value) and, for the
+    ``levels`` domain, sets ``self.levels``; :meth:`check_data` needs nothing else.
+    """
 
     #: log_prob is a probability mass of the observed values (else a density)
     discrete: bool = False
-    #: needs data in {0, 1}
-    requires_binary: bool = False
-    #: needs data on the 8-bit grid k/255
-    requires_levels: bool = False
+    #: the values it scores, a key of :data:`DOMAINS`
+    domain: Domain = "real"
+    #: L, the number of levels of the ``levels`` domain
+    levels: int | None = None
 
     def __init__(self, data_dim: int):
         super().__init__()
@@ -88,7 +207,7 @@ class Likelihood(nn.Module):
 
     @property
     def param_size(self) -> int:
-        """Decoder output width: ``D`` unless a subclass needs more numbers per pixel."""
+        """Decoder output width: ``D`` unless a subclass needs more numbers per feature."""
         return self.data_dim
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
@@ -96,49 +215,67 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
-        """E[x | z] as an image in data space, ``(..., D)``."""
+        """E[x | z] in data space, ``(..., D)``."""
         return self(params).mean
 
+    def describe_domain(self) -> str:
+        """The domain in words, e.g. ``levels k/(L-1) in [0, 1], L = 256``."""
+        text = DOMAINS[self.domain]
+        return f"{text}, L = {self.levels}" if self.domain == "levels" else text
+
     def check_data(self, x: torch.Tensor, key: str = "model.likelihood") -> None:
-        """Raise :class:`ConfigError` when this likelihood cannot score data like ``x``.
+        """Raise :class:`ConfigError` when ``x`` has values outside this likelihood's domain.
+
+        One line: the key, what is wrong with which values (a count and examples), the
+        likelihoods that would fit the data (:func:`fitting_likelihoods`) and, where one applies,
+        the data setting that would make them fit.
 
         :param x: a sample of the data *as the model will see it* (after preprocessing),
             ``(N, D)``.
         :param key: the config key named in the message.
         """
+        bad = outside_domain(x, self.domain, self.levels)
+        if not bool(bad.any()):
+            return
         name = type(self).__name__
-        if self.requires_binary and not bool(((x == 0) | (x == 1)).all()):
-            bad = x[(x != 0) & (x != 1)][:3].tolist()
-            raise ConfigError(
-                f"{key}: {name} needs binary data in {{0, 1}}, but the data has grey levels "
-                f"(e.g. {bad}); set data.binarize = \"static\" or \"dynamic\", or choose a "
-                "likelihood for grey levels (continuous_bernoulli, normal, laplace, beta, "
-                "discretized_logistic, categorical)"
-            )
-        if x.numel() and (bool(x.min() < 0) or bool(x.max() > 1)):
-            raise ConfigError(
-                f"{key}: {name} expects data scaled to [0, 1], got values in "
-                f"[{float(x.min()):.3g}, {float(x.max()):.3g}]"
-            )
-        if self.requires_levels:
-            scaled = x * (LEVELS - 1)  # in units of levels
-            off = (scaled - scaled.round()).abs() > _GRID_ATOL
-            if bool(off.any()):
-                bad = [round(v, 5) for v in x[off][:3].tolist()]
-                raise ConfigError(
-                    f"{key}: {name} scores 8-bit data given as k/255, k = 0..255, but the data "
-                    f"has values off that grid (e.g. {bad}); with data.dequantize = true the "
-                    "data are continuous: set data.dequantize = false for this likelihood, or "
-                    "choose a density (normal, laplace, beta, continuous_bernoulli) for "
-                    "dequantized data"
-                )
+        finite = torch.isfinite(x)
+        in_unit = bool(finite.all()) and not bool(outside_domain(x, "unit").any())
+        span = ""
+        if not bool(finite.all()):
+            what, bad = "NaN or infinite", ~finite
+        elif self.domain == "counts" and bool((x < 0).any()):
+            what, bad = "negative", x < 0
+        elif self.domain == "counts":
+            what = "not integers"
+        elif self.domain == "binary" and in_unit:
+            what = "grey levels, not 0 or 1"
+        elif self.domain == "levels" and in_unit:
+            what = "off that grid"
+        else:
+            what = "outside [0, 1]"
+            span = f"; the data span [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+            bad = bad & finite & ((x < 0) | (x > 1))
+        hint = ""
+        if self.domain == "binary" and in_unit:
+            hint = "; or set data.binarize = \"static\" or \"dynamic\""
+        elif self.domain == "levels" and in_unit:
+            grid = grid_levels(x)
+            hint = (f"; or set {key.split(' ')[0]}.levels = {grid}" if grid is not None else
+                    "; if data.dequantize = true the data are continuous: set "
+                    "data.dequantize = false for this likelihood")
+        fits = ", ".join(fitting_likelihoods(x)) or "none"
+        raise ConfigError(
+            f"{key}: {name} needs {self.describe_domain()}, but {int(bad.sum())} of "
+            f"{bad.numel()} values are {what} (e.g. {_examples(x[bad])}{span}); likelihoods "
+            f"that fit these data: {fits}{hint}"
+        )
 
 
 LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
 
 
 # --------------------------------------------------------------------------------------------
-# binary and [0, 1] data, one logit per pixel
+# binary and [0, 1] data, one logit per feature
 
 
 class BernoulliLikelihood(Likelihood):
@@ -146,7 +283,7 @@ class BernoulliLikelihood(Likelihood):
     data)."""
 
     discrete = True
-    requires_binary = True
+    domain = "binary"
 
     def forward(self, params):
         # one fused contraction over the pixels (see BernoulliImage); validate_args=False: the
@@ -172,6 +309,8 @@ class ContinuousBernoulliLikelihood(Likelihood):
     :mod:`pyro.distributions`).
     """
 
+    domain = "unit"
+
     def forward(self, params):
         return dist.ContinuousBernoulli(logits=params, validate_args=False).to_event(1)
 
@@ -181,11 +320,12 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
 
 class ScaleMixin(nn.Module):
-    r"""A scale that is fixed, learned per pixel, or learned and shared, with a floor:
+    r"""A scale that is fixed, learned per feature (``learn = "pixel"`` or its synonym
+    ``"feature"``), or learned and shared, with a floor:
     :math:`s = \mathrm{softplus}(\rho) + s_{\min}` when learned."""
 
     fixed_scale: torch.Tensor  #: a buffer, ``learn = "fixed"``
-    raw_scale: nn.Parameter  #: ρ, ``learn = "pixel"`` or ``"shared"``
+    raw_scale: nn.Parameter  #: ρ, ``learn = "pixel"`` / ``"feature"`` or ``"shared"``
 
     def _init_scale(self, data_dim: int, opts) -> None:
         self.learn = opts.learn
@@ -193,13 +333,12 @@ class ScaleMixin(nn.Module):
         if opts.learn == "fixed":
             self.register_buffer("fixed_scale", torch.tensor(float(opts.scale)))
         else:
-            shape = (data_dim,) if opts.learn == "pixel" else ()
-            # softplus(raw) + floor = scale at initialisation
-            raw = math.log(math.expm1(max(opts.scale - opts.min_scale, 1e-6)))
-            self.raw_scale = nn.Parameter(torch.full(shape, raw))
+            shape = (data_dim,) if opts.learn in ("pixel", "feature") else ()
+            self.raw_scale = nn.Parameter(torch.full(shape, _softplus_inverse(
+                opts.scale - opts.min_scale)))  # softplus(raw) + floor = scale at init
 
     def scale(self) -> torch.Tensor:
-        """The scale, ``()`` (fixed or shared) or ``(D,)`` (per pixel)."""
+        """The scale, ``()`` (fixed or shared) or ``(D,)`` (per feature)."""
         if self.learn == "fixed":
             return self.fixed_scale
         return softplus(self.raw_scale) + self.min_scale
@@ -207,10 +346,14 @@ class ScaleMixin(nn.Module):
 
 class NormalLikelihood(ScaleMixin, Likelihood):
     r""":math:`x_d \sim \mathcal{N}(\mu_d, s^2)`, μ the decoder's output; s fixed
-    (``learn = "fixed"``), learned per pixel (``"pixel"``) or one learned scale (``"shared"``).
+    (``learn = "fixed"``), learned per feature (``"pixel"`` or ``"feature"``) or one learned
+    scale (``"shared"``). Any real-valued data; with ``model.hidden_sizes = []`` the model is
+    probabilistic PCA (factor analysis with a per-feature scale), whose log p(x) has a closed
+    form (:func:`vaelab.inference.exact.linear_gaussian_log_likelihood`).
 
     .. note:: A learned variance on quantized data is unbounded (s → 0 on repeated values): keep
-        ``min_scale > 0`` and dequantize 8-bit data.
+        ``min_scale > 0`` and dequantize 8-bit data. Set the initial ``scale`` near the data's
+        spread (or ``data.standardize = true``): the default 0.1 suits [0, 1] images.
     """
 
     family = dist.Normal
@@ -230,10 +373,52 @@ class NormalLikelihood(ScaleMixin, Likelihood):
 
 class LaplaceLikelihood(NormalLikelihood):
     r""":math:`x_d \sim \mathrm{Laplace}(\mu_d, b)`,
-    :math:`\log p = -\log 2b - |x - \mu| / b`; b fixed, learned per pixel or shared (as for
+    :math:`\log p = -\log 2b - |x - \mu| / b`; b fixed, learned per feature or shared (as for
     ``normal``). The L1 counterpart of the normal likelihood: the mode is the median image."""
 
     family = dist.Laplace
+
+
+class StudentTLikelihood(ScaleMixin, Likelihood):
+    r""":math:`x_d \sim t_{\nu}(\mu_d, s)`, the heavy-tailed location-scale density
+
+    .. math::
+
+        \log p(x) = \log\Gamma\big(\tfrac{\nu + 1}{2}\big) - \log\Gamma\big(\tfrac{\nu}{2}\big)
+            - \tfrac12 \log(\nu\pi s^2)
+            - \tfrac{\nu + 1}{2} \log\Big(1 + \frac{(x - \mu)^2}{\nu s^2}\Big),
+
+    μ the decoder's output, s as for ``normal`` (fixed, per feature or shared), ν fixed
+    (``df``) or learned per feature from ``df`` (``learn_df = true``,
+    :math:`\nu = \mathrm{softplus}(\cdot) + \nu_{\min}`). ν → ∞ is the normal likelihood;
+    outlying values cost logarithmically instead of quadratically. torch's ``StudentT``.
+    """
+
+    fixed_df: torch.Tensor  #: a buffer, ``learn_df = false``
+    raw_df: nn.Parameter  #: learned per feature, ``learn_df = true``
+
+    def __init__(self, data_dim: int, opts):
+        super().__init__(data_dim)
+        self._init_scale(data_dim, opts)
+        self.learn_df, self.min_df = opts.learn_df, opts.min_df
+        if opts.learn_df:
+            self.raw_df = nn.Parameter(
+                torch.full((data_dim,), _softplus_inverse(opts.df - opts.min_df)))
+        else:
+            self.register_buffer("fixed_df", torch.tensor(float(opts.df)))
+
+    def df(self) -> torch.Tensor:
+        """ν, ``()`` (fixed) or ``(D,)`` (learned)."""
+        return softplus(self.raw_df) + self.min_df if self.learn_df else self.fixed_df
+
+    def forward(self, params):
+        loc = params  # (..., D)
+        scale = self.scale().expand_as(loc)  # (..., D)
+        df = self.df().expand_as(loc)  # (..., D)
+        return dist.StudentT(df, loc, scale, validate_args=False).to_event(1)
+
+    def mean(self, params):
+        return params  # the location: the mean where ν > 1, the median always
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,6 +464,8 @@ class BetaLikelihood(Likelihood):
     Meant for dequantized 8-bit data, :math:`x' = (k + u) / 256 \in (0, 1)`.
     """
 
+    domain = "unit"
+
     def __init__(self, data_dim: int, opts):
         super().__init__(data_dim)
         self.eps = opts.eps
@@ -303,24 +490,27 @@ class BetaLikelihood(Likelihood):
 
 
 # --------------------------------------------------------------------------------------------
-# 8-bit likelihoods: probability masses on the grid k/255
+# level likelihoods: probability masses on the grid k/(L - 1), L = 256 for 8-bit data
 
 
 class DiscretizedLogisticLikelihood(Likelihood):
-    r""":math:`x_d \sim \mathrm{DiscretizedLogistic}(\mu_d, s_d)` on the 256 levels
-    :math:`k/255` (:class:`~vaelab.model.distributions.DiscretizedLogistic`, PixelCNN++ edge
-    bins [2]): the mass of level k is the logistic CDF difference across the bin
-    :math:`[x_k - \Delta/2, x_k + \Delta/2]`, :math:`\Delta = 1/255`, edge bins taking the tails.
-    The decoder outputs μ and :math:`s = \mathrm{softplus}(\cdot) + s_{\min}` per pixel
-    (``2D``). Data: raw 8-bit levels (``data.dequantize = false``).
+    r""":math:`x_d \sim \mathrm{DiscretizedLogistic}(\mu_d, s_d)` on the L levels
+    :math:`k/(L-1)` (``levels``, 256 by default: 8-bit data as k/255;
+    :class:`~vaelab.model.distributions.DiscretizedLogistic`, PixelCNN++ edge bins [2]): the mass
+    of level k is the logistic CDF difference across the bin
+    :math:`[x_k - \Delta/2, x_k + \Delta/2]`, :math:`\Delta = 1/(L-1)`, edge bins taking the
+    tails. The decoder outputs μ and :math:`s = \mathrm{softplus}(\cdot) + s_{\min}` per
+    feature (``2D``). Data: raw levels (``data.dequantize = false``; counts 0..L−1 read with
+    ``data.values = "levels"``).
     """
 
     discrete = True
-    requires_levels = True
+    domain = "levels"
 
     def __init__(self, data_dim: int, opts):
         super().__init__(data_dim)
         self.min_scale = opts.min_scale
+        self.levels = opts.levels
 
     @property
     def param_size(self) -> int:
@@ -329,29 +519,139 @@ class DiscretizedLogisticLikelihood(Likelihood):
     def forward(self, params):
         loc, raw = params.split(self.data_dim, dim=-1)  # (..., D), (..., D)
         scale = softplus(raw) + self.min_scale
-        return DiscretizedLogistic(loc, scale, LEVELS, validate_args=False).to_event(1)
+        return DiscretizedLogistic(loc, scale, self.levels, validate_args=False).to_event(1)
 
 
 class CategoricalLikelihood(Likelihood):
-    r""":math:`x_d \sim \mathrm{Categorical}(\mathrm{softmax}(\ell_d))` over the 256 levels
-    :math:`k/255` (:class:`~vaelab.model.distributions.PixelCategorical`, as in PixelRNN [3]):
-    no ordering between levels is assumed. The decoder outputs 256 logits per pixel
-    (``256 D``, viewed as ``(..., D, 256)``).
+    r""":math:`x_d \sim \mathrm{Categorical}(\mathrm{softmax}(\ell_d))` over the L levels
+    :math:`k/(L-1)` (``levels``, 256 by default;
+    :class:`~vaelab.model.distributions.PixelCategorical`, as in PixelRNN [3]): no ordering
+    between levels is assumed. The decoder outputs L logits per feature (``L D``, viewed as
+    ``(..., D, L)``).
 
-    .. note:: 256 times the decoder output (and memory) of a Bernoulli decoder; importance
+    .. note:: L times the decoder output (and memory) of a Bernoulli decoder; importance
         sampling sizes its particle chunks from ``param_size`` accordingly.
     """
 
     discrete = True
-    requires_levels = True
+    domain = "levels"
+    levels: int
+
+    def __init__(self, data_dim: int, opts):
+        super().__init__(data_dim)
+        self.levels = opts.levels
 
     @property
     def param_size(self) -> int:
-        return LEVELS * self.data_dim
+        return self.levels * self.data_dim
 
     def forward(self, params):
-        logits = params.unflatten(-1, (self.data_dim, LEVELS))  # (..., D, 256)
-        return PixelCategorical(logits, LEVELS, validate_args=False).to_event(1)
+        logits = params.unflatten(-1, (self.data_dim, self.levels))  # (..., D, L)
+        return PixelCategorical(logits, self.levels, validate_args=False).to_event(1)
+
+
+# --------------------------------------------------------------------------------------------
+# counts: non-negative integers, unbounded
+
+
+class CountLikelihood(Likelihood):
+    r"""Base of the count likelihoods: independent counts with mean
+    :math:`\mu_d = e^{\eta_d}`, η the decoder's output (a log link), from
+    :func:`~vaelab.model.distributions.count_distribution`.
+
+    With ``library_size = true`` the decoder's D outputs are instead the logits of the
+    proportions, :math:`\mu_d = \mathrm{softmax}(\eta)_d \cdot \ell` with ℓ the row's observed
+    total :math:`\sum_d x_d` (scVI's observed library size [4],
+    :class:`~vaelab.model.distributions.LibraryScaledCounts`): the model explains the
+    composition of a row, and log p(x) is conditional on its total. :meth:`mean` is then the
+    mean per unit of total, :math:`\mathbb{E}[x \mid z, \ell] / \ell`.
+
+    The negative-binomial likelihoods learn one inverse dispersion per feature,
+    :math:`\theta_d = \mathrm{softplus}(\cdot) + \theta_{\min}` (scVI's ``dispersion =
+    "gene"``), initialised at ``inverse_dispersion``.
+    """
+
+    discrete = True
+    domain = "counts"
+    #: a key of :data:`~vaelab.model.distributions.COUNT_FAMILIES`
+    family: str = "poisson"
+    #: whether the family has an inverse dispersion θ
+    dispersed: bool = False
+    #: whether the decoder also outputs a zero-inflation logit per feature
+    inflated: bool = False
+
+    raw_inverse_dispersion: nn.Parameter  #: ρ of θ = softplus(ρ) + θ_min, ``(D,)``
+
+    def __init__(self, data_dim: int, opts):
+        super().__init__(data_dim)
+        self.library_size = opts.library_size
+        if self.dispersed:
+            self.min_inverse_dispersion = opts.min_inverse_dispersion
+            self.raw_inverse_dispersion = nn.Parameter(torch.full((data_dim,), _softplus_inverse(
+                opts.inverse_dispersion - opts.min_inverse_dispersion)))
+
+    @property
+    def param_size(self) -> int:
+        return (2 if self.inflated else 1) * self.data_dim
+
+    def inverse_dispersion(self) -> torch.Tensor | None:
+        """θ, ``(D,)`` (``None`` for the Poisson likelihood)."""
+        if not self.dispersed:
+            return None
+        return softplus(self.raw_inverse_dispersion) + self.min_inverse_dispersion
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``params (..., param_size)`` → η ``(..., D)`` and the gate logits ``(..., D)``."""
+        if not self.inflated:
+            return params, None
+        eta, gate = params.split(self.data_dim, dim=-1)  # (..., D), (..., D)
+        return eta, gate
+
+    def forward(self, params):
+        eta, gate = self._split(params)
+        theta = self.inverse_dispersion()
+        if self.library_size:
+            return LibraryScaledCounts(eta.log_softmax(-1), self.family, theta, gate,
+                                       validate_args=False)
+        return count_distribution(self.family, eta, theta, gate).to_event(1)
+
+    def mean(self, params):
+        eta, gate = self._split(params)
+        mu = eta.softmax(-1) if self.library_size else eta.clamp(-MAX_LOG_RATE, MAX_LOG_RATE).exp()
+        return mu if gate is None else torch.sigmoid(-gate) * mu  # (1 − π) μ
+
+
+class PoissonLikelihood(CountLikelihood):
+    r""":math:`x_d \sim \mathrm{Poisson}(\mu_d)`,
+    :math:`\log P(x) = x \log\mu - \mu - \log x!`, :math:`\mu = e^{\eta}` (Pyro's
+    ``Poisson``; the log-rate is clamped to [−80, 80]). Variance = mean."""
+
+    family = "poisson"
+
+
+class NegativeBinomialLikelihood(CountLikelihood):
+    r""":math:`x_d \sim \mathrm{NB}(\mu_d, \theta_d)`, mean μ and inverse dispersion θ (the scVI
+    parameterisation [4]): variance :math:`\mu + \mu^2/\theta`, Poisson as θ → ∞. Pyro's
+    ``NegativeBinomial(total_count=θ, logits=log μ − log θ)``."""
+
+    family = "negative_binomial"
+    dispersed = True
+
+
+class ZeroInflatedNegativeBinomialLikelihood(CountLikelihood):
+    r""":math:`x_d \sim \pi_d\, \delta_0 + (1 - \pi_d)\, \mathrm{NB}(\mu_d, \theta_d)`,
+    :math:`\pi = \sigma(g)` with the gate logits g decoded beside η (``2D`` outputs): extra
+    zeros (dropouts) beyond the NB's own. Pyro's ``ZeroInflatedNegativeBinomial``."""
+
+    family = "zero_inflated_negative_binomial"
+    dispersed = True
+    inflated = True
+
+
+def _softplus_inverse(y: float) -> float:
+    """ρ with softplus(ρ) = y (y floored at 1e-6)."""
+    y = max(y, 1e-6)
+    return math.log(math.expm1(y)) if y < 20.0 else y + math.log(-math.expm1(-y))
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,10 +662,45 @@ class ScaleOptions(Options):
     """Options of ``normal`` and ``laplace``."""
 
     scale: float = Field(0.1, gt=0.0, description="the fixed scale, or the initial learned one")
-    learn: Literal["fixed", "pixel", "shared"] = Field(
-        "fixed", description="fixed, learned per pixel, or one learned scale"
+    learn: Literal["fixed", "pixel", "feature", "shared"] = Field(
+        "fixed", description="fixed, learned per feature ('pixel' or 'feature'), or one "
+        "learned scale"
     )
     min_scale: float = Field(1e-3, ge=0.0, description="floor added to a learned scale")
+
+
+class StudentTOptions(ScaleOptions):
+    """Options of ``student_t``: the scale as for ``normal``, and the degrees of freedom."""
+
+    df: float = Field(5.0, gt=0.0, description="degrees of freedom ν, fixed or initial")
+    learn_df: bool = Field(False, description="learn ν per feature (from df)")
+    min_df: float = Field(0.1, gt=0.0, description="floor added to a learned ν")
+
+    @model_validator(mode="after")
+    def _df_above_floor(self):
+        if self.learn_df and self.df <= self.min_df:
+            raise ValueError(f"df = {self.df} must exceed min_df = {self.min_df} when learned")
+        return self
+
+
+class CountOptions(Options):
+    """Options of ``poisson``."""
+
+    library_size: bool = Field(
+        False, description="decode proportions, scaled by each row's observed total count")
+
+
+class DispersionOptions(CountOptions):
+    """Options of ``negative_binomial`` and ``zero_inflated_negative_binomial``."""
+
+    inverse_dispersion: float = Field(1.0, gt=0.0, description="initial θ of every feature")
+    min_inverse_dispersion: float = Field(1e-4, ge=0.0, description="floor added to θ")
+
+
+class LevelsOptions(Options):
+    """Options of ``categorical``."""
+
+    levels: int = Field(LEVELS, ge=2, description="L, levels k/(L-1) (256: 8-bit data)")
 
 
 class BetaOptions(Options):
@@ -373,47 +708,74 @@ class BetaOptions(Options):
     min_concentration: float = Field(1e-3, ge=0.0, description="floor added to α and β")
 
 
-class DiscretizedLogisticOptions(Options):
+class DiscretizedLogisticOptions(LevelsOptions):
     min_scale: float = Field(1e-3, gt=0.0, description="floor added to the logistic scale")
 
 
-@LIKELIHOODS.register("bernoulli")
+@LIKELIHOODS.register("bernoulli", component=BernoulliLikelihood)
 def _bernoulli(opts, data_dim):
     """Bernoulli with logits: binary data only."""
     return BernoulliLikelihood(data_dim)
 
 
-@LIKELIHOODS.register("continuous_bernoulli")
+@LIKELIHOODS.register("continuous_bernoulli", component=ContinuousBernoulliLikelihood)
 def _continuous_bernoulli(opts, data_dim):
     """Continuous Bernoulli with logits: a normalized density on [0, 1]."""
     return ContinuousBernoulliLikelihood(data_dim)
 
 
-@LIKELIHOODS.register("normal", ScaleOptions)
+@LIKELIHOODS.register("normal", ScaleOptions, component=NormalLikelihood)
 def _normal(opts, data_dim):
-    """Normal with fixed, per-pixel or shared learned scale."""
+    """Normal with fixed, per-feature or shared learned scale: real-valued data."""
     return NormalLikelihood(data_dim, opts)
 
 
-@LIKELIHOODS.register("laplace", ScaleOptions)
+@LIKELIHOODS.register("laplace", ScaleOptions, component=LaplaceLikelihood)
 def _laplace(opts, data_dim):
-    """Laplace with fixed, per-pixel or shared learned scale."""
+    """Laplace with fixed, per-feature or shared learned scale: real-valued data."""
     return LaplaceLikelihood(data_dim, opts)
 
 
-@LIKELIHOODS.register("beta", BetaOptions)
+@LIKELIHOODS.register("student_t", StudentTOptions, component=StudentTLikelihood)
+def _student_t(opts, data_dim):
+    """Student-t with fixed or learned degrees of freedom: real-valued data, heavy tails."""
+    return StudentTLikelihood(data_dim, opts)
+
+
+@LIKELIHOODS.register("beta", BetaOptions, component=BetaLikelihood)
 def _beta(opts, data_dim):
     """Beta with two decoded concentrations; observations clamped to [eps, 1 - eps]."""
     return BetaLikelihood(data_dim, opts)
 
 
-@LIKELIHOODS.register("discretized_logistic", DiscretizedLogisticOptions)
+@LIKELIHOODS.register("discretized_logistic", DiscretizedLogisticOptions,
+                      component=DiscretizedLogisticLikelihood)
 def _discretized_logistic(opts, data_dim):
-    """Discretized logistic on the 8-bit grid (PixelCNN++ edge bins)."""
+    """Discretized logistic on the grid of L levels (PixelCNN++ edge bins)."""
     return DiscretizedLogisticLikelihood(data_dim, opts)
 
 
-@LIKELIHOODS.register("categorical")
+@LIKELIHOODS.register("categorical", LevelsOptions, component=CategoricalLikelihood)
 def _categorical(opts, data_dim):
-    """256-way categorical per pixel."""
-    return CategoricalLikelihood(data_dim)
+    """L-way categorical per feature (256 by default)."""
+    return CategoricalLikelihood(data_dim, opts)
+
+
+@LIKELIHOODS.register("poisson", CountOptions, component=PoissonLikelihood)
+def _poisson(opts, data_dim):
+    """Poisson counts with a log link (or library-size scaled proportions)."""
+    return PoissonLikelihood(data_dim, opts)
+
+
+@LIKELIHOODS.register("negative_binomial", DispersionOptions,
+                      component=NegativeBinomialLikelihood)
+def _negative_binomial(opts, data_dim):
+    """Negative binomial counts: mean and a learned inverse dispersion per feature."""
+    return NegativeBinomialLikelihood(data_dim, opts)
+
+
+@LIKELIHOODS.register("zero_inflated_negative_binomial", DispersionOptions,
+                      component=ZeroInflatedNegativeBinomialLikelihood)
+def _zero_inflated_negative_binomial(opts, data_dim):
+    """Zero-inflated negative binomial counts: NB plus a decoded dropout probability."""
+    return ZeroInflatedNegativeBinomialLikelihood(data_dim, opts)

@@ -11,6 +11,9 @@ broadcasts it over the data plate (and an outer particle plate) with ``.expand``
 * ``mog``: :math:`\sum_k \pi_k \mathcal{N}(\mu_k, \mathrm{diag}\,\sigma_k^2)`, all learned;
 * ``vamp``: :math:`\frac1K \sum_k q_\phi(z \mid u_k)`, K learned pseudo-inputs
   :math:`u_k` through the guide's own encoder (VampPrior [1]);
+* ``flow``: a learned normalizing flow on :math:`\mathcal{N}(0, I)`
+  (:class:`FlowPrior`: masked affine autoregressive steps in the MAF direction, or spline
+  couplings; Pyro's transforms);
 * ``categorical``: :math:`\prod_n \mathrm{Cat}(z_n; \mathrm{softmax}(\pi_n))` for
   ``model.latent = "categorical"`` (:class:`CategoricalPrior`), event ``(N, K)``.
 
@@ -25,37 +28,49 @@ function samples with ``hard=True``; only discrete priors have one.
 :math:`\log q(z|x) - \log p(z)` otherwise. For vaelab's guide families and priors
 (:data:`ANALYTIC_KL`, checked against torch's registry in the tests):
 
-=================  ===============  ========  ========  =========  ===  ====
-guide / prior      standard_normal  normal    laplace   student_t  mog  vamp
-=================  ===============  ========  ========  =========  ===  ====
-``normal``         analytic         analytic  analytic  MC         MC   MC
-``student_t``      MC               MC        MC        MC         MC   MC
-=================  ===============  ========  ========  =========  ===  ====
+=================  ===============  ========  ========  =========  =======  =======  =======
+guide / prior      standard_normal  normal    laplace   student_t  mog      vamp     flow
+=================  ===============  ========  ========  =========  =======  =======  =======
+``normal``         analytic         analytic  analytic  MC         MC       MC       refused
+``student_t``      MC               MC        MC        MC         MC       MC       refused
+``iaf``            refused          refused   refused   refused    refused  —        refused
+=================  ===============  ========  ========  =========  =======  =======  =======
 
 ``mog`` and ``vamp`` are mixtures (:class:`DiagonalNormalMixture`, or ``MixtureSameFamily``
 for a Student-t guide's VampPrior): no closed-form KL exists; torch registers no KL
 from or to ``StudentT``; Normal → Laplace is torch's ``_kl_normal_laplace``.
 :class:`~pyro.infer.Trace_ELBO` (``objective.name = "trace"``) always uses the Monte Carlo
-form. :func:`has_analytic_kl` answers for two built distributions.
+form. :func:`has_analytic_kl` answers for two built distributions. A normalizing flow (the
+``iaf`` guide family, the ``flow`` prior; ``normalizing_flow = True`` on its class) has no
+closed-form KL with anything, so ``mean_field`` refuses it ("refused") instead of falling back
+silently; the VampPrior mixes the guide's own posteriors, which for an IAF guide vaelab does not
+score (—: refused when the VAE is built, whatever the objective).
 
 References:
   1. J. Tomczak, M. Welling. *VAE with a VampPrior*. AISTATS 2018.
   2. D. Kingma, M. Welling. *Auto-Encoding Variational Bayes*. ICLR 2014.
+  3. G. Papamakarios, T. Pavlakou, I. Murray. *Masked Autoregressive Flow for Density
+     Estimation*. NeurIPS 2017.
+  4. C. Durkan, A. Bekasov, I. Murray, G. Papamakarios. *Neural Spline Flows*. NeurIPS 2019.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import pyro.distributions as dist
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.distributions.transforms import AffineAutoregressive, Permute, spline_coupling
+from pyro.nn import AutoRegressiveNN
 from torch import nn
 from torch.distributions import constraints, kl_divergence
 from torch.nn.functional import softplus
 
 from vaelab.model.distributions import CategoricalProduct, ExpRelaxedCategorical
+from vaelab.model.flows import alternating_order, check_made_widths, quiet_made, zero_last_layer
 from vaelab.model.latents import CategoricalLatent
 from vaelab.registry import ConfigError, Options, Registry
 
@@ -64,6 +79,7 @@ __all__ = [
     "PRIORS",
     "CategoricalPrior",
     "DiagonalNormalMixture",
+    "FlowPrior",
     "Prior",
     "has_analytic_kl",
 ]
@@ -73,6 +89,8 @@ class Prior(nn.Module):
     """Base class: ``prior() -> Distribution`` over z with event shape ``(latent_dim,)``."""
 
     _anchor: torch.Tensor  #: the buffer :func:`_anchor` registers, where a prior has one
+    #: a normalizing flow: no closed-form KL with any guide (analytic-KL objectives refuse it)
+    normalizing_flow: bool = False
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -352,6 +370,76 @@ class CategoricalPrior(Prior):
         return CategoricalProduct(self.logits)  # batch (), event (N, K) one-hot
 
 
+class FlowPrior(Prior):
+    r"""A learned flow prior :math:`p(z) = p_0(T^{-1}(z))\,|\det J_{T^{-1}}(z)|`,
+    :math:`p_0 = \mathcal N(0, I)`, T a composition of Pyro transforms:
+
+    * ``kind = "affine_autoregressive"`` (MAF, Papamakarios et al. 2017): each step of
+      :math:`T^{-1}` is :math:`u_i = (z_i - m_i(z_{<i})) / s_i(z_{<i})`, a
+      :class:`~pyro.distributions.transforms.AffineAutoregressive` used in its *inverse*
+      direction (``.inv``), so the density of a guide's z is one MADE pass per step and only
+      sampling (prior samples, AIS from the prior) is sequential (d passes). The order is
+      reversed every other step and each step's output layer starts at zero: the prior starts
+      as :math:`\mathcal N(0, I)`.
+    * ``kind = "spline_coupling"`` (Durkan et al. 2019): monotonic rational-quadratic splines of
+      the second half of z given the first
+      (:class:`~pyro.distributions.transforms.SplineCoupling`, identity outside
+      ``[-bound, bound]``), the halves swapped between steps (``Permute``): both directions in
+      one pass. Needs d ≥ 2.
+
+    :param latent_dim: d.
+    :param kind: ``"affine_autoregressive"`` or ``"spline_coupling"``.
+    :param num_flows: number of steps.
+    :param hidden_sizes: hidden widths of each step's network.
+    :param count_bins: spline bins (``spline_coupling``).
+    :param bound: spline interval half-width (``spline_coupling``).
+    """
+
+    normalizing_flow = True
+    reverse: torch.Tensor  #: the order-reversing permutation between coupling steps, a buffer
+
+    def __init__(self, latent_dim: int, kind: str, num_flows: int, hidden_sizes: list[int],
+                 count_bins: int = 8, bound: float = 3.0):
+        super().__init__(latent_dim)
+        _anchor(self)
+        self.kind = kind
+        steps: list[nn.Module] = []
+        for t in range(num_flows):
+            if kind == "affine_autoregressive":
+                made = quiet_made(lambda t=t: AutoRegressiveNN(
+                    latent_dim, list(hidden_sizes), permutation=alternating_order(latent_dim, t)))
+                zero_last_layer(made)  # identity at initialisation
+                steps.append(AffineAutoregressive(made))
+            else:
+                steps.append(spline_coupling(latent_dim, hidden_dims=list(hidden_sizes),
+                                             count_bins=count_bins, bound=bound))
+        self.flows = nn.ModuleList(steps)
+        self.register_buffer("reverse", torch.arange(latent_dim).flip(0), persistent=False)
+
+    @property
+    def activations_per_sample(self) -> int:
+        """Floats one particle's log-density produces (for memory estimates)."""
+        d = self.latent_dim
+        width = sum(m.out_features for m in self.flows.modules() if isinstance(m, nn.Linear))
+        return width + 4 * d * len(self.flows)
+
+    def transforms(self) -> list:
+        """The transforms from the base to z, in order."""
+        if self.kind == "affine_autoregressive":
+            return [step.inv for step in self.flows]
+        out: list = []
+        for t, step in enumerate(self.flows):
+            if t:
+                out.append(Permute(self.reverse))
+            out.append(step)
+        return out
+
+    def forward(self, temperature=None):
+        zero = self._zeros()
+        base = dist.Normal(zero, torch.ones_like(zero)).to_event(1)  # batch (), event (d,)
+        return dist.TransformedDistribution(base, self.transforms())
+
+
 class ComponentsOptions(Options):
     components: int = Field(10, gt=0, description="number of mixture components K")
 
@@ -371,6 +459,23 @@ class LaplaceOptions(Options):
 
 class StudentTOptions(Options):
     df: float = Field(3.0, gt=0.0)
+
+
+class FlowOptions(Options):
+    kind: Literal["affine_autoregressive", "spline_coupling"] = Field(
+        "affine_autoregressive", description="MAF steps or spline couplings")
+    num_flows: int = Field(2, gt=0, description="number of steps")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [200],
+                                    description="hidden widths of each step's network")
+    count_bins: int = Field(8, ge=2, description="spline bins (spline_coupling)")
+    bound: float = Field(3.0, gt=0.0, description="spline interval [-bound, bound]")
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        if not v or any(h <= 0 for h in v):
+            raise ValueError(f"at least one hidden layer, every width positive; got {v}")
+        return v
 
 
 @PRIORS.register("standard_normal")
@@ -410,6 +515,18 @@ def _vamp(opts, latent_dim, ctx):
         latent_dim, ctx.data_dim, opts.components, ctx.encoder, ctx.posterior,
         opts.init_mean, opts.init_std,
     )
+
+
+@PRIORS.register("flow", FlowOptions, component=FlowPrior)
+def _flow(opts, latent_dim, ctx):
+    """Learned flow on N(0, I): MAF steps or spline couplings (Pyro transforms)."""
+    if opts.kind == "affine_autoregressive":
+        check_made_widths("model.prior", opts.hidden_sizes, latent_dim)
+    elif latent_dim < 2:
+        raise ConfigError("model.prior: kind = 'spline_coupling' splits z in two halves and "
+                          "needs model.latent_dim ≥ 2; use kind = 'affine_autoregressive'")
+    return FlowPrior(latent_dim, opts.kind, opts.num_flows, opts.hidden_sizes, opts.count_bins,
+                     opts.bound)
 
 
 @PRIORS.register("categorical", component=CategoricalPrior)

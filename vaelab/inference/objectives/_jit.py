@@ -18,7 +18,13 @@ import torch
 
 from vaelab.seed import get_rng_state, set_rng_state
 
-__all__ = ["JIT_ALLOWLIST", "TensorArgsMixin", "compiled_matches_eager", "jit_blockers", "tensor_args"]
+__all__ = [
+    "JIT_ALLOWLIST",
+    "TensorArgsMixin",
+    "compiled_matches_eager",
+    "jit_blockers",
+    "tensor_args",
+]
 
 
 def tensor_args(x, beta=1.0, temperature=None) -> tuple:
@@ -34,14 +40,14 @@ class TensorArgsMixin:
     """Mix into a ``Jit*_ELBO`` before the Pyro class: converts the loop's arguments."""
 
     def loss(self, model, guide, *args, **kwargs):
-        return super().loss(model, guide, *tensor_args(*args), **kwargs)  # type: ignore[misc]
+        return super().loss(model, guide, *tensor_args(*args), **kwargs)
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
-        return super().loss_and_grads(  # type: ignore[misc]
+        return super().loss_and_grads(
             model, guide, *tensor_args(*args), **kwargs)
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        return super().differentiable_loss(  # type: ignore[misc]
+        return super().differentiable_loss(
             model, guide, *tensor_args(*args), **kwargs)
 
 

@@ -164,7 +164,14 @@ def stop_gradient_params(fn, value: torch.Tensor):
     :param value: the site's sample (used to check the detached ``log_prob`` has no parameter
         gradient left).
     :raises NotImplementedError: when the parameters cannot be detached.
+
+    A distribution that knows how to detach itself (a ``stop_gradient()`` method, e.g. the IAF
+    guide's :class:`~vaelab.guide.iaf.IAFDistribution`, whose parameters live in networks) is
+    asked to.
     """
+    own = getattr(fn, "stop_gradient", None)
+    if callable(own):
+        return own()
     detached = _detach_tree(fn, {})
     key = _structure(fn)
     if key not in _VERIFIED and torch.is_grad_enabled():
