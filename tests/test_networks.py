@@ -215,8 +215,11 @@ def test_conv_decoder_gives_each_pixel_the_numbers_at_its_own_position(likelihoo
     u = torch.randn(1, 2)
     with torch.no_grad():
         base = lik.mean(dec(u))
+        # a different shift per channel (a categorical's softmax ignores a shift common to
+        # all its logits), at one spatial position only
         hook = dec.deconvs[-1].register_forward_hook(
-            lambda m, i, out: out + 0.5 * (torch.arange(4).view(1, 1, 4, 1) == 1)
+            lambda m, i, out: out + 0.5 * (1 + torch.arange(out.shape[1]).view(1, -1, 1, 1))
+            / out.shape[1] * (torch.arange(4).view(1, 1, 4, 1) == 1)
             * (torch.arange(6).view(1, 1, 1, 6) == 2))
         moved = lik.mean(dec(u))
         hook.remove()

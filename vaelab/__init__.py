@@ -40,7 +40,21 @@ _EXPORTS = {
     "build_vae": "vaelab.vae",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "VAE",
+    "ConfigError",
+    "NonFiniteLossError",
+    "Options",
+    "Run",
+    "RunConfig",
+    "build_vae",
+    "evaluate",
+    "load_config",
+    "load_run",
+    "register",
+    "train",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -534,6 +534,8 @@ class CategoricalLikelihood(Likelihood):
     """
 
     discrete = True
+    #: the decoder's P·D outputs are read pixel by pixel, (D, L) (see vaelab.model.networks)
+    param_layout = "pixels"
     domain = "levels"
     levels: int
 
