@@ -50,3 +50,27 @@ def ppca():
     vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)
     x = sample_ppca(20, W, b, SIGMA, seed=1)
     return vae, W, b, x, exact_log_px(x, W, b, SIGMA)
+
+
+@pytest.fixture
+def empty_cfg(tmp_path):
+    """An empty TOML file: every key at its default."""
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    return path
+
+
+@pytest.fixture
+def error_line(capsys):
+    """Read stderr and return its one error line, asserting it is the only line besides
+    ``vaelab: note:`` lines and that no traceback was printed."""
+
+    def read() -> str:
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines()
+                 if line.strip() and not line.startswith("vaelab: note:")]
+        assert "Traceback" not in err and len(lines) == 1, err
+        assert lines[0].startswith("vaelab ") and ": error: " in lines[0], err
+        return lines[0]
+
+    return read

@@ -44,19 +44,8 @@ def sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and "note:" not in line]
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("vaelab ") and ": error: " in lines[0], err
-    return lines[0]
 
 
-@pytest.fixture
-def empty_cfg(tmp_path):
-    path = tmp_path / "empty.toml"
-    path.write_text("")
-    return path
 
 
 def likelihood(spec, dim):
@@ -436,11 +425,11 @@ def test_refusals_name_the_key_the_values_and_what_fits(spec, data, expected):
         assert text in message, (text, message)
 
 
-def _train_fails(capsys, empty_cfg, out, overrides) -> str:
+def _train_fails(error_line, empty_cfg, out, overrides) -> str:
     base = ["model.latent_dim=2", "model.hidden_sizes=[8]", "train.epochs=1",
             "train.batch_size=20", "train.progress=false"]
     assert main(["train", str(empty_cfg), "--out", str(out), *sets([*base, *overrides])]) == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert not out.exists(), list(out.rglob("*"))
     return line
 
@@ -454,65 +443,66 @@ def _save(tmp_path, name, array):
     return path
 
 
-def test_bad_inputs_are_refused_in_one_line_before_any_run_folder(tmp_path, empty_cfg, capsys):
+def test_bad_inputs_are_refused_in_one_line_before_any_run_folder(tmp_path, empty_cfg, capsys,
+                                                                  error_line):
     rng = np.random.default_rng(0)
     counts = rng.poisson(3.0, (60, 4))
     out = tmp_path / "run"
 
     negative = _save(tmp_path, "neg.npy", counts - 2)  # int64 with negative values
-    line = _train_fails(capsys, empty_cfg, out, ["data.name=array", f"data.path={negative}",
+    line = _train_fails(error_line, empty_cfg, out, ["data.name=array", f"data.path={negative}",
                                                  "data.values=counts"])
     assert "neg.npy" in line and "data.values = 'counts'" in line and "negative" in line
-    line = _train_fails(capsys, empty_cfg, out, ["data.name=array", f"data.path={negative}",
+    line = _train_fails(error_line, empty_cfg, out, ["data.name=array", f"data.path={negative}",
                                                  "model.likelihood=poisson"])
     assert "model.likelihood" in line and "negative" in line and "normal" in line
 
     fractional = _save(tmp_path, "frac.npy", counts + 0.5)
-    line = _train_fails(capsys, empty_cfg, out, ["data.name=array", f"data.path={fractional}",
+    line = _train_fails(error_line, empty_cfg, out, ["data.name=array", f"data.path={fractional}",
                                                  "model.likelihood=negative_binomial"])
     assert "not integers" in line and "e.g. " in line and "student_t" in line
-    line = _train_fails(capsys, empty_cfg, out, ["data.name=array", f"data.path={fractional}",
+    line = _train_fails(error_line, empty_cfg, out, ["data.name=array", f"data.path={fractional}",
                                                  "data.values=counts"])
     assert "non-integer" in line
 
     real = rng.normal(size=(60, 4)) * 5
     real[17, 2] = np.nan
     nan_csv = _save(tmp_path, "nan.csv", real)
-    line = _train_fails(capsys, empty_cfg, out, ["data.name=array", f"data.path={nan_csv}",
+    line = _train_fails(error_line, empty_cfg, out, ["data.name=array", f"data.path={nan_csv}",
                                                  'model.likelihood="normal"'])
     assert "nan.csv" in line and "NaN or infinite" in line and "row 18, column 3" in line
 
     real[17, 2] = 0.0
     real_npy = _save(tmp_path, "real.npy", real)
-    line = _train_fails(capsys, empty_cfg, out, ["data.name=array", f"data.path={real_npy}",
+    line = _train_fails(error_line, empty_cfg, out, ["data.name=array", f"data.path={real_npy}",
                                                  "model.likelihood=bernoulli"])
     assert "needs binary data" in line and "laplace, normal, student_t" in line
 
     text = tmp_path / "text.csv"
     text.write_text("a,b\n1,2\n3,M\n")
-    line = _train_fails(capsys, empty_cfg, out, ["data.name=array", f"data.path={text}"])
+    line = _train_fails(error_line, empty_cfg, out, ["data.name=array", f"data.path={text}"])
     assert "line 3, column 2 ('b')" in line and "'M' is not a number" in line
 
     # standardization is for real-valued data: not with binarization or dequantization
-    line = _train_fails(capsys, empty_cfg, out, ["data.name=array", f"data.path={real_npy}",
+    line = _train_fails(error_line, empty_cfg, out, ["data.name=array", f"data.path={real_npy}",
                                                  "data.standardize=true",
                                                  "data.binarize=dynamic"])
     assert "data.standardize=true and data.binarize='dynamic' exclude each other" in line
 
 
 def test_a_missing_optional_package_names_its_pip_install(tmp_path, empty_cfg, capsys,
-                                                          monkeypatch):
+                                                          monkeypatch, error_line):
     """``.h5ad`` needs ``anndata`` and ``digits`` / ``breast_cancer`` need scikit-learn; without
     them (simulated: the import fails) the error is one line naming the extra to install."""
     h5ad = tmp_path / "cells.h5ad"
     h5ad.write_bytes(b"not read: the import fails first")
     monkeypatch.setitem(sys.modules, "anndata", None)  # import anndata → ImportError
-    line = _train_fails(capsys, empty_cfg, tmp_path / "run",
+    line = _train_fails(error_line, empty_cfg, tmp_path / "run",
                         ["data.name=array", f"data.path={h5ad}"])
     assert "pip install 'vaelab[anndata]'" in line and "cells.h5ad" in line
     monkeypatch.setitem(sys.modules, "sklearn", None)
     for name in ("digits", "breast_cancer"):
-        line = _train_fails(capsys, empty_cfg, tmp_path / "run", [f"data.name={name}"])
+        line = _train_fails(error_line, empty_cfg, tmp_path / "run", [f"data.name={name}"])
         assert "pip install 'vaelab[sklearn]'" in line and name in line
 
 

@@ -25,25 +25,13 @@ def sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines()
-             if line.strip() and not line.startswith("vaelab: note:")]  # notes may precede it
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("vaelab ") and ": error: " in lines[0], err
-    return lines[0]
 
 
-@pytest.fixture
-def empty_cfg(tmp_path):
-    path = tmp_path / "empty.toml"
-    path.write_text("")
-    return path
 
 
-def train_fails(capsys, empty_cfg, out, overrides) -> str:
+def train_fails(error_line, empty_cfg, out, overrides) -> str:
     assert main(["train", str(empty_cfg), "--out", str(out), *sets(overrides)]) == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert not out.exists(), list(out.rglob("*"))
     return line
 
@@ -56,11 +44,12 @@ def train_fails(capsys, empty_cfg, out, overrides) -> str:
     ("model.latent_dim=100000000", ["GiB", "memory available", "model.latent_dim"]),
     ("data.valid_fraction=0.0", ["validation split is empty"]),
 ])
-def test_values_that_cannot_train_are_refused(override, expected, tmp_path, empty_cfg, capsys):
+def test_values_that_cannot_train_are_refused(override, expected, tmp_path, empty_cfg, capsys,
+                                              error_line):
     base = [o for o in TINY if not o.startswith("data.name")]
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).integers(0, 2, (40, 9)).astype(np.float32))
-    line = train_fails(capsys, empty_cfg, tmp_path / "run",
+    line = train_fails(error_line, empty_cfg, tmp_path / "run",
                        [*base, "data.name=array", f"data.path={data}", override])
     for text in expected:
         assert text in line, (text, line)
@@ -72,31 +61,32 @@ def _npz(tmp_path, **arrays):
     return path
 
 
-def test_an_empty_training_split_is_refused(tmp_path, empty_cfg, capsys):
+def test_an_empty_training_split_is_refused(tmp_path, empty_cfg, capsys, error_line):
     path = _npz(tmp_path, train=np.zeros((0, 9), np.float32), valid=np.ones((5, 9), np.float32))
-    line = train_fails(capsys, empty_cfg, tmp_path / "run",
+    line = train_fails(error_line, empty_cfg, tmp_path / "run",
                        [*TINY, "data.name=array", f"data.path={path}"])
     assert "no data" in line and "'train'" in line
 
 
-def test_zero_features_are_refused(tmp_path, empty_cfg, capsys):
+def test_zero_features_are_refused(tmp_path, empty_cfg, capsys, error_line):
     path = tmp_path / "d0.npy"
     np.save(path, np.zeros((30, 0), np.float32))
-    line = train_fails(capsys, empty_cfg, tmp_path / "run",
+    line = train_fails(error_line, empty_cfg, tmp_path / "run",
                        [*TINY, "data.name=array", f"data.path={path}"])
     assert "D > 0" in line
 
 
-def test_a_validation_split_outside_the_support_is_refused(tmp_path, empty_cfg, capsys):
+def test_a_validation_split_outside_the_support_is_refused(tmp_path, empty_cfg, capsys, error_line):
     rng = np.random.default_rng(0)
     path = _npz(tmp_path, train=rng.integers(0, 2, (40, 9)).astype(np.float32),
                 valid=rng.random((10, 9)).astype(np.float32))  # grey levels: not Bernoulli
-    line = train_fails(capsys, empty_cfg, tmp_path / "run",
+    line = train_fails(error_line, empty_cfg, tmp_path / "run",
                        [*TINY, "data.name=array", f"data.path={path}"])
     assert "validation split" in line and "binary" in line
 
 
-def test_evaluating_an_empty_or_unfit_test_split_is_one_line(tmp_path, empty_cfg, capsys):
+def test_evaluating_an_empty_or_unfit_test_split_is_one_line(tmp_path, empty_cfg, capsys,
+                                                             error_line):
     rng = np.random.default_rng(0)
     binary = rng.integers(0, 2, (40, 9)).astype(np.float32)
     path = _npz(tmp_path, train=binary, valid=binary[:10], test=rng.random((10, 9)).astype(
@@ -106,7 +96,7 @@ def test_evaluating_an_empty_or_unfit_test_split_is_one_line(tmp_path, empty_cfg
                  *sets([*TINY, "data.name=array", f"data.path={path}"])]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert "test split" in line and "binary" in line
     # a test split carved with test_fraction = 0 is empty
     single = tmp_path / "one.npy"
@@ -117,7 +107,7 @@ def test_evaluating_an_empty_or_unfit_test_split_is_one_line(tmp_path, empty_cfg
                         "data.test_fraction=0.0"])]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(out2)]) == 2
-    assert "has no points" in one_error_line(capsys)
+    assert "has no points" in error_line()
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -127,12 +117,12 @@ def test_evaluating_an_empty_or_unfit_test_split_is_one_line(tmp_path, empty_cfg
     (["--max-memory", "inf"], "eval.max_memory_mb"),
 ])
 def test_evaluate_flags_that_mean_nothing_are_refused(flags, expected, tmp_path, empty_cfg,
-                                                      capsys):
+                                                      capsys, error_line):
     out = tmp_path / "run"
     assert main(["train", str(empty_cfg), "--out", str(out), *sets(TINY)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(out), *flags]) == 2
-    assert expected in one_error_line(capsys)
+    assert expected in error_line()
 
 
 def test_sample_needs_a_positive_count(capsys):
@@ -142,14 +132,14 @@ def test_sample_needs_a_positive_count(capsys):
     assert "expected a positive integer" in capsys.readouterr().err
 
 
-def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys):
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path, capsys, error_line):
     path = tmp_path / "latin1.toml"
     path.write_bytes('[data]\nname = "d\xe9mo"\n'.encode("latin-1"))
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert str(path) in line and "UTF-8" in line
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "run")]) == 2  # a directory
-    assert "cannot be read" in one_error_line(capsys)
+    assert "cannot be read" in error_line()
 
 
 def test_uint8_arrays_say_what_was_assumed(tmp_path, empty_cfg, capsys):
@@ -161,7 +151,7 @@ def test_uint8_arrays_say_what_was_assumed(tmp_path, empty_cfg, capsys):
     assert "uint8 values read as 8-bit grey levels" in capsys.readouterr().err
 
 
-def test_a_hostile_checkpoint_is_refused_as_code(tmp_path, empty_cfg, capsys):
+def test_a_hostile_checkpoint_is_refused_as_code(tmp_path, empty_cfg, capsys, error_line):
     out = tmp_path / "run"
     assert main(["train", str(empty_cfg), "--out", str(out), *sets(TINY)]) == 0
     capsys.readouterr()
@@ -173,7 +163,7 @@ def test_a_hostile_checkpoint_is_refused_as_code(tmp_path, empty_cfg, capsys):
     for name in ("best.pt", "last.pt", "prev.pt"):
         torch.save({"model": Payload()}, out / "checkpoints" / name)
     assert main(["evaluate", str(out)]) == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert "refused" in line and "run code" in line and "will likely succeed" not in line
     assert "this would have run" not in capsys.readouterr().out
     assert pickle.dumps(Payload())  # the payload is real
@@ -199,17 +189,17 @@ def test_a_nan_at_the_first_step_says_there_is_no_checkpoint(tmp_path, monkeypat
 
 
 def test_a_run_that_blows_up_before_its_first_commit_leaves_nothing(tmp_path, empty_cfg,
-                                                                    capsys):
+                                                                    capsys, error_line):
     path = tmp_path / "x.npy"
     np.save(path, np.random.default_rng(0).random((40, 9)).astype(np.float32))
-    line = train_fails(capsys, empty_cfg, tmp_path / "run",
+    line = train_fails(error_line, empty_cfg, tmp_path / "run",
                        [*TINY, "data.name=array", f"data.path={path}", "train.lr=1e6",
                         "model.likelihood={name='normal', learn='pixel'}", "train.epochs=3"])
     assert "no epoch was committed" in line and "epoch 1" in line
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, empty_cfg,
-                                                                     capsys):
+                                                                     capsys, error_line):
     out = tmp_path / "run"
     base = [*TINY, "train.epochs=1", "train.batch_size=10"]
     assert main(["train", str(empty_cfg), "--out", str(out), *sets(base)]) == 0
@@ -217,12 +207,12 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, e
     capsys.readouterr()
     assert main(["train", str(out / "config.toml"), "--out", str(out), "--resume",
                  "--set", "train.epochs=3", "--set", "train.lr=1e4"]) == 2  # lr is no
-    assert "train.lr" in one_error_line(capsys)  # resumable key: refused, as before
+    assert "train.lr" in error_line()  # resumable key: refused, as before
     # a fresh run at lr = 1e4 explodes: stopped at a named epoch and step, exit 2
     fresh = tmp_path / "fresh"
     assert main(["train", str(empty_cfg), "--out", str(fresh),
                  *sets([*base, "train.lr=1e4", "train.epochs=5"])]) == 2
-    line = one_error_line(capsys)
+    line = error_line()
     assert ("diverged" in line or "non-finite" in line) and "epoch" in line and "step" in line
     assert (out / "checkpoints" / "last.pt").read_bytes() == good
 
