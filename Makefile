@@ -10,14 +10,14 @@ RUN_DIR ?= runs/gaussian_mnist
 CONFIG  ?= experiments/configs/gaussian_mnist.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install bench clean
+.PHONY: run test lint install bench clean docs dist
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev,sklearn,anndata]'
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev,sklearn,anndata,tensorboard,mlflow]'
 	$(BIN)/python -c "import torch, pyro; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, '| pyro', pyro.__version__)"
 	touch $(STAMP)
 
@@ -29,6 +29,24 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The documentation site (docs/conf.py: autodoc with MathJax, the README, the tutorial, the
+# results) into docs/_build/html; warnings are errors. Installs the [docs] extra once.
+DOCS_STAMP := $(VENV)/.vaelab-docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
+# An sdist and a wheel into dist/, the wheel built from the sdist (as pip builds from PyPI) with
+# the pinned setuptools of .venv. .ci/wheel_check installs and runs the wheel.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist . > /dev/null
+	@ls -l dist
 
 lint: $(STAMP)
 	$(BIN)/ruff check vaelab tests experiments benchmarks examples
@@ -46,4 +64,4 @@ bench: $(STAMP)
 	done; mv $$tmp $$out; echo "wrote $$out"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info docs/_build docs/_generated docs/_autosummary

@@ -18,7 +18,13 @@ from vaelab.inference.exact import exact_log_likelihood, linear_gaussian_log_lik
 from vaelab.inference.importance import log_weights
 from vaelab.inference.marginal import default_curve_ks, estimate_marginal, importance_sample_batch
 from vaelab.inference.proposals import make_proposal, parse_proposal, proposal_name
-from vaelab.inference.psis import fit_generalized_pareto_batched, pareto_k, tail_size
+from vaelab.inference.psis import (
+    fit_generalized_pareto_batched,
+    pareto_k,
+    pareto_k_of_top,
+    tail_size,
+    top_log_weights,
+)
 from vaelab.plots import save_convergence_plot
 from vaelab.registry import ConfigError
 
@@ -45,6 +51,19 @@ def test_batched_pareto_k_equals_pyro_column_by_column():
     ours = pareto_k(lw)
     ref = torch.tensor([_pyro_psis_k(lw[:, j]) for j in range(64)], dtype=torch.float64)
     assert torch.allclose(ours, ref, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 1000])
+def test_streamed_pareto_k_equals_the_fit_on_all_weights(chunk):
+    """k̂ from the running top M + 1 of chunks equals k̂ from all K = 1000 weights, exactly (the
+    same doubles reach the fit), for tails from light to very heavy and uneven chunks."""
+    g = torch.Generator().manual_seed(2)
+    xi = torch.linspace(-0.3, 1.5, 16, dtype=torch.float64)
+    lw = -xi * torch.rand(1000, 16, generator=g, dtype=torch.float64).log()  # (K, B)
+    top = None
+    for start in range(0, 1000, chunk):
+        top = top_log_weights(lw[start : start + chunk], tail_size(1000) + 1, top)
+    assert torch.equal(pareto_k_of_top(top), pareto_k(lw))
 
 
 def test_batched_fit_with_ragged_columns_equals_pyro_on_each():

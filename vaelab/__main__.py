@@ -2,4 +2,5 @@ import sys
 
 from vaelab.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # `python -m vaelab`; importing this module runs nothing
+    sys.exit(main())

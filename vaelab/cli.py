@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="vaelab", description="vaelab: variational autoencoders as Pyro models and guides "
-        "(train, evaluate, sample, config show, list, bdmc, diagnose)")
+        "(train, evaluate, sample, config show, list, bdmc, diagnose, reproduce)")
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+
+    p = sub.add_parser("report", help="(re)build a run folder's report.md, its PNGs and the "
+                       "latent-space pictures; --html: a self-contained report.html")
+    p.add_argument("run_dir")
+    p.add_argument("--html", action="store_true",
+                   help="also write RUN_DIR/report.html (images inlined, no external files)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
 
     p = sub.add_parser("list", help="registered components (plugins included) and their options")
@@ -190,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser(
+        "reproduce", help="run a paper recipe end to end (train, evaluate, its table row); "
+        "resumable")
+    p.add_argument("recipe", nargs="?", default=None,
+                   help="recipe name (omit with --list-recipes)")
+    p.add_argument("--out", help="folder of the recipe's runs (OUT/VARIANT/seedS)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per variant")
+    p.add_argument("--variant", action="append", default=[],
+                   help="variant to run (repeatable; default: all)")
+    _add_set(p)
+    p.add_argument("--train-only", action="store_true", help="train, do not evaluate")
+    p.add_argument("--table", nargs="+", metavar="DIR", default=None,
+                   help="print the table gathered from recipe folders DIR... and exit")
+    p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes")
+    p.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -198,6 +221,7 @@ def _cmd_train(args) -> int:
     from vaelab.report import write_report
     from vaelab.resolve import load_config
     from vaelab.run import evaluate
+    from vaelab.tracking import log_results
 
     overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
     cfg = load_config(args.config, overrides)
@@ -205,6 +229,7 @@ def _cmd_train(args) -> int:
     run = result.run("best")  # the trained VAE and data, the best checkpoint loaded in place
     metrics = evaluate(run, progress=cfg.train.progress).summary() if args.evaluate else None
     report = write_report(run, metrics)
+    log_results(run, metrics)  # [log]: the evaluation and the report's PNGs
     print(f"best epoch {result.best_epoch}, valid ELBO {result.best_valid_elbo:.2f}; "
           f"report: {report}")
     return 0
@@ -220,9 +245,11 @@ def _print_metrics(metrics: dict) -> None:
 
 def _cmd_evaluate(args) -> int:
     from vaelab.run import eval_config, evaluate, load_run
+    from vaelab.tracking import Tracking
 
     run = load_run(args.run_dir, args.checkpoint)
     ec = eval_config(run.cfg, _eval_overrides(args))
+    tracking = Tracking.for_run(run.cfg, run.dir)  # [log]: a missing library fails here, early
     curve_ks = None
     if args.curve and ec.method == "is":
         from vaelab.inference.marginal import default_curve_ks
@@ -243,6 +270,7 @@ def _cmd_evaluate(args) -> int:
         from vaelab.report import write_report
 
         write_report(run, metrics)
+    tracking.log_results(run, metrics, images=args.report)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -398,6 +426,54 @@ def _cmd_bdmc(args) -> int:
 
 
 COMMANDS["bdmc"] = _cmd_bdmc
+
+
+def _cmd_report(args) -> int:
+    """``vaelab report DIR [--html]``: the report of a run folder from its checkpoint, with the
+    evaluation results already in ``DIR/eval.json`` (none are computed here)."""
+    from vaelab.report import write_report
+    from vaelab.run import load_run
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder (no such directory)")
+    run = load_run(run_dir, args.checkpoint)
+    saved = run_dir / "eval.json"
+    metrics = json.loads(saved.read_text()) if saved.is_file() else None
+    report = write_report(run, metrics, html=args.html)
+    print(report.with_suffix(".html") if args.html else report)
+    return 0
+
+
+COMMANDS["report"] = _cmd_report
+
+
+def _cmd_reproduce(args) -> int:
+    from vaelab import reproduce as rp
+
+    if args.list_recipes:
+        for name in rp.recipe_names():
+            r = rp.load_recipe(name)
+            print(f"{name}: {r.meta.get('paper', '')}; variants: {', '.join(r.variants)}")
+        return 0
+    if args.table:
+        print(rp.table(args.table), end="")
+        return 0
+    if args.recipe is None or args.out is None:
+        raise ValueError("give a recipe and --out DIR (or --list-recipes, --table DIR...)")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    recipe = rp.load_recipe(args.recipe)
+    for v in args.variant:
+        recipe.config(v)  # an unknown variant fails before anything runs
+    rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, variants=args.variant or None,
+                        overrides=rp.parse_overrides(args.overrides),
+                        evaluate=not args.train_only, progress=not args.no_progress)
+    print(f"{len(rows)} run(s); table: {Path(args.out) / 'reproduce.md'}")
+    return 0
+
+
+COMMANDS["reproduce"] = _cmd_reproduce
 
 
 def _os_error(err: OSError) -> str:

@@ -1,6 +1,6 @@
 """The run configuration as a typed schema: one small pydantic model per section, inert data.
 
-A run is described by six sections whose key names are the contract of the CLI::
+A run is described by seven sections whose key names are the contract of the CLI::
 
     [data]      name, path, binarize, dequantize, limit, subset, ...
     [model]     latent, latent_dim, hidden_sizes, likelihood, prior, ...
@@ -8,6 +8,7 @@ A run is described by six sections whose key names are the contract of the CLI::
     [objective] name, num_particles, ...
     [train]     epochs, batch_size, lr, seed, ...
     [eval]      num_samples, method, proposal, ais_steps, ...
+    [log]       backends, every_n_steps, dir, experiment (tracking, see vaelab.tracking)
 
 plus a top-level ``version`` (:data:`CONFIG_VERSION`), written into every run folder so that a
 config saved by an older vaelab keeps its meaning (see :mod:`vaelab.resolve`).
@@ -41,6 +42,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "GuideConfig",
+    "LogConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "RunConfig",
@@ -120,6 +122,10 @@ class ModelConfig(_Section):
     prior: Component | None = None
     #: the decoder network; ``None``: an MLP of ``hidden_sizes`` and ``activation``
     decoder: Component | None = None
+    #: the decoder's output bias at initialisation: ``default`` (the network's own), or
+    #: ``data_mean``, the Bernoulli logit of the training mean per pixel, clipped to [0.001,
+    #: 0.999] (Burda et al. 2016's code)
+    output_bias: Literal["default", "data_mean"] = "default"
 
     @field_validator("hidden_sizes")
     @classmethod
@@ -165,8 +171,25 @@ class TrainConfig(_Section):
     warmup_epochs: int = Field(0, ge=0)
     #: early stopping patience in epochs on the validation ELBO (0 = off)
     patience: int = Field(0, ge=0)
+    #: early stopping: whether epochs of the KL warm-up count towards ``patience``; ``false``
+    #: restarts the count at every warm-up epoch, so the run cannot stop during warm-up (the
+    #: VampPrior code, Tomczak & Welling 2018)
+    patience_counts_warmup: bool = True
     #: gradient-norm clipping (0 = off)
     clip_norm: float = Field(0.0, ge=0.0)
+    #: ``adam``; ``adam_normgrad``: Adam on each parameter's gradient divided by its own L2 norm,
+    #: g / (‖g‖ + 1e-7) (the "AdamNormGrad" of the VampPrior code)
+    optimizer: Literal["adam", "adam_normgrad"] = "adam"
+    #: Adam's (β1, β2) and ε (Burda et al.'s IWAE code: [0.99, 0.999] and 1e-4)
+    adam_betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = Field(1e-8, gt=0.0)
+    #: the learning rate over training: ``constant``; ``exponential``, ``lr · lr_decay^⌊t /
+    #: lr_every⌋`` at step t (Jang et al.'s notebook: 0.9 every 1000 steps); ``iwae``, Burda et
+    #: al.'s stages: stage i = 1, 2, ... lasts 3^(i−1) epochs at ``lr · round(10^(1−(i−1)/7), 1)
+    #: / 10`` (8 stages, 3280 epochs, from 1e-3 down to 1e-4 with ``lr = 1e-3``)
+    lr_schedule: Literal["constant", "exponential", "iwae"] = "constant"
+    lr_decay: float = Field(0.9, gt=0.0, le=1.0)
+    lr_every: int = Field(1000, gt=0)
     #: flush denormal floats to zero while training and evaluating (ReLU networks otherwise slow
     #: down by 30-40 % as weights shrink; results are unchanged within Monte Carlo error)
     flush_denormal: bool = True
@@ -186,6 +209,13 @@ class TrainConfig(_Section):
     num_threads: int | None = Field(None, gt=0)
     progress: bool = True
 
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, v: list[float]) -> list[float]:
+        if len(v) != 2 or not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {v}")
+        return v
+
 
 class EvalConfig(_Section):
     split: Literal["train", "valid", "test"] = "test"
@@ -204,6 +234,10 @@ class EvalConfig(_Section):
     proposal: Component = "guide"
     #: per-point Pareto k̂ of the importance weights
     diagnostics: bool = True
+    #: IS with the guide: compute the log weights without tracing where the model allows
+    #: (:mod:`vaelab.inference.fused`: normal guide; Bernoulli, normal or discretized logistic
+    #: likelihood); the same draws and numbers as the traced path, to float rounding
+    fused: bool = True
     #: also report the exact log p(x) where a closed form or an enumeration exists
     exact: bool = True
     #: AIS: intermediate distributions T, chains per point, leapfrog steps per HMC move
@@ -212,6 +246,29 @@ class EvalConfig(_Section):
     ais_leapfrog: int = Field(10, gt=0)
     #: AIS: the normalized distribution the chains start from
     ais_base: Literal["prior", "guide"] = "prior"
+
+
+class LogConfig(_Section):
+    """Experiment tracking (:mod:`vaelab.tracking`), off by default; may change on ``--resume``."""
+
+    #: writers to log to: ``tensorboard`` (``torch.utils.tensorboard``) and/or ``mlflow`` (a
+    #: local file store); each needs its extra, e.g. ``pip install 'vaelab[tensorboard]'``
+    backends: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    #: log the mean training loss per point, β and τ every this many steps
+    every_n_steps: int = Field(50, gt=0)
+    #: where to log; ``None``: inside the run folder (``DIR/tb``, ``DIR/mlruns``). Given, runs
+    #: share it: TensorBoard writes ``dir/tb/RUN`` (RUN: the run folder's name), MLflow
+    #: ``dir/mlruns``
+    dir: str | None = None
+    #: the MLflow experiment the run is logged under
+    experiment: str = Field("vaelab", min_length=1)
+
+    @field_validator("backends")
+    @classmethod
+    def _once(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each backend may be listed once, got {v}")
+        return v
 
 
 class RunConfig(_Section):
@@ -224,6 +281,7 @@ class RunConfig(_Section):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
 
 #: the tables of a config; ``version`` and ``plugins`` are top-level keys

@@ -20,7 +20,8 @@ from vaelab.data import DataSplits, Preprocessor, load_dataset
 from vaelab.data.subsets import spread_indices
 from vaelab.inference.ais import estimate_marginal_ais
 from vaelab.inference.exact import exact_log_likelihood
-from vaelab.inference.marginal import MarginalEstimate, estimate_marginal
+from vaelab.inference.fused import fused_log_weights
+from vaelab.inference.marginal import MarginalEstimate, cache_rows, estimate_marginal
 from vaelab.inference.numerics import flush_denormals
 from vaelab.inference.proposals import make_proposal, proposal_name
 from vaelab.inference.runfolder import best_state, latest_commit
@@ -127,6 +128,8 @@ def evaluate(
     *,
     progress: bool = False,
     curve_ks: list[int] | None = None,
+    points: slice | None = None,
+    seed: int | None = None,
 ) -> MarginalEstimate:
     r"""log p(x) per point on a split, with diagnostics, as the ``[eval]`` section says.
 
@@ -139,13 +142,19 @@ def evaluate(
     :param run: from :func:`load_run` or :meth:`vaelab.inference.train.TrainResult.run`.
     :param ec: the evaluation settings (default: the run's own ``[eval]``; see :func:`eval_config`).
     :param curve_ks: K values of the IS convergence curve (prefixes of the same draws).
+    :param points: score only this slice of the ``limit`` points (after their preprocessing
+        draw, so a slice sees the noise it sees in a whole pass): blocks of a resumable
+        evaluation (:func:`vaelab.reproduce.evaluate_in_blocks`).
+    :param seed: the seed of the estimator's draws (default ``ec.seed``).
     :returns: :class:`~vaelab.inference.marginal.MarginalEstimate` in nats of the data (the
         dequantization Jacobian included; ``exact_log_px`` where a closed form applies).
     """
     ec = ec if ec is not None else run.cfg.eval
     _check_method(run, ec)
-    seed_all(ec.seed)
     x = run.pre.eval_split(run.split(ec.split, ec.limit), ec.seed)  # (N, D)
+    if points is not None:
+        x = x[points]
+    seed_all(ec.seed if seed is None else seed)
     if x.shape[0] == 0:
         raise ValueError(f"eval.split: the {ec.split!r} split of this run's data has no points")
     run.vae.generative.likelihood.check_data(x, key=f"model.likelihood (on the {ec.split} split)")
@@ -157,6 +166,9 @@ def evaluate(
                 num_samples=ec.num_samples, batch_size=ec.batch_size,
                 bytes_per_particle=bytes_per_particle(run.vae, x.shape[1]),
                 max_memory_mb=ec.max_memory_mb, progress=progress,
+                chunk_rows=cache_rows(run.vae.generative.likelihood.param_size),
+                fused=fused_log_weights(run.vae) if ec.fused and ec.proposal.name == "guide"
+                and run.vae.latent.continuous else None,
                 diagnostics=ec.diagnostics, curve_ks=curve_ks,
             )
             est.extra["proposal"] = proposal_name(ec.proposal)

@@ -96,6 +96,32 @@ class VAE(nn.Module):
         g = self.generative
         return g.likelihood.mean(g.decoder(g.latent.decoder_input(z)))
 
+    @torch.no_grad()
+    def init_output_bias(self, x_train: torch.Tensor) -> None:
+        r"""Set the decoder's output bias to the Bernoulli logit of the training mean,
+        :math:`b_d = \log \bar x_d - \log(1 - \bar x_d)` with :math:`\bar x_d` clipped to
+        [0.001, 0.999] (``model.output_bias = "data_mean"``; Burda et al. 2016's code), so that
+        the untrained decoder already predicts the average image.
+
+        :param x_train: the training split ``(n, D)`` in the model's [0, 1] scale.
+        :raises ConfigError: a likelihood other than Bernoulli, or a decoder without an affine
+            output layer of D units.
+        """
+        g = self.generative
+        if type(g.likelihood).__name__ != "BernoulliLikelihood":
+            raise ConfigError(
+                f"model.output_bias = 'data_mean' sets Bernoulli logits, but the likelihood is "
+                f"{type(g.likelihood).__name__}; use model.likelihood = 'bernoulli' or "
+                "model.output_bias = 'default'")
+        D = x_train.shape[1]
+        layers = [m for m in g.decoder.modules() if isinstance(m, nn.Linear)]
+        if not layers or layers[-1].bias is None or layers[-1].out_features != D:
+            raise ConfigError(
+                f"model.output_bias = 'data_mean' needs a decoder whose last layer is affine "
+                f"with {D} outputs; {type(g.decoder).__name__} has none")
+        mean = x_train.double().mean(0).clamp(1e-3, 1 - 1e-3)  # (D,)
+        layers[-1].bias.copy_(torch.logit(mean).to(layers[-1].bias))
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role, for per-group diagnostics: encoder, decoder, prior."""
         g, q = self.generative, self.inference

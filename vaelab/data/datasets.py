@@ -8,17 +8,17 @@ and per-split ``limit``. How the numbers are read is ``data.values``
 counts and real values as they are. Each data set carries its shape (``DataSplits.shape``:
 ``(C, H, W)`` for images, ``(D,)`` for tables).
 
-=================  ==================  ============  ======  ==================================
-name               splits (N)          shape         values  source
-=================  ==================  ============  ======  ==================================
-``binarized_mnist`` 50000/10000/10000  (1, 28, 28)   binary  Larochelle & Murray [1]
-``mnist``          50000/10000/10000   (1, 28, 28)   8-bit   LeCun et al. [2]
-``frey_faces``     by fractions, 1965  (1, 28, 20)   8-bit   Kingma & Welling [3]
-``digits``         by fractions, 1797  (1, 8, 8)     counts  UCI pen digits [4], scikit-learn
-``breast_cancer``  by fractions, 569   (30,)         real    UCI WDBC [5], scikit-learn
-``array``          the user's file     any           any     ``data.path``: .npy .npz .csv .h5ad
-``synthetic``      400/100/100         (1, 8, 8)     binary  a seeded generator
-=================  ==================  ============  ======  ==================================
+===================  ==================  ============  ======  ==================================
+name                 splits (N)          shape         values  source
+===================  ==================  ============  ======  ==================================
+``binarized_mnist``  50000/10000/10000   (1, 28, 28)   binary  Larochelle & Murray [1]
+``mnist``            50000/10000/10000   (1, 28, 28)   8-bit   LeCun et al. [2]
+``frey_faces``       by fractions, 1965  (1, 28, 20)   8-bit   Kingma & Welling [3]
+``digits``           by fractions, 1797  (1, 8, 8)     counts  UCI pen digits [4], scikit-learn
+``breast_cancer``    by fractions, 569   (30,)         real    UCI WDBC [5], scikit-learn
+``array``            the user's file     any           any     ``data.path``: .npy .npz .csv .h5ad
+``synthetic``        400/100/100         (1, 8, 8)     binary  a seeded generator
+===================  ==================  ============  ======  ==================================
 
 ``digits`` (counts 0–16 of 4×4 blocks; ``data.values = "levels"`` reads them as 17 levels
 k/16) and ``breast_cancer`` (30 real-valued features of cell nuclei, from 0.0008 to 4254) ship

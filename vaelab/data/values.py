@@ -13,8 +13,8 @@ values      accepts                                                gives
 ``real``    any finite number                                      the numbers as they are
 ``auto``    decided by dtype and range, with a note saying what    one of the above, or binary
             was decided: bool or only 0/1 → binary; uint8 → 8-bit  data (levels, L = 2)
-            levels; other non-negative integers → counts; anything
-            else → real
+            levels; other non-negative integers → counts;
+            anything else → real
 ==========  =====================================================  ===========================
 
 NaN and infinite values (also float64 values beyond float32's range) are refused in every

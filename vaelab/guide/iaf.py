@@ -43,7 +43,6 @@ from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffin
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.func import functional_call
-from torch.nn.functional import softplus
 
 from vaelab.guide.posteriors import FAMILIES, NormalOptions, NormalPosterior
 from vaelab.model.flows import alternating_order, check_made_widths, quiet_made, zero_last_layer
@@ -97,8 +96,9 @@ class IAFPosterior(NormalPosterior):
     normalizing_flow = True
 
     def __init__(self, latent_dim: int, min_scale: float, num_flows: int,
-                 hidden_sizes: list[int], context_size: int):
-        super().__init__(latent_dim, min_scale)
+                 hidden_sizes: list[int], context_size: int, scale: str = "softplus",
+                 log_var_min: float | None = None, log_var_max: float | None = None):
+        super().__init__(latent_dim, min_scale, scale, log_var_min, log_var_max)
         self.context_size = context_size
         self.hidden_sizes = list(hidden_sizes)
         self.param_size = 2 * latent_dim + context_size
@@ -121,8 +121,9 @@ class IAFPosterior(NormalPosterior):
         """Encoder output ``h (..., 2d + c)`` → ``z_loc (..., d)``, ``z_scale (..., d)``,
         context ``(..., c)``."""
         d = self.latent_dim
-        z_loc, raw, context = h.split([d, d, self.context_size], dim=-1)
-        return z_loc, softplus(raw) + self.min_scale, context
+        base, context = h.split([2 * d, self.context_size], dim=-1)
+        z_loc, z_scale = NormalPosterior.loc_scale(self, base)  # the base family's σ rule
+        return z_loc, z_scale, context
 
     def loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The base Gaussian's location and scale (before the flow)."""
@@ -155,4 +156,4 @@ def _iaf(opts: IAFOptions, latent) -> IAFPosterior:
     et al. 2016)."""
     check_made_widths("guide.family", opts.hidden_sizes, latent.flat_dim)
     return IAFPosterior(latent.flat_dim, opts.min_scale, opts.num_flows, opts.hidden_sizes,
-                        opts.context_size)
+                        opts.context_size, opts.scale, opts.log_var_min, opts.log_var_max)

@@ -8,9 +8,11 @@ Families of discrete latents also define :meth:`Posterior.hard_dist`, the poster
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pyro.distributions as dist
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.functional import softplus
 
@@ -44,16 +46,28 @@ class Posterior(nn.Module):
 
 
 class NormalPosterior(Posterior):
-    r"""q(z | x) = N(z_loc, diag z_scale²) with z_scale = softplus(·) + min_scale."""
+    r"""q(z | x) = N(z_loc, diag z_scale²), the encoder's second half ``r`` read as
 
-    def __init__(self, latent_dim: int, min_scale: float):
+    * ``scale = "softplus"``: z_scale = softplus(r) + min_scale;
+    * ``scale = "log_var"``: log z_scale² = hardtanh(r, log_var_min, log_var_max), i.e.
+      z_scale = exp(clamp(r) / 2) (Tomczak & Welling 2018's code clamps to [−6, 2]; without
+      bounds, Burda et al. 2016's σ = exp(linear)). The clamp is the floor; min_scale is unused.
+    """
+
+    def __init__(self, latent_dim: int, min_scale: float, scale: str = "softplus",
+                 log_var_min: float | None = None, log_var_max: float | None = None):
         super().__init__()
         self.latent_dim = latent_dim
         self.param_size = 2 * latent_dim
         self.min_scale = min_scale
+        self.scale, self.log_var_min, self.log_var_max = scale, log_var_min, log_var_max
 
     def loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z_loc, raw = h.split(self.latent_dim, dim=-1)  # (..., d), (..., d)
+        if self.scale == "log_var":
+            if self.log_var_min is not None or self.log_var_max is not None:
+                raw = raw.clamp(self.log_var_min, self.log_var_max)  # hardtanh(r, lo, hi)
+            return z_loc, torch.exp(0.5 * raw)
         return z_loc, softplus(raw) + self.min_scale
 
     def forward(self, h, temperature=None):
@@ -64,8 +78,9 @@ class NormalPosterior(Posterior):
 class StudentTPosterior(NormalPosterior):
     r"""q(z | x) = ∏ StudentT(ν, z_loc, z_scale): a heavier-tailed guide (fixed ν)."""
 
-    def __init__(self, latent_dim: int, min_scale: float, df: float):
-        super().__init__(latent_dim, min_scale)
+    def __init__(self, latent_dim: int, min_scale: float, df: float, scale: str = "softplus",
+                 log_var_min: float | None = None, log_var_max: float | None = None):
+        super().__init__(latent_dim, min_scale, scale, log_var_min, log_var_max)
         self.df = df
 
     def forward(self, h, temperature=None):
@@ -74,7 +89,21 @@ class StudentTPosterior(NormalPosterior):
 
 
 class NormalOptions(Options):
-    min_scale: float = Field(1e-5, ge=0.0, description="floor on z_scale")
+    min_scale: float = Field(1e-5, ge=0.0, description="floor on z_scale (scale = softplus)")
+    scale: Literal["softplus", "log_var"] = Field(
+        "softplus", description="z_scale = softplus(r) + min_scale, or exp(clamp(r) / 2)")
+    log_var_min: float | None = Field(None, description="lower clamp of log z_scale² (log_var)")
+    log_var_max: float | None = Field(None, description="upper clamp of log z_scale² (log_var)")
+
+    @model_validator(mode="after")
+    def _check_bounds(self):
+        lo, hi = self.log_var_min, self.log_var_max
+        if (lo is not None or hi is not None) and self.scale != "log_var":
+            raise ValueError("log_var_min / log_var_max clamp the log-variance: set "
+                             "scale = 'log_var' with them")
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(f"log_var_min = {lo} must be below log_var_max = {hi}")
+        return self
 
 
 class StudentTOptions(NormalOptions):
@@ -84,10 +113,12 @@ class StudentTOptions(NormalOptions):
 @FAMILIES.register("normal", NormalOptions)
 def _normal(opts, latent):
     """Diagonal normal (Kingma & Welling 2014)."""
-    return NormalPosterior(latent.flat_dim, opts.min_scale)
+    return NormalPosterior(latent.flat_dim, opts.min_scale, opts.scale, opts.log_var_min,
+                           opts.log_var_max)
 
 
 @FAMILIES.register("student_t", StudentTOptions)
 def _student_t(opts, latent):
     """Diagonal Student-t with fixed degrees of freedom."""
-    return StudentTPosterior(latent.flat_dim, opts.min_scale, opts.df)
+    return StudentTPosterior(latent.flat_dim, opts.min_scale, opts.df, opts.scale,
+                             opts.log_var_min, opts.log_var_max)

@@ -340,13 +340,16 @@ class CategoryUsage:
     * ``posterior_perplexity (N,)``: mean over points of :math:`\exp H(q(z_n \mid x_b))`: how
       uncertain the posterior is for one point (1 = deterministic code);
     * ``classes_used (N,)``: classes that are the argmax of :math:`q(z_n \mid x_b)` for at
-      least one point.
+      least one point;
+    * ``aggregate (N, K)``: :math:`\bar q_n(k)`, the aggregate posterior itself (the report's
+      class-usage heat map).
     """
 
     aggregate_perplexity: torch.Tensor
     posterior_perplexity: torch.Tensor
     classes_used: torch.Tensor
     num_classes: int
+    aggregate: torch.Tensor | None = None
 
     def summary(self) -> dict:
         N = self.classes_used.numel()
@@ -383,4 +386,4 @@ def category_usage(vae, x: torch.Tensor, batch_size: int = 1000) -> CategoryUsag
         used |= torch.nn.functional.one_hot(log_q.argmax(-1), K).bool().any(0)  # (N, K)
     q_bar = q_sum / x.shape[0]  # (N, K)
     h_bar = -(q_bar * q_bar.clamp_min(1e-300).log()).sum(-1)  # (N,)
-    return CategoryUsage(h_bar.exp(), perplexity_sum / x.shape[0], used.sum(-1), K)
+    return CategoryUsage(h_bar.exp(), perplexity_sum / x.shape[0], used.sum(-1), K, q_bar)

@@ -40,10 +40,11 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab.inference.importance import log_weights
-from vaelab.inference.psis import K_THRESHOLD, pareto_k
+from vaelab.inference.psis import K_THRESHOLD, pareto_k_of_top, tail_size, top_log_weights
 
 __all__ = [
     "MarginalEstimate",
+    "cache_rows",
     "chunk_size_for",
     "importance_sample_batch",
     "estimate_marginal",
@@ -119,6 +120,27 @@ class MarginalEstimate:
         se = float(v.double().std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
         return float(v.double().mean()), se
 
+    @classmethod
+    def concat(cls, parts: list[MarginalEstimate]) -> MarginalEstimate:
+        """The estimate over the points of ``parts`` in order (blocks of one evaluation: the same
+        K, method and curve; ``extra`` of the first)."""
+        first = parts[0]
+        if any(p.num_samples != first.num_samples or p.method != first.method
+               or p.curve_ks != first.curve_ks for p in parts):
+            raise ValueError("MarginalEstimate.concat: parts of different evaluations")
+
+        def cat(name: str, dim: int = 0) -> torch.Tensor | None:
+            vs = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in vs) else torch.cat(vs, dim)
+
+        def cat_all(name: str) -> torch.Tensor:
+            return torch.cat([getattr(p, name) for p in parts])
+
+        return cls(cat_all("log_px"), cat_all("elbo"), cat_all("ess"), first.num_samples,
+                   dict(first.extra),
+                   cat("pareto_k"), first.curve_ks, cat("curve_log_px", -1), first.method,
+                   cat("exact_log_px"))
+
     def summary(self) -> dict:
         """Means over points and their standard errors (spread across the data set), and the
         per-point diagnostics summarised over points: ``ess`` and ``pareto_k`` (mean, min,
@@ -160,6 +182,15 @@ def chunk_size_for(
     return int(max(1, min(num_samples, budget // max(1, batch_size * bytes_per_particle))))
 
 
+def cache_rows(out_features: int, cache_bytes: int | None = None) -> int:
+    """(particle, point) rows whose float32 decoder output of ``out_features`` values fits the
+    last-level cache (at least 256)."""
+    from vaelab.inference.numerics import last_level_cache_bytes
+
+    cache = last_level_cache_bytes() if cache_bytes is None else cache_bytes
+    return max(256, cache // (4 * max(1, out_features)))
+
+
 def importance_sample_batch(
     model: Callable,
     guide: Callable,
@@ -168,13 +199,22 @@ def importance_sample_batch(
     chunk_size: int,
     *args,
     keep_log_w: bool = False,
+    keep_top: int = 0,
+    fused: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     **kwargs,
 ) -> dict[str, torch.Tensor]:
     """Stream ``num_samples`` particles through ``(model, guide)`` on one data batch ``x (B, D)``.
 
+    :param keep_top: keep the running ``keep_top`` largest log weights per point (what the
+        Pareto k̂ fit reads, :func:`~vaelab.inference.psis.pareto_k_of_top`): diagnostics in
+        the same pass, without the ``(K, B)`` weights.
+    :param fused: ``fn(x, k) → log w (k, B)`` replacing the traced model and guide
+        (:func:`vaelab.inference.fused.fused_log_weights`: the same draws, no tracing).
     :returns: ``lse_w (B,)`` = logsumexp_k log w, ``lse_2w (B,)`` = logsumexp_k 2 log w,
-        ``sum_log_w (B,)``, and ``log_w (K, B)`` if ``keep_log_w``.
+        ``sum_log_w (B,)``, ``log_w (K, B)`` if ``keep_log_w``, ``top (keep_top, B)``
+        (descending) if ``keep_top``.
     """
+    top: torch.Tensor | None = None
     lse_w: torch.Tensor | None = None
     lse_2w: torch.Tensor | None = None
     sum_log_w = x.new_zeros(x.shape[0], dtype=torch.float64)
@@ -183,9 +223,12 @@ def importance_sample_batch(
     with torch.no_grad():
         while done < num_samples:
             k = min(chunk_size, num_samples - done)
-            lw = log_weights(model, guide, k, x, *args, **kwargs)
-            log_w = (lw.local + lw.global_.unsqueeze(-1)).double()  # (k, B), float64 sums
-            del lw  # its traces hold the chunk's decoder output: free it before the next chunk
+            if fused is not None:
+                log_w = fused(x, k).double()  # (k, B)
+            else:
+                lw = log_weights(model, guide, k, x, *args, **kwargs)
+                log_w = (lw.local + lw.global_.unsqueeze(-1)).double()  # (k, B), float64 sums
+                del lw  # its traces hold the chunk's decoder output: free it before the next
             c_w = torch.logsumexp(log_w, 0)  # (B,)
             c_2w = torch.logsumexp(2.0 * log_w, 0)
             lse_w = c_w if lse_w is None else torch.logaddexp(lse_w, c_w)
@@ -193,12 +236,16 @@ def importance_sample_batch(
             sum_log_w += log_w.sum(0)
             if keep_log_w:
                 kept.append(log_w)
+            if keep_top:
+                top = top_log_weights(log_w, keep_top, top)
             done += k
     if lse_w is None or lse_2w is None:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     out = {"lse_w": lse_w, "lse_2w": lse_2w, "sum_log_w": sum_log_w}
     if keep_log_w:
         out["log_w"] = torch.cat(kept, 0)
+    if top is not None:
+        out["top"] = top
     return out
 
 
@@ -243,6 +290,8 @@ def estimate_marginal(
     device: torch.device | str | None = None,
     diagnostics: bool = True,
     curve_ks: list[int] | None = None,
+    chunk_rows: int | None = None,
+    fused: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> MarginalEstimate:
     r"""Importance-sampled log p(x) for every row of ``data (N, D)``.
 
@@ -254,10 +303,16 @@ def estimate_marginal(
     :param chunk_size: particles per pass; by default the largest that fits ``max_memory_mb``
         given ``bytes_per_particle`` (bytes of activations per particle per data point).
     :param transform: applied to each data batch first (e.g. a fixed binarization).
-    :param diagnostics: compute the Pareto k̂ of each point (keeps the batch's ``(K, B)`` log
-        weights, ``4 K B`` bytes, for the fit).
+    :param diagnostics: compute the Pareto k̂ of each point, from the M + 1 largest log
+        weights kept while the chunks stream (no second pass, no ``(K, B)`` weights kept).
     :param curve_ks: K values (≤ ``num_samples``) at which to record log p̂ from the first K
         draws (see :func:`default_curve_ks`); ``None``: no curve.
+    :param chunk_rows: with ``chunk_size`` unset, also cap a chunk at this many (particle,
+        point) rows, so that its decoder output stays in cache (:func:`cache_rows`; on a
+        784-400-20 VAE a 31 MB output is 1.3× faster per particle than the 512 MiB budget's,
+        ``benchmarks/marginal.py``); ``None``: the memory budget alone.
+    :param fused: the fused log weights of ``(model, guide)`` (see
+        :func:`importance_sample_batch`); ``None``: traced.
     :returns: :class:`MarginalEstimate`.
 
     Example::
@@ -267,12 +322,14 @@ def estimate_marginal(
     """
     if chunk_size is None:
         chunk_size = chunk_size_for(num_samples, batch_size, bytes_per_particle, max_memory_mb)
+        if chunk_rows is not None:
+            chunk_size = max(1, min(chunk_size, chunk_rows // max(1, batch_size)))
     if curve_ks is not None:
         curve_ks = sorted({int(k) for k in curve_ks})
         if curve_ks[0] < 1 or curve_ks[-1] > num_samples:
             raise ValueError(f"curve_ks must lie in [1, K={num_samples}], got {curve_ks}")
     diagnostics = diagnostics and num_samples > 10  # fewer draws: no tail to fit
-    keep = diagnostics or curve_ks is not None
+    tail = tail_size(num_samples) + 1 if diagnostics else 0
     log_px, elbo, ess, k_hat, curve = [], [], [], [], []
     log_K = math.log(num_samples)
     bar = tqdm(
@@ -280,12 +337,14 @@ def estimate_marginal(
         leave=False,
     )
     for x in data_batches(data, batch_size, device, transform):
-        r = importance_sample_batch(model, guide, x, num_samples, chunk_size, keep_log_w=keep)
+        r = importance_sample_batch(model, guide, x, num_samples, chunk_size,
+                                    keep_log_w=curve_ks is not None, keep_top=tail,
+                                    fused=fused)
         log_px.append((r["lse_w"] - log_K).double().cpu())
         elbo.append((r["sum_log_w"] / num_samples).cpu())
         ess.append((2.0 * r["lse_w"].double() - r["lse_2w"].double()).exp().cpu())
         if diagnostics:
-            k_hat.append(pareto_k(r["log_w"]).cpu())  # (B,)
+            k_hat.append(pareto_k_of_top(r["top"]).cpu())  # (B,), from the streamed tail
         if curve_ks is not None:
             curve.append(_prefix_log_px(r["log_w"], curve_ks).cpu())  # (len(ks), B)
         bar.update(x.shape[0])

@@ -13,7 +13,30 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["flush_denormals"]
+__all__ = ["flush_denormals", "last_level_cache_bytes"]
+
+#: the cache size assumed where the system does not report one (32 MiB, an EPYC's L3)
+DEFAULT_CACHE_BYTES = 32 * 2**20
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache (Linux sysfs; :data:`DEFAULT_CACHE_BYTES` where it is
+    not reported). Importance sampling sizes its particle chunks so that the decoder's output
+    of a chunk stays within it (:func:`vaelab.inference.marginal.estimate_marginal`)."""
+    from pathlib import Path
+
+    best = (0, DEFAULT_CACHE_BYTES)
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit() and level > best[0]:
+            best = (level, int(digits) * scale)
+    return best[1]
 
 
 @contextmanager

@@ -37,7 +37,8 @@ import math
 
 import torch
 
-__all__ = ["K_THRESHOLD", "tail_size", "fit_generalized_pareto_batched", "pareto_k"]
+__all__ = ["K_THRESHOLD", "tail_size", "fit_generalized_pareto_batched", "pareto_k",
+           "pareto_k_of_top", "top_log_weights"]
 
 #: k̂ above which an importance-sampling estimate is flagged as unreliable
 K_THRESHOLD = 0.7
@@ -118,10 +119,24 @@ def pareto_k(log_w: torch.Tensor, tail: int | None = None) -> torch.Tensor:
     M = tail_size(K) if tail is None else int(tail)
     if M + 1 > K:
         raise ValueError(f"pareto_k: K={K} weights are too few for a tail of {M}")
+    return pareto_k_of_top(top_log_weights(log_w, M + 1))
+
+
+def top_log_weights(log_w: torch.Tensor, n: int, top: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``n`` largest of ``log_w (k, B)`` per column, and of a running ``top (n, B)``: what
+    :func:`pareto_k_of_top` needs, kept while the weights stream in chunks (float64,
+    descending)."""
     lw = log_w.double()
-    lw = lw - lw.max(0).values  # (K, B), largest 0
-    top = torch.topk(lw, M + 1, dim=0, largest=True, sorted=True).values  # (M+1, B) descending
-    top = top.flip(0)  # ascending
+    if top is not None:
+        lw = torch.cat([top, lw], 0)
+    return torch.topk(lw, min(n, lw.shape[0]), dim=0, largest=True, sorted=True).values
+
+
+def pareto_k_of_top(top: torch.Tensor) -> torch.Tensor:
+    """:func:`pareto_k` from the M + 1 largest log weights of each point, ``top (M+1, B)``
+    descending (:func:`top_log_weights`): the fit reads nothing else, so the K weights need
+    not be kept."""
+    top = (top - top[0]).flip(0)  # (M+1, B) ascending, largest 0
     lw_cutoff = top[0].clamp_min(_LOG_MIN_WEIGHT)  # (B,)
     lw_tail = top[1:]  # (M, B) ascending
     n = (lw_tail > lw_cutoff).sum(0)  # (B,) valid tail values (ties with the cutoff dropped)

@@ -30,7 +30,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.config import RunConfig, TrainConfig, dump_toml, to_dict
+from vaelab.config import ConfigError, RunConfig, TrainConfig, dump_toml, to_dict
 from vaelab.data import DataSplits, Preprocessor, iterate_batches, load_dataset
 from vaelab.data.subsets import subset_indices
 from vaelab.inference.checkpoint import atomic_write_text, load_checkpoint
@@ -52,6 +52,7 @@ from vaelab.notes import note
 from vaelab.resolve import resolve
 from vaelab.run import Run
 from vaelab.seed import derived_generator, get_rng_state, seed_all, set_rng_state
+from vaelab.tracking import Tracking
 from vaelab.vae import VAE, build_vae
 
 __all__ = [
@@ -69,9 +70,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN/inf; the last good checkpoint is left intact."""
 
 
-#: settings that may change when a run is resumed (extend it, watch it, run it elsewhere)
+#: settings that may change when a run is resumed (extend it, watch it, run it elsewhere, log
+#: it); ``section.*`` stands for every key of a section
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.num_threads",
-                  "train.device")
+                  "train.device", "log.*")
 
 
 @dataclass
@@ -89,8 +91,12 @@ class Progress:
         """Early stopping: ``patience`` epochs without a better validation ELBO."""
         return self.best_epoch is not None and patience > 0 and self.stale_epochs >= patience
 
-    def record(self, row: dict) -> bool:
-        """Append an epoch's metrics; returns whether it is the new best epoch."""
+    def record(self, row: dict, count_stale: bool = True) -> bool:
+        """Append an epoch's metrics; returns whether it is the new best epoch.
+
+        :param count_stale: ``False`` restarts the patience count at this epoch even when it is
+            not an improvement (warm-up epochs, ``train.patience_counts_warmup = false``).
+        """
         self.history.append(row)
         self.epoch, self.step = row["epoch"], row["step"]
         valid = row["valid_elbo"]
@@ -99,7 +105,7 @@ class Progress:
             self.best_valid_elbo = valid if improved else self.best_valid_elbo
             self.best_epoch, self.stale_epochs = row["epoch"], 0
             return True
-        self.stale_epochs += 1
+        self.stale_epochs = self.stale_epochs + 1 if count_stale else 0
         return False
 
     def state_dict(self) -> dict:
@@ -128,12 +134,29 @@ class Stepper:
         self.eager = eager
         self.params = list(vae.parameters())
         self.svi, self.optimizer = None, None
+        self.tc, self.normalize_grads = tc, tc.optimizer == "adam_normgrad"
+        betas = (tc.adam_betas[0], tc.adam_betas[1])
+        adam = {"lr": tc.lr, "betas": betas, "eps": tc.adam_eps}
         if tc.driver == "svi":
+            if tc.optimizer != "adam" or tc.lr_schedule != "constant":
+                raise ConfigError(
+                    f"train.driver = 'svi' steps pyro.optim.Adam at a constant rate; "
+                    f"train.optimizer = {tc.optimizer!r} and train.lr_schedule = "
+                    f"{tc.lr_schedule!r} need train.driver = 'torch'")
             # pyro.optim's wrappers are made at import time, invisible to mypy
-            adam = pyro.optim.Adam({"lr": tc.lr})  # type: ignore[attr-defined]
-            self.svi = pyro.infer.SVI(vae.model, vae.guide, adam, loss=objective)
+            optim = pyro.optim.Adam(adam)  # type: ignore[attr-defined]
+            self.svi = pyro.infer.SVI(vae.model, vae.guide, optim, loss=objective)
         else:
-            self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, fused=True)
+            self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, betas=betas, eps=tc.adam_eps,
+                                              fused=True)
+
+    def set_lr(self, epoch: int, step: int) -> float:
+        """Set the learning rate of the step about to be taken (:func:`learning_rate`)."""
+        lr = learning_rate(self.tc, epoch, step)
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        return lr
 
     def step(self, x: torch.Tensor, beta, temperature) -> tuple[float, float | None]:
         """Gradient step on ``x (B, D)``; returns (loss, gradient norm or None). Nothing is
@@ -146,6 +169,10 @@ class Stepper:
             objective = self.eager
         loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta, temperature)
         grad_norm = None
+        if self.normalize_grads:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norms = torch._foreach_norm(grads)
+            torch._foreach_div_(grads, torch._foreach_add(norms, 1e-7))
         if self.clip_norm > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm,
                                                              foreach=True))
@@ -205,6 +232,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def learning_rate(tc: TrainConfig, epoch: int, step: int) -> float:
+    r"""The learning rate at global step ``step`` of 0-based ``epoch`` (``train.lr_schedule``).
+
+    * ``constant``: :math:`\eta`;
+    * ``exponential``: :math:`\eta \, d^{\lfloor t / M \rfloor}` with d = ``lr_decay``, M =
+      ``lr_every`` (Jang et al. 2017's notebook: d = 0.9, M = 1000);
+    * ``iwae``: stage :math:`i = 1, 2, \ldots` covers epochs :math:`[\sum_{j<i} 3^{j-1},
+      \sum_{j \le i} 3^{j-1})` at :math:`\eta \cdot \mathrm{round}(10^{1-(i-1)/7}, 1) / 10`
+      (Burda et al. 2016, Sec. 5: 1e-3 · 10^{-(i-1)/7} over 3^{i-1} passes, i = 1..8).
+    """
+    if tc.lr_schedule == "exponential":
+        return tc.lr * tc.lr_decay ** (step // tc.lr_every)
+    if tc.lr_schedule == "iwae":
+        i = iwae_stage(epoch)
+        return tc.lr * round(10 ** (1 - (i - 1) / 7), 1) / 10
+    return tc.lr
+
+
+def iwae_stage(epoch: int) -> int:
+    """The 1-based stage of Burda et al.'s schedule that 0-based ``epoch`` falls in (stage i
+    lasts 3^(i−1) epochs; stages past 8 stay at the last rate)."""
+    i, end = 1, 1
+    while epoch >= end and i < 8:
+        i += 1
+        end += 3 ** (i - 1)
+    return i
+
+
 def kl_weight(epoch: int, step_in_epoch: int, steps_per_epoch: int, warmup_epochs: int,
               beta: float) -> float:
     """β at a step: linear from 0 to ``beta`` over ``warmup_epochs`` epochs, then constant."""
@@ -227,9 +282,15 @@ def _config_changes(saved: dict, new: dict) -> list[str]:
         a, b = saved.get(section, {}), new.get(section, {})
         for key in a.keys() | b.keys():
             name = f"{section}.{key}"
-            if name not in RESUMABLE_KEYS and a.get(key) != b.get(key):
+            if not _resumable(name) and a.get(key) != b.get(key):
                 out.append(name)
     return sorted(out)
+
+
+def _resumable(name: str) -> bool:
+    """Whether dotted key ``name`` is one of :data:`RESUMABLE_KEYS` (or in a ``section.*``)."""
+    return any(name == k or (k.endswith(".*") and name.startswith(k[:-1]))
+               for k in RESUMABLE_KEYS)
 
 
 def check_resume(cfg: RunConfig, c: Commit | None, out: Path, resume: bool) -> None:
@@ -385,8 +446,10 @@ def _diverged(loss: float, scale: float, grad_norm: float | None, batch: int, tc
 
 
 def train_epoch(vae: VAE, stepper: Stepper, data: DataSplits, pre: Preprocessor, cfg: RunConfig,
-                progress: Progress, device: torch.device, stop: StopSignals) -> dict:
+                progress: Progress, device: torch.device, stop: StopSignals,
+                tracking: Tracking) -> dict:
     """One pass over the (seeded, shuffled) training split; returns the epoch's metrics row.
+    Each step is handed to ``tracking`` (:meth:`~vaelab.tracking.Tracking.step`).
 
     :raises NonFiniteLossError: a non-finite loss or gradient, or a loss that explodes against
         its running scale (``train.divergence``).
@@ -408,7 +471,9 @@ def train_epoch(vae: VAE, stepper: Stepper, data: DataSplits, pre: Preprocessor,
         stop.check(epoch + 1, step, progress.epoch)
         x = pre.train_batch(x, noise).to(device)  # (B, D)
         beta = kl_weight(epoch, i, n_batches, tc.warmup_epochs, cfg.objective.beta)
-        loss, grad_norm = stepper.step(x, beta, vae.latent.temperature_at(step))
+        lr = stepper.set_lr(epoch, step)
+        tau = vae.latent.temperature_at(step)
+        loss, grad_norm = stepper.step(x, beta, tau)
         scale = abs(loss) / x.shape[0] if scale is None else scale
         why = _diverged(loss, scale, grad_norm, x.shape[0], tc, epoch, step, progress)
         if why is not None:
@@ -416,8 +481,10 @@ def train_epoch(vae: VAE, stepper: Stepper, data: DataSplits, pre: Preprocessor,
             raise NonFiniteLossError(why)
         scale = 0.9 * scale + 0.1 * abs(loss) / x.shape[0]
         step, total, count = step + 1, total + loss, count + x.shape[0]
+        tracking.step(step, loss, x.shape[0], beta, tau, lr)
         if i % 20 == 0:
-            bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", beta=f"{float(beta):.2f}")
+            bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", beta=f"{float(beta):.2f}",
+                            lr=f"{lr:.2g}")
     bar.close()
     temperature = vae.latent.temperature_at(step)
     return {
@@ -482,6 +549,7 @@ def train(
     out, tc = Path(out_dir), cfg.train
     RunLock.check_free(out)  # early and read-only: fail before loading anything
     check_resume(cfg, latest_commit(out), out, resume)
+    tracking = Tracking.for_run(cfg, out)  # [log]: a missing library fails here, early
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc.device)
@@ -491,10 +559,14 @@ def train(
     data = data if data is not None else load_dataset(cfg.data)
     pre = Preprocessor(cfg.data, data)
     vae = build_vae(cfg, data.train.shape[1], data.shape).to(device)
+    if cfg.model.output_bias == "data_mean":
+        vae.init_output_bias(data.train)
     x_valid = validation_points(data, pre, cfg)
     check_splits(vae, pre, data, x_valid)
+    # the tracker is opened here only: by the process that holds the run folder's lock
     with writing(out, cfg, resume) as saved, StopSignals() as stop, \
-            pyro.validation_enabled(tc.pyro_validation), flush_denormals(tc.flush_denormal):
+            pyro.validation_enabled(tc.pyro_validation), flush_denormals(tc.flush_denormal), \
+            tracking.training(saved):
         stepper = Stepper(tc, vae, *choose_objective(cfg, vae, data, pre))
         progress, best_model = Progress(), None
         if saved is not None:
@@ -506,17 +578,19 @@ def train(
         atomic_write_text(out / "config.toml", dump_toml(cfg))
 
         while progress.epoch < tc.epochs and not progress.should_stop(tc.patience):
-            row = train_epoch(vae, stepper, data, pre, cfg, progress, device, stop)
+            row = train_epoch(vae, stepper, data, pre, cfg, progress, device, stop, tracking)
             row["valid_elbo"] = valid_elbo(vae, x_valid, cfg, device)
             if not math.isfinite(row["valid_elbo"]):
                 raise NonFiniteLossError(
                     f"non-finite validation ELBO ({row['valid_elbo']}) after epoch "
                     f"{row['epoch']}; {_last_good(progress)}")
             stop.check(row["epoch"], row["step"], progress.epoch)
-            is_best = progress.record(_ordered(row))
+            in_warmup = row["epoch"] < tc.warmup_epochs
+            is_best = progress.record(_ordered(row), tc.patience_counts_warmup or not in_warmup)
             if is_best or best_model is None:
                 best_model = {k: v.detach().clone() for k, v in vae.state_dict().items()}
             save_epoch(out, cfg, vae, stepper, progress, best_model, is_best)
+            tracking.epoch(row)
             if tc.progress:
                 tqdm.write(f"epoch {row['epoch']}: train -ELBO {row['train_loss']:.2f}, "
                            f"valid ELBO {row['valid_elbo']:.2f}, {row['epoch_time']:.1f}s")

@@ -19,13 +19,13 @@ names its class (``component=``).
   reaches the decoder depends on the guide family (:mod:`vaelab.guide.relaxed`), which sets
   :attr:`CategoricalLatent.mode` when the VAE is built:
 
-  =====================  ===================================  ====================================
-  ``mode``               value of the ``"z"`` site             decoder input
-  =====================  ===================================  ====================================
-  ``"soft"``             log-space Concrete sample y           :math:`\exp(y)` (a simplex point)
-  ``"straight_through"`` log-space Concrete sample y           one-hot forward, soft gradient
-  ``"one_hot"``          one-hot sample (REINFORCE, enum)      the sample itself
-  =====================  ===================================  ====================================
+  ======================  ==================================  ===================================
+  ``mode``                value of the ``"z"`` site            decoder input
+  ======================  ==================================  ===================================
+  ``"soft"``              log-space Concrete sample y          :math:`\exp(y)` (a simplex point)
+  ``"straight_through"``  log-space Concrete sample y          one-hot forward, soft gradient
+  ``"one_hot"``           one-hot sample (REINFORCE, enum)     the sample itself
+  ======================  ==================================  ===================================
 
   Whatever the training relaxation, the *discrete* model is what gets evaluated: the model and
   guide functions take ``hard=True`` (:meth:`vaelab.vae.VAE.eval_pair` binds it), which makes

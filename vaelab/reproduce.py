@@ -1,0 +1,357 @@
+"""Paper recipes, run end to end: ``vaelab reproduce NAME --out DIR [--seeds N]``.
+
+A recipe is a config shipped in ``vaelab/recipes/NAME.toml`` (so an installed wheel has it) that
+follows a published protocol, each setting naming its source (``../shared/PROTOCOLS.md``), plus a
+``[recipe]`` table: the paper, its budget, the published numbers per variant, the variants (lists
+of ``--set`` overrides) and the AIS / BDMC settings of the evaluation.
+
+:func:`reproduce` trains every variant × seed into ``DIR/VARIANT/seedS`` (an ordinary run folder,
+resumed where it stopped, skipped when finished), then evaluates the best-validation checkpoint:
+
+* IS with the recipe's K (5000) on the whole test split, which also gives the test ELBO (the
+  mean log weight over the K draws);
+* AIS on ``ais.points`` test points spread evenly over the split (continuous latents);
+* BDMC bounds on ``bdmc.points`` points simulated from the model (continuous latents).
+
+Every evaluation is resumable: it runs in blocks of points, each block seeded by its index and
+written to ``DIR/VARIANT/seedS/reproduce/`` as it completes, so a restart skips what is done and
+reaches the numbers an uninterrupted pass gives. :func:`table` gathers the results of any set of
+recipe folders into the Markdown table of ``experiments/results/reproduce.md``.
+
+Example::
+
+    from vaelab.reproduce import reproduce
+    rows = reproduce("gumbel_softmax", "runs/gumbel", variants=["gumbel"])
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaelab.config import ConfigError, RunConfig
+from vaelab.inference.checkpoint import atomic_write_text, json_safe, read_metrics
+from vaelab.resolve import apply_overrides, parse_value, resolve
+
+__all__ = ["Recipe", "evaluate_in_blocks", "load_recipe", "recipe_names", "reproduce", "table"]
+
+#: points per block of a resumable evaluation (IS, AIS)
+BLOCK = 500
+#: the schema of a recipe's ``[recipe]`` table
+_META_KEYS = {"paper", "source", "budget", "published", "pythae", "ais", "bdmc", "variants",
+              "metric"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A shipped recipe: its ``[recipe]`` table and the config it extends."""
+
+    name: str
+    meta: dict[str, Any]
+    raw: dict[str, Any]  #: the config tables, as written
+
+    @property
+    def variants(self) -> dict[str, list[str]]:
+        return dict(self.meta.get("variants", {"default": []}))
+
+    def published(self, variant: str) -> float | None:
+        return self.meta.get("published", {}).get(variant)
+
+    def pythae(self, variant: str) -> float | None:
+        return self.meta.get("pythae", {}).get(variant)
+
+    def config(self, variant: str, seed_offset: int = 0,
+               overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+        """The resolved config of ``variant`` at seed ``train.seed + seed_offset``, with
+        ``overrides`` (``KEY=VALUE``) last."""
+        if variant not in self.variants:
+            raise ConfigError(f"recipe {self.name!r} has no variant {variant!r}; variants: "
+                              f"{', '.join(self.variants)}")
+        raw = apply_overrides(self.raw, list(self.variants[variant]))
+        seed = raw.get("train", {}).get("seed", 0) + seed_offset
+        return resolve(apply_overrides(raw, [f"train.seed={seed}", *overrides]))
+
+
+def with_recipe_overrides(recipe: Recipe, overrides) -> tuple[Recipe, list[str]]:
+    """Apply the ``recipe.KEY=VALUE`` overrides (e.g. ``recipe.ais.points=100``, a smaller
+    evaluation) to the recipe's table; returns it and the remaining config overrides."""
+    mine = [o for o in overrides if o.strip().startswith("recipe.")]
+    if not mine:
+        return recipe, list(overrides)
+    meta = copy.deepcopy(recipe.meta)
+    for item in mine:
+        key, text = item.split("=", 1)
+        *path, last = key.strip().split(".")[1:]
+        node = meta
+        for k in path:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: recipe.{k} is not a table")
+        node[last] = parse_value(text)
+    unknown = set(meta) - _META_KEYS
+    if unknown:
+        raise ConfigError(f"recipe {recipe.name!r}: unknown [recipe] keys {sorted(unknown)}")
+    return Recipe(recipe.name, meta, recipe.raw), [o for o in overrides if o not in mine]
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped with vaelab."""
+    folder = resources.files("vaelab") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_recipe(name: str) -> Recipe:
+    """:raises ConfigError: no such recipe, or a malformed ``[recipe]`` table."""
+    if name not in recipe_names():
+        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(recipe_names())}")
+    text = (resources.files("vaelab") / "recipes" / f"{name}.toml").read_text()
+    raw = tomllib.loads(text)
+    meta = raw.pop("recipe", {})
+    unknown = set(meta) - _META_KEYS
+    if unknown:
+        raise ConfigError(f"recipe {name!r}: unknown [recipe] keys {sorted(unknown)}")
+    return Recipe(name, meta, raw)
+
+
+# --------------------------------------------------------------------------------------------
+# resumable evaluation
+
+
+def evaluate_in_blocks(run, ec, folder: Path, *, block: int = BLOCK, progress: bool = False):
+    """:func:`vaelab.run.evaluate` over the ``ec.limit`` points in blocks of ``block``, block b
+    seeded with ``ec.seed + b`` and saved to ``folder/block_BBBB.pt`` as it completes; blocks
+    already there are read, not recomputed.
+
+    :returns: the :class:`~vaelab.inference.marginal.MarginalEstimate` over all the points.
+    """
+    from vaelab.inference.checkpoint import load_checkpoint, save_checkpoint
+    from vaelab.inference.marginal import MarginalEstimate
+    from vaelab.run import evaluate
+
+    n = run.split(ec.split, ec.limit).shape[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = {"eval": ec.model_dump(mode="json"), "block": block, "epoch": run.epoch}
+    parts = []
+    for b, start in enumerate(range(0, n, block)):
+        path = folder / f"block_{b:04d}.pt"
+        if path.is_file():
+            saved = load_checkpoint(path)
+            if saved["stamp"] != stamp:
+                raise ValueError(f"{path} was written by another evaluation; remove {folder}")
+            parts.append(MarginalEstimate(**saved["estimate"]))
+            continue
+        est = evaluate(run, ec, progress=progress, points=slice(start, start + block),
+                       seed=ec.seed + b)
+        save_checkpoint(path, {"stamp": stamp, "estimate": vars(est)})
+        parts.append(est)
+    return MarginalEstimate.concat(parts)
+
+
+def _stage(path: Path, compute) -> dict:
+    """A result computed once: read from ``path`` when there, else computed and written."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    out = compute()
+    out["wall_s"] = time.perf_counter() - t0 + out.get("wall_s", 0.0)
+    atomic_write_text(path, json.dumps(json_safe(out), indent=1))
+    return out
+
+
+def _bdmc(run, spec: dict, seed: int) -> dict:
+    import pyro
+
+    from vaelab.inference.bdmc import bdmc
+    from vaelab.seed import seed_all
+
+    seed_all(seed)
+    model, guide = run.vae.eval_pair()
+    x_like = next(run.vae.parameters()).new_zeros(spec["points"], run.data.train.shape[1])
+    with pyro.validation_enabled(False):
+        r = bdmc(model, guide, x_like, num_steps=spec["steps"], num_chains=spec["chains"],
+                 num_leapfrog=spec["leapfrog"], base="prior")
+    return r.summary()
+
+
+def evaluate_run(recipe: Recipe, run_dir: Path, *, progress: bool = False) -> dict:
+    """IS (all test points), AIS and BDMC of a trained run folder, each stage resumable."""
+    from vaelab.run import eval_config, load_run
+
+    run = load_run(run_dir)
+    folder = run_dir / "reproduce"
+    folder.mkdir(exist_ok=True)
+    ec = run.cfg.eval
+
+    def is_stage() -> dict:
+        t0 = time.perf_counter()
+        est = evaluate_in_blocks(run, ec, folder / "is", progress=progress)
+        return {**est.summary(), "wall_s": time.perf_counter() - t0}
+
+    out: dict[str, Any] = {"is": _stage(folder / "is.json", is_stage)}
+    ais, bd = recipe.meta.get("ais"), recipe.meta.get("bdmc")
+    if run.vae.latent.continuous and ais and ais.get("points"):
+        ec_ais = eval_config(run.cfg, [
+            "eval.method=ais", f"eval.limit={ais['points']}", f"eval.ais_steps={ais['steps']}",
+            f"eval.ais_chains={ais['chains']}", f"eval.ais_leapfrog={ais['leapfrog']}",
+            "eval.exact=false"])
+
+        def ais_stage() -> dict:
+            est = evaluate_in_blocks(run, ec_ais, folder / "ais", block=100, progress=progress)
+            return {**est.summary(), "steps": ais["steps"], "chains": ais["chains"],
+                    "leapfrog": ais["leapfrog"]}
+
+        out["ais"] = _stage(folder / "ais.json", ais_stage)
+    if run.vae.latent.continuous and bd and bd.get("points"):
+        out["bdmc"] = _stage(folder / "bdmc.json", lambda: _bdmc(run, bd, ec.seed))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _budget_reached(cfg: RunConfig, history: list[dict]) -> dict:
+    last = history[-1] if history else {"epoch": 0, "step": 0}
+    best = max(history, key=lambda r: r["valid_elbo"]) if history else None
+    stopped = (cfg.train.patience > 0 and len(history) < cfg.train.epochs and best is not None
+               and last["epoch"] - best["epoch"] >= cfg.train.patience)
+    return {"epochs": last["epoch"], "steps": last["step"], "epochs_planned": cfg.train.epochs,
+            "best_epoch": None if best is None else best["epoch"],
+            "early_stopped": stopped, "finished": stopped or last["epoch"] >= cfg.train.epochs,
+            "train_wall_s": sum(r.get("epoch_time", 0.0) for r in history)}
+
+
+def reproduce(
+    name: str,
+    out: str | Path,
+    *,
+    seeds: int = 1,
+    variants: list[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    evaluate: bool = True,
+    progress: bool = False,
+) -> list[dict]:
+    """Train (resuming) and evaluate every variant × seed of recipe ``name`` under ``out``;
+    write ``out/reproduce.md`` and each run's ``reproduce/result.json``.
+
+    :param seeds: seeds per variant: ``train.seed``, ``train.seed + 1``, ...
+    :param variants: the variants to run (default: all of the recipe's).
+    :param overrides: ``KEY=VALUE`` applied last (e.g. a smaller budget, stated in the table as
+        the budget reached).
+    :param evaluate: also evaluate (else train only).
+    :returns: one result dict per run.
+    """
+    from vaelab.inference.runfolder import latest_commit
+    from vaelab.inference.train import train
+
+    recipe, out = load_recipe(name), Path(out)
+    given = list(overrides)
+    recipe, overrides = with_recipe_overrides(recipe, given)
+    variants = variants or list(recipe.variants)
+    results = []
+    for variant in variants:
+        for s in range(seeds):
+            cfg = recipe.config(variant, s, overrides)
+            run_dir = out / variant / f"seed{cfg.train.seed}"
+            train(cfg, run_dir, resume=latest_commit(run_dir) is not None)
+            history = read_metrics(run_dir)
+            result = {"recipe": name, "variant": variant, "seed": cfg.train.seed,
+                      "run_dir": str(run_dir), "overrides": given,
+                      "published": recipe.published(variant), "pythae": recipe.pythae(variant),
+                      "budget_paper": recipe.meta.get("budget", ""),
+                      "budget": _budget_reached(cfg, history),
+                      "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)"}
+            if evaluate:
+                result.update(evaluate_run(recipe, run_dir, progress=progress))
+            (run_dir / "reproduce").mkdir(exist_ok=True)
+            atomic_write_text(run_dir / "reproduce" / "result.json",
+                              json.dumps(json_safe(result), indent=1))
+            results.append(result)
+    atomic_write_text(out / "reproduce.md", table([out]))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+
+
+def _results(folders: list[Path]) -> list[dict]:
+    found = []
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*/seed*/reproduce/result.json")):
+            found.append(json.loads(path.read_text()))
+    return found
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{m:.2f} (1 seed)"
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return f"{m:.2f} ± {sd:.2f} ({len(values)} seeds)"
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def table(folders: list[str | Path]) -> str:
+    """The reproducibility table over the recipe folders ``folders`` (Markdown)."""
+    rows = _results([Path(f) for f in folders])
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["recipe"], r["variant"]), []).append(r)
+    lines = [
+        "| recipe | variant | published | pythae | vaelab (IS log p(x), K = 5000) | test ELBO | "
+        "AIS (1000 pts) | BDMC gap | budget paper / reached | wall | command |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for (name, variant), rs in groups.items():
+        recipe = load_recipe(name)
+        metric = recipe.meta.get("metric", "log_likelihood")
+        is_vals = [r.get("is", {}).get("log_likelihood") for r in rs]
+        elbo = [r.get("is", {}).get("elbo") for r in rs]
+        main = _mean_sd(elbo if metric == "elbo" else is_vals)
+        other = _mean_sd(is_vals if metric == "elbo" else elbo)
+        ais = [r["ais"]["log_likelihood"] for r in rs if "ais" in r]
+        ais_s = (f"{_mean_sd(ais)}, T = {rs[0]['ais']['steps']}, {rs[0]['ais']['chains']} chains"
+                 if ais else "n/a")
+        gaps = [r["bdmc"]["gap"] for r in rs if "bdmc" in r]
+        gap_s = (f"{_mean_sd(gaps)} ({rs[0]['bdmc']['num_points']} sim. pts)" if gaps else "n/a")
+        b = rs[0]["budget"]
+        reached = (f"{b['epochs']} / {b['epochs_planned']} epochs ({b['steps']} steps), best "
+                   f"{b['best_epoch']}" + (", early-stopped" if b["early_stopped"] else "")
+                   + ("" if b["finished"] else ", **unfinished**"))
+        wall = sum(r["budget"]["train_wall_s"] + r.get("is", {}).get("wall_s", 0)
+                   + r.get("ais", {}).get("wall_s", 0) + r.get("bdmc", {}).get("wall_s", 0)
+                   for r in rs) / 3600
+        cols = ("test ELBO " if metric == "elbo" else "") + main
+        extra = ("IS " + other) if metric == "elbo" else other
+        sets = "".join(f" --set '{o}'" for o in rs[0].get("overrides", []))
+        lines.append(
+            f"| {name} | {variant} | {_fmt(recipe.published(variant))} | "
+            f"{_fmt(recipe.pythae(variant))} | {cols} | {extra} | {ais_s} | {gap_s} | "
+            f"{rs[0]['budget_paper']} / {reached} | {wall:.1f} h, {rs[0]['machine']} | "
+            f"`vaelab reproduce {name} --out DIR --variant {variant}{sets}` |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_overrides(values: list[str]) -> list[str]:
+    """``KEY=VALUE`` strings, each checked to parse (the CLI's ``--set``)."""
+    for v in values:
+        if "=" not in v:
+            raise ConfigError(f"--set expects KEY=VALUE, got {v!r}")
+        parse_value(v.split("=", 1)[1])
+    return list(values)
