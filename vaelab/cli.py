@@ -213,7 +213,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the table gathered from recipe folders DIR... and exit")
     p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes")
     p.add_argument("--no-progress", action="store_true")
+    _add_sweep_compare(sub)
     return parser
+
+
+def _add_sweep_compare(sub) -> None:
+    """The ``sweep`` and ``compare`` subcommands (:mod:`vaelab.sweep`, :mod:`vaelab.compare`)."""
+    p = sub.add_parser("sweep", help="a grid of configs x seeds, each cell an ordinary run "
+                       "folder OUT/CELL/seedS, run in parallel processes or through "
+                       "submitit/Slurm; resumable")
+    p.add_argument("config", help="TOML config file every run starts from")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=[V1, V2, ...]",
+                   help="a key and the TOML array of its values, parsed like --set values, "
+                   "e.g. --grid 'model.prior=[\"standard_normal\", \"vamp\"]' "
+                   "(repeatable: the cross product)")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="runs per cell: train.seed + 0, 1, ... (default 1)")
+    p.add_argument("--out", required=True, help="sweep folder (cells, sweep.json, logs/)")
+    _add_set(p)
+    p.add_argument("--jobs", "-j", type=_positive_int, default=None,
+                   help="runs at a time (default 1; slurm: every run); locally each gets "
+                   "train.num_threads = cores // N unless set")
+    p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local child processes (default), Slurm through submitit, or "
+                   "submitit's local executor")
+    p.add_argument("--evaluate", action="store_true", help="evaluate each run after training")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each run's state (new, resume, finished, busy); run nothing")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-time", default="60", metavar="MINUTES|H:MM:SS",
+                   help="time limit per run (default 60 minutes; a cell cut short resumes on "
+                   "the next sweep)")
+    p.add_argument("--slurm-cpus", type=_positive_int, default=1,
+                   help="CPUs per run (its train.num_threads unless set)")
+    p.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per run")
+    p.add_argument("--slurm-mem", type=float, default=None, metavar="GB", help="memory per run")
+    p.add_argument("--slurm-account", default=None)
+    p.add_argument("--slurm-qos", default=None)
+    p.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                   help="shell line run before each job, e.g. 'source .venv/bin/activate'")
+
+    p = sub.add_parser("compare", help="run folders (found recursively) as one Markdown/CSV "
+                       "table: cells x metrics, mean, sd, se and n over seeds; plots")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders or folders holding them")
+    p.add_argument("--metric", action="append", default=None,
+                   help="a metric to table (repeatable; default: best_valid_elbo, "
+                   "final_train_loss and log_likelihood, elbo where evaluated)")
+    p.add_argument("--csv", default=None, metavar="PATH", help="also write the table as CSV")
+    p.add_argument("--plots", default=None, metavar="OUTDIR",
+                   help="write curves.png and metrics.png into OUTDIR")
 
 
 def _cmd_train(args) -> int:
@@ -474,6 +522,34 @@ def _cmd_reproduce(args) -> int:
 
 
 COMMANDS["reproduce"] = _cmd_reproduce
+
+
+def _cmd_sweep(args) -> int:
+    from vaelab.sweep import SlurmOptions, parse_minutes, sweep
+
+    slurm = SlurmOptions(
+        partition=args.slurm_partition, time_min=parse_minutes(args.slurm_time),
+        cpus=args.slurm_cpus, gpus=args.slurm_gpus, mem_gb=args.slurm_mem,
+        account=args.slurm_account, qos=args.slurm_qos, setup=args.slurm_setup)
+    return sweep(args.config, args.out, args.grid, seeds=args.seeds, overrides=args.overrides,
+                 jobs=args.jobs, executor=args.executor, evaluate=args.evaluate, slurm=slurm,
+                 dry_run=args.dry_run)
+
+
+def _cmd_compare(args) -> int:
+    from vaelab.compare import compare
+
+    comp = compare(args.dirs, args.metric)
+    print(comp.markdown(), end="")
+    if args.csv:
+        print(f"CSV: {comp.write_csv(args.csv)}", file=sys.stderr)
+    if args.plots:
+        print("plots: " + ", ".join(str(p) for p in comp.plots(args.plots)), file=sys.stderr)
+    return 0
+
+
+COMMANDS["sweep"] = _cmd_sweep
+COMMANDS["compare"] = _cmd_compare
 
 
 def _os_error(err: OSError) -> str:

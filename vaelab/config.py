@@ -206,6 +206,12 @@ class TrainConfig(_Section):
     #: stop an epoch after this many steps (smoke runs); ``None``: full epochs
     max_steps_per_epoch: int | None = Field(None, gt=0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    #: draw the guide's reparameterization noise and the preprocessing noise of data point i
+    #: from a generator keyed by (seed, epoch, i), so that a point gets the same draws whatever
+    #: the batch and the number of processes (:mod:`vaelab.inference.distributed`): ``auto``
+    #: does so when more than one process trains (torchrun); ``true`` in one process too (to
+    #: compare with, resume from or be resumed by a data-parallel run); ``false`` never
+    per_point_noise: bool | Literal["auto"] = "auto"
     num_threads: int | None = Field(None, gt=0)
     progress: bool = True
 
@@ -228,6 +234,10 @@ class EvalConfig(_Section):
     #: score this many points spread evenly over the split (``None``: all)
     limit: int | None = Field(None, gt=0)
     seed: int = 0
+    #: score the points in blocks of this many, block b seeded by (``seed``, b), so that the
+    #: numbers do not depend on how the blocks are shared among processes (torchrun); ``None``:
+    #: one pass seeded by ``seed`` in one process, blocks of ``batch_size`` under torchrun
+    block_size: int | None = Field(None, gt=0)
     #: ``is``: importance sampling with K = ``num_samples``; ``ais``: annealed importance sampling
     method: Literal["is", "ais"] = "is"
     #: IS proposal: ``guide``, ``inflated:FACTOR``, ``student_t:DF``, ``prior`` or a table

@@ -6,11 +6,14 @@ over, a damaged checkpoint passed over); errors are raised, warnings are for cod
 
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = ["note"]
 
 
 def note(message: str) -> None:
-    """Print ``vaelab: note: MESSAGE`` on stderr."""
-    print(f"vaelab: note: {message}", file=sys.stderr)
+    """Print ``vaelab: note: MESSAGE`` on stderr (under torchrun, by the process of rank 0
+    only: the others hold the same state and would repeat it)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"vaelab: note: {message}", file=sys.stderr)

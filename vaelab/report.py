@@ -297,6 +297,12 @@ def _traversals(run, stats, out: Path, max_units: int = 8) -> Figure:
     U, T, D = decoded.shape
     if len(run.data.shape) == 3:
         shape = run.data.shape
+        if float(decoded.min()) < 0 or float(decoded.max()) > 1:  # counts, standardized
+            q = torch.quantile(decoded.flatten().double(), torch.tensor([0.01, 0.99]).double())
+            lo, hi = float(q[0]), float(q[1])
+            decoded = (decoded - lo) / max(hi - lo, 1e-12)  # clamped to [0, 1] by image_grid
+            caption += (f" Grey levels: black to white over [{lo:.3g}, {hi:.3g}], the 1st to "
+                        "99th percentile of the decoded values.")
         grid = image_grid(decoded.reshape(U * T, D), shape, ncol=T)
         _, h, w = image_shape_of(shape, D)
         save_traversal_grid(path, grid, rows, cols, (h, w), title=xlabel)

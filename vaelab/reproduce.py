@@ -11,7 +11,10 @@ resumed where it stopped, skipped when finished), then evaluates the best-valida
 * IS with the recipe's K (5000) on the whole test split, which also gives the test ELBO (the
   mean log weight over the K draws);
 * AIS on ``ais.points`` test points spread evenly over the split (continuous latents);
-* BDMC bounds on ``bdmc.points`` points simulated from the model (continuous latents).
+* BDMC bounds on ``bdmc.points`` points simulated from the model (continuous latents);
+* for a relaxed categorical guide, Jang et al.'s test metric
+  (:func:`~vaelab.inference.relaxed_bound.jang_bound`, 1000 draws per test image) beside the
+  discrete model's ELBO and log p(x).
 
 Every evaluation is resumable: it runs in blocks of points, each block seeded by its index and
 written to ``DIR/VARIANT/seedS/reproduce/`` as it completes, so a restart skips what is done and
@@ -47,6 +50,9 @@ __all__ = ["Recipe", "evaluate_in_blocks", "load_recipe", "recipe_names", "repro
 
 #: points per block of a resumable evaluation (IS, AIS)
 BLOCK = 500
+#: the ``[eval]`` keys that define what a block estimates (its stamp)
+ESTIMAND_KEYS = {"split", "num_samples", "limit", "seed", "method", "proposal", "ais_steps",
+                 "ais_chains", "ais_leapfrog", "ais_base"}
 #: the schema of a recipe's ``[recipe]`` table
 _META_KEYS = {"paper", "source", "budget", "published", "pythae", "ais", "bdmc", "variants",
               "metric"}
@@ -140,13 +146,16 @@ def evaluate_in_blocks(run, ec, folder: Path, *, block: int = BLOCK, progress: b
 
     n = run.split(ec.split, ec.limit).shape[0]
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = {"eval": ec.model_dump(mode="json"), "block": block, "epoch": run.epoch}
+    # what the numbers estimate; batching, memory budget and the fused path change only the
+    # speed (and which draws a block makes), so a restart under other settings keeps the blocks
+    stamp = {"eval": ec.model_dump(mode="json", include=ESTIMAND_KEYS), "block": block,
+             "epoch": run.epoch}
     parts = []
     for b, start in enumerate(range(0, n, block)):
         path = folder / f"block_{b:04d}.pt"
         if path.is_file():
             saved = load_checkpoint(path)
-            if saved["stamp"] != stamp:
+            if _estimand(saved["stamp"]) != _estimand(stamp):
                 raise ValueError(f"{path} was written by another evaluation; remove {folder}")
             parts.append(MarginalEstimate(**saved["estimate"]))
             continue
@@ -155,6 +164,12 @@ def evaluate_in_blocks(run, ec, folder: Path, *, block: int = BLOCK, progress: b
         save_checkpoint(path, {"stamp": stamp, "estimate": vars(est)})
         parts.append(est)
     return MarginalEstimate.concat(parts)
+
+
+def _estimand(stamp: dict) -> dict:
+    """A block's stamp restricted to what its numbers estimate (:data:`ESTIMAND_KEYS`)."""
+    return {"eval": {k: stamp["eval"].get(k) for k in sorted(ESTIMAND_KEYS)},
+            "block": stamp["block"], "epoch": stamp["epoch"]}
 
 
 def _stage(path: Path, compute) -> dict:
@@ -183,6 +198,27 @@ def _bdmc(run, spec: dict, seed: int) -> dict:
     return r.summary()
 
 
+def _jang(run, history: list[dict], progress: bool, num_draws: int = 1000) -> dict:
+    """Jang et al.'s test metric (:func:`~vaelab.inference.relaxed_bound.jang_bound`, 1000
+    draws per test image) at the temperature of the evaluated checkpoint."""
+    from tqdm.auto import tqdm
+
+    from vaelab.inference.relaxed_bound import jang_bound
+    from vaelab.seed import seed_all
+
+    step = next(r["step"] for r in history if r["epoch"] == run.epoch)
+    tau = run.vae.latent.temperature_at(step)
+    x = run.pre.eval_split(run.split(run.cfg.eval.split, run.cfg.eval.limit), run.cfg.eval.seed)
+    seed_all(run.cfg.eval.seed)
+    parts = [jang_bound(run.vae, x[i : i + 100], tau, num_draws)
+             for i in tqdm(range(0, x.shape[0], 100), disable=not progress, leave=False,
+                           desc="Jang bound")]
+    values = torch.cat(parts)
+    return {"jang_bound": float(values.mean()),
+            "jang_bound_stderr": float(values.std() / math.sqrt(values.numel())),
+            "num_draws": num_draws, "temperature": float(tau), "num_points": values.numel()}
+
+
 def evaluate_run(recipe: Recipe, run_dir: Path, *, progress: bool = False) -> dict:
     """IS (all test points), AIS and BDMC of a trained run folder, each stage resumable."""
     from vaelab.run import eval_config, load_run
@@ -198,6 +234,9 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, progress: bool = False) -> di
         return {**est.summary(), "wall_s": time.perf_counter() - t0}
 
     out: dict[str, Any] = {"is": _stage(folder / "is.json", is_stage)}
+    if not run.vae.latent.continuous and run.vae.latent.relaxed:
+        out["paper_metric"] = _stage(folder / "paper_metric.json",
+                                     lambda: _jang(run, read_metrics(run_dir), progress))
     ais, bd = recipe.meta.get("ais"), recipe.meta.get("bdmc")
     if run.vae.latent.continuous and ais and ais.get("points"):
         ec_ais = eval_config(run.cfg, [
@@ -323,8 +362,11 @@ def table(folders: list[str | Path]) -> str:
         metric = recipe.meta.get("metric", "log_likelihood")
         is_vals = [r.get("is", {}).get("log_likelihood") for r in rs]
         elbo = [r.get("is", {}).get("elbo") for r in rs]
-        main = _mean_sd(elbo if metric == "elbo" else is_vals)
-        other = _mean_sd(is_vals if metric == "elbo" else elbo)
+        jang = [r["paper_metric"]["jang_bound"] for r in rs if "paper_metric" in r]
+        main = _mean_sd(jang or elbo if metric == "elbo" else is_vals)
+        other = _mean_sd(elbo)
+        if metric == "elbo":
+            other = f"discrete ELBO {_mean_sd(elbo)}, IS {_mean_sd(is_vals)}"
         ais = [r["ais"]["log_likelihood"] for r in rs if "ais" in r]
         ais_s = (f"{_mean_sd(ais)}, T = {rs[0]['ais']['steps']}, {rs[0]['ais']['chains']} chains"
                  if ais else "n/a")
@@ -337,8 +379,8 @@ def table(folders: list[str | Path]) -> str:
         wall = sum(r["budget"]["train_wall_s"] + r.get("is", {}).get("wall_s", 0)
                    + r.get("ais", {}).get("wall_s", 0) + r.get("bdmc", {}).get("wall_s", 0)
                    for r in rs) / 3600
-        cols = ("test ELBO " if metric == "elbo" else "") + main
-        extra = ("IS " + other) if metric == "elbo" else other
+        cols = (("Jang bound " if jang else "test ELBO ") if metric == "elbo" else "") + main
+        extra = other
         sets = "".join(f" --set '{o}'" for o in rs[0].get("overrides", []))
         lines.append(
             f"| {name} | {variant} | {_fmt(recipe.published(variant))} | "

@@ -8,7 +8,7 @@ import numpy as np
 import pyro
 import torch
 
-__all__ = ["seed_all", "get_rng_state", "set_rng_state", "derived_generator"]
+__all__ = ["seed_all", "get_rng_state", "set_rng_state", "derived_generator", "derived_seed"]
 
 
 def seed_all(seed: int) -> None:
@@ -39,11 +39,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def derived_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A private generator seeded by ``keys`` (e.g. seed, epoch, stream): reproducible anywhere."""
-    g = torch.Generator(device=device)
+def derived_seed(*keys: int) -> int:
+    """A seed in [0, 2^63) mixed from ``keys`` (e.g. seed, epoch, stream) by a 64-bit LCG step
+    per key: different key tuples give unrelated seeds (unlike ``seed + k``)."""
     h = 0x9E3779B97F4A7C15
     for k in keys:
         h = (h * 6364136223846793005 + int(k) + 1442695040888963407) % 2**63
-    g.manual_seed(h)
+    return h
+
+
+def derived_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A private generator seeded by ``keys`` (e.g. seed, epoch, stream): reproducible anywhere."""
+    g = torch.Generator(device=device)
+    g.manual_seed(derived_seed(*keys))
     return g

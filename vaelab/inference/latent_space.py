@@ -55,7 +55,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.distributions import Distribution, Independent, kl_divergence
+from torch.distributions import (
+    Distribution,
+    Independent,
+    Normal,
+    TransformedDistribution,
+    kl_divergence,
+)
 
 from vaelab.model.distributions import kl_categorical
 
@@ -136,8 +142,9 @@ def posterior_means(vae, x: torch.Tensor, batch_size: int = 500, num_draws: int 
     categorical one.
 
     The family's closed-form mean where it has one (normal; Student-t with ν > 1), else the
-    average of ``num_draws`` draws from the posterior (a flow guide), seeded so the same call
-    gives the same means.
+    average of ``num_draws`` seeded draws (:func:`_draws`: for a flow guide the same base noise
+    for every point, so that Monte Carlo noise does not pass for activity: a posterior that
+    ignores x gets the same mean for every x).
     """
     parts = []
     with torch.random.fork_rng(devices=[]):
@@ -153,9 +160,25 @@ def posterior_means(vae, x: torch.Tensor, batch_size: int = 500, num_draws: int 
             except NotImplementedError:
                 mean = None
             if mean is None or not bool(torch.isfinite(mean).all()):
-                mean = q_z.sample((num_draws,)).mean(0)  # (S, b, d) → (b, d)
+                mean = _draws(q_z, num_draws).mean(0)  # (S, b, d) → (b, d)
             parts.append(mean)
     return torch.cat(parts).cpu()
+
+
+def _draws(q_z: Distribution, num_draws: int) -> torch.Tensor:
+    r"""``(S, b, d)`` draws of ``q_z`` (batch ``(b,)``): for a flow over a diagonal normal
+    (:class:`~torch.distributions.TransformedDistribution`) :math:`z = f_x(μ(x) + σ(x) ε_s)` with
+    the same :math:`ε_s` for every point (common random numbers); otherwise independent draws."""
+    base = getattr(q_z, "base_dist", None)
+    normal = getattr(base, "base_dist", base)
+    if isinstance(q_z, TransformedDistribution) and isinstance(normal, Normal):
+        loc, scale = normal.loc, normal.scale  # (b, d)
+        eps = torch.randn(num_draws, 1, loc.shape[-1]).to(loc)  # (S, 1, d), shared over b
+        z = loc + scale * eps  # (S, b, d)
+        for t in q_z.transforms:
+            z = t(z)
+        return z
+    return q_z.sample((num_draws,))
 
 
 def _factors(d: Distribution) -> Distribution | None:

@@ -128,10 +128,12 @@ class Stepper:
 
     def __init__(self, tc: TrainConfig, vae: VAE, objective, eager=None):
         self.vae, self.objective, self.clip_norm = vae, objective, tc.clip_norm
-        #: a compiled objective's eager twin, for steps at β = 0: there the eager model drops
-        #: the latent site (no gradient at all for the prior, so Adam skips it), which a
-        #: compiled graph, scaling by a tensor β, cannot do
+        #: a compiled objective's eager twin, for steps at β = 0 (there the eager model drops
+        #: the latent site: no gradient at all for the prior, so Adam skips it, which a
+        #: compiled graph, scaling by a tensor β, cannot do) and for a last batch smaller than
+        #: ``train.batch_size`` (a compiled graph has one batch size)
         self.eager = eager
+        self.batch_size = tc.batch_size
         self.params = list(vae.parameters())
         self.svi, self.optimizer = None, None
         self.tc, self.normalize_grads = tc, tc.optimizer == "adam_normgrad"
@@ -165,7 +167,8 @@ class Stepper:
             assert self.svi is not None
             return self.svi.step(x, beta, temperature), None
         objective = self.objective
-        if self.eager is not None and isinstance(beta, (int, float)) and beta == 0.0:
+        if self.eager is not None and (isinstance(beta, (int, float)) and beta == 0.0
+                                       or x.shape[0] != self.batch_size):
             objective = self.eager
         loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta, temperature)
         grad_norm = None
@@ -385,11 +388,6 @@ def choose_objective(cfg: RunConfig, vae: VAE, data: DataSplits, pre: Preprocess
         return objective, None
     tc = cfg.train
     eager = build_objective(cfg.objective.model_copy(update={"jit": False}), vae)
-    if cfg.objective.jit == "auto" and data.train.shape[0] % tc.batch_size:
-        note(f"objective.jit = 'auto': eager, the last batch is smaller than train.batch_size "
-             f"= {tc.batch_size} ({data.train.shape[0]} training points) and a compiled graph "
-             "has one batch size")
-        return eager, None
     x = pre.eval_batch(data.train[: tc.batch_size], derived_generator(tc.seed, 2))
     x = x.to(next(vae.parameters()).device)  # (B, D)
     tau = vae.latent.temperature_at(0)
