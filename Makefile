@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev,sklearn,anndata,tensorboard,mlflow]'
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev,sklearn,anndata,tensorboard,mlflow,submitit]'
 	$(BIN)/python -c "import torch, pyro; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, '| pyro', pyro.__version__)"
 	touch $(STAMP)
 

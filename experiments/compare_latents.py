@@ -99,16 +99,15 @@ def parse_args(argv):
 
 def _traversal_images(vae, x0: torch.Tensor) -> torch.Tensor:
     """Decode the hard code of ``x0 (1, D)`` with one variable set to each class in turn:
-    ``(N K, D)``, row n = variable n, column k = class k."""
+    ``(N K, D)``, row n = variable n, column k = class k
+    (:func:`vaelab.inference.latent_space.traverse`)."""
+    from vaelab.inference.latent_space import traverse
+
     latent = vae.latent
-    N, K = latent.num_variables, latent.num_classes
     code = vae.inference.logits(x0)[0].argmax(-1)  # (N,)
-    z = torch.nn.functional.one_hot(code, K).to(x0.dtype)  # (N, K)
-    zs = z.expand(N, K, N, K).clone()  # (n, k, N, K): variable n set to class k
-    for n in range(N):
-        zs[n, :, n] = torch.eye(K, dtype=x0.dtype)
-    g = vae.generative
-    return g.likelihood.mean(g.decoder(zs.reshape(N * K, N * K)))  # (N K, D)
+    z = torch.nn.functional.one_hot(code, latent.num_classes).to(x0.dtype)  # (N, K)
+    decoded, _ = traverse(vae, z, list(range(latent.num_variables)))  # (N, K, D)
+    return decoded.flatten(0, 1)  # (N K, D)
 
 
 @torch.no_grad()

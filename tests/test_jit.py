@@ -103,9 +103,9 @@ def test_a_smaller_last_batch_takes_the_eager_twin(tmp_path, capsys, monkeypatch
     sizes = []
     step = Stepper.step
 
-    def spy(self, x, beta, temperature):
+    def spy(self, x, beta, temperature, *batch):
         sizes.append((x.shape[0], self.eager is not None))
-        return step(self, x, beta, temperature)
+        return step(self, x, beta, temperature, *batch)
 
     monkeypatch.setattr(Stepper, "step", spy)
     runs = {}

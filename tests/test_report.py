@@ -129,6 +129,25 @@ def test_traversals_of_a_linear_decoder_move_along_its_columns():
             torch.testing.assert_close(decoded[row, j], W @ z + b)
 
 
+def test_monte_carlo_means_of_a_flow_guide_do_not_turn_noise_into_activity():
+    """An IAF guide has no closed-form mean: 64 draws are averaged. With an encoder whose
+    output ignores x, q(z | x) is the same for every x, so every unit is inactive; shared base
+    noise gives every point the same average (activity 0), where independent draws would show
+    Var(mean of 64) = Var_q(z_u) / 64, above 1e-3 here."""
+    from vaelab.resolve import load_config
+    from vaelab.vae import build_vae
+
+    vae = build_vae(load_config(None, ["data.name=synthetic", "model.latent_dim=3",
+                                       "guide.family=iaf"]), 64)
+    with torch.no_grad():
+        vae.inference.encoder.linear_layers[-1].weight.zero_()  # h(x) = the bias, for all x
+    x = torch.rand(200, 64).round()
+    assert float(activity(posterior_means(vae, x)).max()) < 1e-10
+    q = vae.inference.posterior_dist(x)
+    naive = activity(q.sample((64,)).mean(0))  # (3,) independent draws per point
+    assert float(naive.min()) > 1e-3
+
+
 def test_kl_per_unit_of_a_categorical_latent_and_a_prior_that_does_not_factorize():
     from vaelab.resolve import load_config
     from vaelab.vae import build_vae

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -193,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", "-K", type=int, default=0,
                    help="also IS with the guide on the simulated data, K draws (0: skip)")
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--block-size", type=_positive_int, default=None,
+                   help="simulate and bracket blocks of this many points, block b seeded by "
+                        "(--seed, b) (default: one pass; under torchrun, blocks of --batch-size "
+                        "shared among the processes)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -231,7 +236,7 @@ def _add_sweep_compare(sub) -> None:
                    help="runs per cell: train.seed + 0, 1, ... (default 1)")
     p.add_argument("--out", required=True, help="sweep folder (cells, sweep.json, logs/)")
     _add_set(p)
-    p.add_argument("--jobs", "-j", type=_positive_int, default=None,
+    p.add_argument("--jobs", "-j", type=_positive_int, default=None, metavar="N",
                    help="runs at a time (default 1; slurm: every run); locally each gets "
                    "train.num_threads = cores // N unless set")
     p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
@@ -265,17 +270,23 @@ def _add_sweep_compare(sub) -> None:
 
 
 def _cmd_train(args) -> int:
+    from vaelab.inference.distributed import World, evaluate_sharded
     from vaelab.inference.train import train
     from vaelab.report import write_report
     from vaelab.resolve import load_config
-    from vaelab.run import evaluate
     from vaelab.tracking import log_results
 
     overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
     cfg = load_config(args.config, overrides)
     result = train(cfg, args.out, resume=args.resume)
+    main = World.from_env().is_main  # under torchrun, rank 0 reports
+    if not (main or args.evaluate):
+        return 0
     run = result.run("best")  # the trained VAE and data, the best checkpoint loaded in place
-    metrics = evaluate(run, progress=cfg.train.progress).summary() if args.evaluate else None
+    est = evaluate_sharded(run, progress=cfg.train.progress) if args.evaluate else None
+    metrics = est.summary() if est is not None else None
+    if not main:
+        return 0
     report = write_report(run, metrics)
     log_results(run, metrics)  # [log]: the evaluation and the report's PNGs
     print(f"best epoch {result.best_epoch}, valid ELBO {result.best_valid_elbo:.2f}; "
@@ -292,7 +303,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from vaelab.run import eval_config, evaluate, load_run
+    from vaelab.inference.distributed import World, evaluate_sharded
+    from vaelab.run import eval_config, load_run
     from vaelab.tracking import Tracking
 
     run = load_run(args.run_dir, args.checkpoint)
@@ -305,7 +317,11 @@ def _cmd_evaluate(args) -> int:
         curve_ks = default_curve_ks(ec.num_samples)
     elif args.curve:
         raise ValueError("--curve applies to --method is (prefixes of the K importance draws)")
-    est = evaluate(run, ec, progress=not args.no_progress and not args.json, curve_ks=curve_ks)
+    # under torchrun: the blocks of points shared among the processes; rank 0 reports
+    est = evaluate_sharded(run, ec, progress=not args.no_progress and not args.json,
+                           curve_ks=curve_ks)
+    if not World.from_env().is_main:
+        return 0
     metrics = {**est.summary(), "split": est.extra["split"], "checkpoint": args.checkpoint}
     metrics.update({k: v for k, v in est.extra.items() if k != "split"})
     if args.curve:
@@ -430,7 +446,7 @@ COMMANDS["list"] = _cmd_list
 def _cmd_bdmc(args) -> int:
     import pyro
 
-    from vaelab.inference.bdmc import bdmc
+    from vaelab.inference.distributed import World, bdmc_sharded
     from vaelab.inference.exact import exact_log_likelihood
     from vaelab.run import eval_config, load_run
     from vaelab.seed import seed_all
@@ -446,12 +462,15 @@ def _cmd_bdmc(args) -> int:
     model, guide = run.vae.eval_pair()
     anchor = next(run.vae.parameters())
     x_like = anchor.new_zeros(args.num_points, run.data.train.shape[1])  # shape of the data
-    with pyro.validation_enabled(False):
-        r = bdmc(
-            model, guide, x_like, num_steps=ec.ais_steps, num_chains=ec.ais_chains,
-            num_leapfrog=ec.ais_leapfrog, base=ec.ais_base, batch_size=args.batch_size,
+    with pyro.validation_enabled(False):  # under torchrun: blocks shared among the processes
+        r = bdmc_sharded(
+            model, guide, x_like, seed=args.seed, block=args.block_size,
+            num_steps=ec.ais_steps, num_chains=ec.ais_chains, num_leapfrog=ec.ais_leapfrog,
+            base=ec.ais_base, batch_size=args.batch_size,
             progress=not args.no_progress and not args.json,
         )
+    if not World.from_env().is_main:
+        return 0  # rank 0 reports
     metrics = {"run_dir": str(run.dir), "checkpoint": args.checkpoint, **r.summary()}
     exact = exact_log_likelihood(run.vae, r.x.to(anchor))
     if exact is not None:
@@ -568,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
 
     known = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, ValueError,
              RunFolderBusy)
-    prefix = f"vaelab {args.command}"
+    rank = os.environ.get("RANK", "0")  # torchrun's; the other ranks tag their lines
+    prefix = f"vaelab {args.command}" + (f" [rank {rank}]" if rank != "0" else "")
     try:
         return COMMANDS[args.command](args)
     except Interrupted as err:
@@ -576,8 +596,16 @@ def main(argv: list[str] | None = None) -> int:
                 else "no epoch was committed, so nothing was kept")
         again = ("vaelab train DIR/config.toml --out DIR --resume" if err.committed_epoch
                  else "run the same command again")
-        print(f"{prefix}: {err}; {held}; continue with: {again}", file=sys.stderr)
+        if rank == "0":  # every process of a torchrun job stops at the same step: one line
+            print(f"{prefix}: {err}; {held}; continue with: {again}", file=sys.stderr)
         return err.exit_code
+    except RuntimeError as err:
+        distributed = sys.modules.get("vaelab.inference.distributed")
+        if distributed is None or not isinstance(err, distributed.PeerLost):
+            raise
+        print(f"{prefix}: error: {err}; the run folder holds its last committed epoch "
+              "(resume with --resume, on any number of processes)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
@@ -587,6 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"{prefix}: error: {_os_error(err)}", file=sys.stderr)
         return 2
+    finally:
+        distributed = sys.modules.get("vaelab.inference.distributed")
+        if distributed is not None:
+            distributed.leave()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -173,13 +173,13 @@ def stat(values: list[float]) -> Stat:
 
 
 def format_number(v: float | int | None) -> str:
-    """How the Markdown table writes a number: 4 significant digits (one decimal from 1000 on),
-    ``—`` for none."""
+    """How the Markdown table writes a number: 4 significant digits, trailing zeros kept (one
+    decimal from 1000 on), ``—`` for none."""
     if v is None:
         return "—"
     if isinstance(v, int):
         return str(v)
-    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return f"{v:.1f}" if abs(v) >= 1000 else f"{v:#.4g}"
 
 
 def _label_keys(cells: list[list[RunRecord]]) -> list[str]:
@@ -219,7 +219,7 @@ def _distinct(keys: list[str], cells: list[list[RunRecord]]) -> list[str]:
     kept: dict[tuple, str] = {}
     for k in sorted(keys, key=lambda k: (k.count("."), section(k), k)):
         kept.setdefault(tuple(json.dumps(c[0].config.get(k)) for c in cells), k)
-    return sorted(kept.values(), key=lambda k: (section(k), k))
+    return sorted(kept.values(), key=lambda k: (section(k), _column(k)))
 
 
 def _column(key: str) -> str:
@@ -251,8 +251,8 @@ class Comparison:
         return {_column(k): _show(cfg.get(k)) for k in self.label_keys}
 
     def label_text(self, i: int) -> str:
-        lab = self.label(i)
-        return ", ".join(f"{k}={v}" for k, v in lab.items()) or str(self.cells[i][0].dir.parent)
+        """Cell ``i``'s label values, comma-separated (the run folder's parent for one cell)."""
+        return ", ".join(self.label(i).values()) or str(self.cells[i][0].dir.parent)
 
     def header(self) -> list[str]:
         return [*(_column(k) for k in self.label_keys), "seeds", "epochs",
@@ -327,7 +327,8 @@ class Comparison:
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation ELBO (nats per point)")
         ax.set_title("mean over seeds, band: ± 1 sd")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, title=", ".join(map(_column, self.label_keys)) or None,
+                  title_fontsize=7)
         fig.tight_layout()
         paths = [folder / "curves.png"]
         fig.savefig(paths[0], dpi=120)
@@ -348,6 +349,7 @@ class Comparison:
             ax.set_xticks(xs, [self.label_text(i) for i in xs], rotation=30, ha="right",
                           fontsize=7)
             ax.set_xlim(-0.5, len(xs) - 0.5)
+            ax.set_xlabel(", ".join(map(_column, self.label_keys)), fontsize=8)
             ax.set_title(m)
         fig.tight_layout()
         paths.append(folder / "metrics.png")

@@ -391,19 +391,23 @@ def _why(log: Path, rc: int | None) -> str:
     return (ours or lines or [f"exit status {rc}"])[-1]
 
 
-def _env(run: RunSpec) -> dict[str, str]:
-    return {**os.environ, **run.env}
-
-
 def execute(run: RunSpec) -> Outcome:
     """Run ``run`` to its end in a child process (what a submitit job calls), its output in
     ``run.log``."""
-    run.log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(run.log, "wb") as log:
-        rc = subprocess.call(run.argv(), stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=_env(run))
-    return Outcome(rc, _why(run.log, rc), time.perf_counter() - t0)
+    child = _Process(run)
+    child.proc.wait()
+    return child.outcome()
+
+
+#: torchrun's variables: a run of a sweep is one process, even when the sweep runs under torchrun
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                 "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _child_env(run: RunSpec) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in _TORCHRUN_ENV and not k.startswith("TORCHELASTIC_")}
+    return {**env, **run.env}
 
 
 class _Process:
@@ -414,7 +418,7 @@ class _Process:
         self.run, self.t0 = run, time.perf_counter()
         with open(run.log, "wb") as log:
             self.proc = subprocess.Popen(run.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=_env(run))
+                                         stdin=subprocess.DEVNULL, env=_child_env(run))
 
     def done(self) -> bool:
         return self.proc.poll() is not None
@@ -550,7 +554,8 @@ def run_sweep(cells: list[Cell], *, jobs: int = 1, executor=None) -> dict[str, A
             for handle in [h for h in running if h.done()]:
                 running.remove(handle)
                 o = outcomes[handle.run.label] = handle.outcome()
-                status = "done" if o.ok else f"FAILED (exit {o.rc})"
+                stopped = stop.signum is not None and o.rc in (128 + stop.signum, -stop.signum)
+                status = "done" if o.ok else "stopped" if stopped else f"FAILED (exit {o.rc})"
                 _say(f"  {handle.run.label}: {status} in {o.seconds:.0f}s: {o.line}")
             time.sleep(0.1 if running else 0)
     return {"outcomes": outcomes, "skipped": skipped, "busy": busy,

@@ -68,6 +68,7 @@ def _bernoulli_through_last_layer(decoder: nn.Sequential, u: Tensor, x: Tensor) 
     h = u
     for layer in body:
         h = layer(h)  # (k, B, H) after the last hidden layer
+    assert isinstance(last, nn.Linear) and last.bias is not None  # fused_log_weights checked
     W, b = last.weight, last.bias  # (D, H), (D,)
     logits = torch.matmul(h, W.t())  # (k, B, D), no bias copy
     logits.add_(b)

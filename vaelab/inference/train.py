@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab.config import ConfigError, RunConfig, TrainConfig, dump_toml, to_dict
-from vaelab.data import DataSplits, Preprocessor, iterate_batches, load_dataset
+from vaelab.data import DataSplits, Preprocessor, load_dataset
+from vaelab.data.batching import batch_indices
 from vaelab.data.subsets import subset_indices
 from vaelab.inference.checkpoint import atomic_write_text, load_checkpoint
+from vaelab.inference.distributed import DataParallel, GlobalBatch, data_parallel
 from vaelab.inference.marginal import estimate_marginal
 from vaelab.inference.numerics import flush_denormals
 from vaelab.inference.objectives import build_objective
@@ -121,13 +123,20 @@ class Progress:
 
 
 class Stepper:
-    """One SVI step with either driver: ``torch`` (objective + one fused Adam) or ``svi``."""
+    """One SVI step with either driver: ``torch`` (objective + one fused Adam) or ``svi``;
+    with ``parallel`` (:mod:`vaelab.inference.distributed`), the ``torch`` driver's loss and
+    gradients over the processes of a torchrun job, with per-point draws."""
 
     svi: pyro.infer.SVI | None
     optimizer: torch.optim.Adam | None
 
-    def __init__(self, tc: TrainConfig, vae: VAE, objective, eager=None):
+    def __init__(self, tc: TrainConfig, vae: VAE, objective, eager=None,
+                 parallel: DataParallel | None = None):
         self.vae, self.objective, self.clip_norm = vae, objective, tc.clip_norm
+        self.parallel = parallel
+        if parallel is not None:
+            assert eager is None, "no compiled objective with DataParallel"
+            parallel.attach(vae, objective)
         #: a compiled objective's eager twin, for steps at β = 0 (there the eager model drops
         #: the latent site: no gradient at all for the prior, so Adam skips it, which a
         #: compiled graph, scaling by a tensor β, cannot do) and for a last batch smaller than
@@ -160,9 +169,31 @@ class Stepper:
                 group["lr"] = lr
         return lr
 
-    def step(self, x: torch.Tensor, beta, temperature) -> tuple[float, float | None]:
-        """Gradient step on ``x (B, D)``; returns (loss, gradient norm or None). Nothing is
-        updated when either is non-finite."""
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes, logs and prints (one process, or rank 0)."""
+        return self.parallel is None or self.parallel.is_main
+
+    def batches(self, x_train: torch.Tensor, pre: Preprocessor, epoch: int,
+                device: torch.device) -> Iterator[tuple[torch.Tensor, GlobalBatch]]:
+        """Epoch ``epoch``'s batches, shuffled by (seed, epoch): ``x (B, D)`` on ``device``,
+        preprocessed (one generator per epoch), and its :class:`GlobalBatch`; with
+        ``parallel``, this process's share of each (:meth:`DataParallel.batches`)."""
+        if self.parallel is not None:
+            yield from self.parallel.batches(x_train, pre, epoch, device)
+            return
+        tc = self.tc
+        noise = derived_generator(tc.seed, epoch, 1)
+        for idx in batch_indices(x_train.shape[0], tc.batch_size, shuffle=True, seed=tc.seed,
+                                 epoch=epoch):
+            x = x_train[idx.to(x_train.device)]  # (B, D)
+            yield pre.train_batch(x, noise).to(device), GlobalBatch(epoch, idx)
+
+    def step(self, x: torch.Tensor, beta, temperature,
+             batch: GlobalBatch | None = None) -> tuple[float, float | None]:
+        """Gradient step on ``x (B, D)`` (with ``parallel``: this process's share of
+        ``batch``); returns (loss, gradient norm or None), the loss of the whole batch. Nothing
+        is updated when either is non-finite."""
         if self.optimizer is None:
             assert self.svi is not None
             return self.svi.step(x, beta, temperature), None
@@ -170,7 +201,12 @@ class Stepper:
         if self.eager is not None and (isinstance(beta, (int, float)) and beta == 0.0
                                        or x.shape[0] != self.batch_size):
             objective = self.eager
-        loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta, temperature)
+        if self.parallel is not None:
+            assert batch is not None, "a data-parallel step needs its GlobalBatch"
+            loss = self.parallel.loss_and_grads(x, beta, temperature, batch)
+        else:
+            loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta,
+                                            temperature)
         grad_norm = None
         if self.normalize_grads:
             grads = [p.grad for p in self.params if p.grad is not None]
@@ -318,6 +354,13 @@ def check_resume(cfg: RunConfig, c: Commit | None, out: Path, resume: bool) -> N
         )
 
 
+def check_folder(out: Path, cfg: RunConfig, resume: bool) -> None:
+    """Refuse, reading only, a run folder another process holds (:class:`RunLock`) or one that
+    :func:`check_resume` refuses."""
+    RunLock.check_free(out)
+    check_resume(cfg, latest_commit(out), out, resume)
+
+
 @contextmanager
 def writing(out: Path, cfg: RunConfig, resume: bool) -> Iterator[Commit | None]:
     """Hold ``out``'s lock while training writes it; yield the commit to resume from.
@@ -379,11 +422,15 @@ def _best_model(saved: Commit, out: Path) -> dict | None:
     return best["model"] if best["epoch"] == saved.state["best_epoch"] - 1 else None
 
 
-def choose_objective(cfg: RunConfig, vae: VAE, data: DataSplits, pre: Preprocessor):
+def choose_objective(cfg: RunConfig, vae: VAE, data: DataSplits, pre: Preprocessor,
+                     parallel: DataParallel | None = None) -> tuple[Any, Any]:
     """The objective to train with and, when it is compiled, its eager twin: ``objective.jit =
     "auto"`` compiles where allowed, then checks the compiled loss against the eager one on a
-    fixed first batch (else eager, noted)."""
-    objective = build_objective(cfg.objective, vae)
+    fixed first batch (else eager, noted); with ``parallel``, eager
+    (:meth:`DataParallel.objective_config`: never the JIT with DDP or per-point draws)."""
+    if parallel is not None:
+        cfg = cfg.model_copy(update={"objective": parallel.objective_config(cfg.objective)})
+    objective = build_objective(cfg.objective, vae, 1 if parallel is None else parallel.world.size)
     if cfg.objective.jit is False or not isinstance(objective, TensorArgsMixin):
         return objective, None
     tc = cfg.train
@@ -457,32 +504,30 @@ def train_epoch(vae: VAE, stepper: Stepper, data: DataSplits, pre: Preprocessor,
     n_batches = math.ceil(data.train.shape[0] / tc.batch_size)
     if tc.max_steps_per_epoch:
         n_batches = min(n_batches, tc.max_steps_per_epoch)
-    noise = derived_generator(tc.seed, epoch, 1)
-    batches = iterate_batches(data.train, tc.batch_size, shuffle=True, seed=tc.seed, epoch=epoch)
+    batches = stepper.batches(data.train, pre, epoch, device)
     bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
-               disable=not tc.progress, unit="step")
+               disable=not (tc.progress and stepper.is_main), unit="step")
     vae.train()
     t0, total, count, scale = time.perf_counter(), 0.0, 0, None
-    for i, x in enumerate(bar):
+    for i, (x, batch) in enumerate(bar):
         if i >= n_batches:
             break
         stop.check(epoch + 1, step, progress.epoch)
-        x = pre.train_batch(x, noise).to(device)  # (B, D)
+        n = batch.size  # points in the (global) batch; x holds this process's share
         beta = kl_weight(epoch, i, n_batches, tc.warmup_epochs, cfg.objective.beta)
         lr = stepper.set_lr(epoch, step)
         tau = vae.latent.temperature_at(step)
-        loss, grad_norm = stepper.step(x, beta, tau)
-        scale = abs(loss) / x.shape[0] if scale is None else scale
-        why = _diverged(loss, scale, grad_norm, x.shape[0], tc, epoch, step, progress)
+        loss, grad_norm = stepper.step(x, beta, tau, batch)
+        scale = abs(loss) / n if scale is None else scale
+        why = _diverged(loss, scale, grad_norm, n, tc, epoch, step, progress)
         if why is not None:
             bar.close()
             raise NonFiniteLossError(why)
-        scale = 0.9 * scale + 0.1 * abs(loss) / x.shape[0]
-        step, total, count = step + 1, total + loss, count + x.shape[0]
-        tracking.step(step, loss, x.shape[0], beta, tau, lr)
+        scale = 0.9 * scale + 0.1 * abs(loss) / n
+        step, total, count = step + 1, total + loss, count + n
+        tracking.step(step, loss, n, beta, tau, lr)
         if i % 20 == 0:
-            bar.set_postfix(loss=f"{loss / x.shape[0]:.2f}", beta=f"{float(beta):.2f}",
-                            lr=f"{lr:.2g}")
+            bar.set_postfix(loss=f"{loss / n:.2f}", beta=f"{float(beta):.2f}", lr=f"{lr:.2g}")
     bar.close()
     temperature = vae.latent.temperature_at(step)
     return {
@@ -496,15 +541,24 @@ def train_epoch(vae: VAE, stepper: Stepper, data: DataSplits, pre: Preprocessor,
 
 
 @torch.no_grad()
-def valid_elbo(vae: VAE, x_valid: torch.Tensor, cfg: RunConfig, device: torch.device) -> float:
-    """Single-draw ELBO per point on the validation points (hard latents for discrete models)."""
+def valid_elbo(vae: VAE, x_valid: torch.Tensor, cfg: RunConfig, device: torch.device,
+               parallel: DataParallel | None = None, epoch: int = 0) -> float:
+    """Single-draw ELBO per point on the validation points (hard latents for discrete models);
+    with ``parallel``, in blocks shared among the processes, block b seeded by (seed, ``epoch``,
+    b) (:meth:`DataParallel.blockwise`: the same number whatever the world size)."""
     if x_valid.shape[0] == 0:
         return float("nan")
     vae.eval()
     model, guide = vae.eval_pair()
-    est = estimate_marginal(model, guide, x_valid, num_samples=1,
-                            batch_size=max(cfg.train.batch_size, 500), device=device)
-    return float(est.elbo.mean())
+    batch_size = max(cfg.train.batch_size, 500)
+
+    def elbo(x: torch.Tensor) -> torch.Tensor:  # (b, D) -> (b,)
+        return estimate_marginal(model, guide, x, num_samples=1, batch_size=batch_size,
+                                 device=device).elbo
+
+    values = elbo(x_valid) if parallel is None else parallel.blockwise(elbo, x_valid, batch_size,
+                                                                        epoch)
+    return float(values.mean())
 
 
 def save_epoch(out: Path, cfg: RunConfig, vae: VAE, stepper: Stepper, progress: Progress,
@@ -545,12 +599,15 @@ def train(
         result = train(cfg, "runs/demo")
     """
     out, tc = Path(out_dir), cfg.train
-    RunLock.check_free(out)  # early and read-only: fail before loading anything
-    check_resume(cfg, latest_commit(out), out, resume)
-    tracking = Tracking.for_run(cfg, out)  # [log]: a missing library fails here, early
+    device = resolve_device(tc.device)
+    # torchrun (or train.per_point_noise): data-parallel; rank 0 alone reads, writes and logs
+    parallel = data_parallel(cfg, device)
+    main = parallel is None or parallel.is_main
+    if main:
+        check_folder(out, cfg, resume)  # early and read-only: fail before loading anything
+    tracking = Tracking.for_run(cfg, out) if main else Tracking(cfg.log, out, cfg, [])
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    device = resolve_device(tc.device)
     pyro.clear_param_store()
     seed_all(tc.seed)
 
@@ -562,10 +619,12 @@ def train(
     x_valid = validation_points(data, pre, cfg)
     check_splits(vae, pre, data, x_valid)
     # the tracker is opened here only: by the process that holds the run folder's lock
-    with writing(out, cfg, resume) as saved, StopSignals() as stop, \
+    with writing(out, cfg, resume) if main else nullcontext() as saved, StopSignals() as stop, \
             pyro.validation_enabled(tc.pyro_validation), flush_denormals(tc.flush_denormal), \
             tracking.training(saved):
-        stepper = Stepper(tc, vae, *choose_objective(cfg, vae, data, pre))
+        if parallel is not None:  # rank 0's commit and the stop requests, on every process
+            saved, stop = parallel.share_commit(saved), parallel.shared_stop(stop)
+        stepper = Stepper(tc, vae, *choose_objective(cfg, vae, data, pre, parallel), parallel)
         progress, best_model = Progress(), None
         if saved is not None:
             vae.load_state_dict(saved.state["model"])
@@ -573,11 +632,12 @@ def train(
             progress = Progress.from_state_dict(saved.state)
             best_model = _best_model(saved, out)
             set_rng_state(saved.state["rng"])
-        atomic_write_text(out / "config.toml", dump_toml(cfg))
+        if main:
+            atomic_write_text(out / "config.toml", dump_toml(cfg))
 
         while progress.epoch < tc.epochs and not progress.should_stop(tc.patience):
             row = train_epoch(vae, stepper, data, pre, cfg, progress, device, stop, tracking)
-            row["valid_elbo"] = valid_elbo(vae, x_valid, cfg, device)
+            row["valid_elbo"] = valid_elbo(vae, x_valid, cfg, device, parallel, progress.epoch)
             if not math.isfinite(row["valid_elbo"]):
                 raise NonFiniteLossError(
                     f"non-finite validation ELBO ({row['valid_elbo']}) after epoch "
@@ -587,11 +647,14 @@ def train(
             is_best = progress.record(_ordered(row), tc.patience_counts_warmup or not in_warmup)
             if is_best or best_model is None:
                 best_model = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-            save_epoch(out, cfg, vae, stepper, progress, best_model, is_best)
+            if main:
+                save_epoch(out, cfg, vae, stepper, progress, best_model, is_best)
             tracking.epoch(row)
-            if tc.progress:
+            if tc.progress and main:
                 tqdm.write(f"epoch {row['epoch']}: train -ELBO {row['train_loss']:.2f}, "
                            f"valid ELBO {row['valid_elbo']:.2f}, {row['epoch_time']:.1f}s")
+    if parallel is not None:
+        parallel.barrier()  # rank 0's last commit is on disk before any process reads it
     return TrainResult(out, cfg, vae, data, pre, progress.history, progress.best_epoch,
                        progress.best_valid_elbo)
 
