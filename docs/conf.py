@@ -6,7 +6,8 @@ The API pages are autodoc of every module (``sphinx.ext.autosummary``, recursive
 generated into ``docs/_generated`` when the build starts, so that each source file stays the one
 copy of its text:
 
-- ``README.md``, and ``experiments/results/*.md`` with their pictures, at the same relative
+- ``README.md``, ``benchmarks/results.md``, and ``experiments/results/*.md`` with their
+  pictures, at the same relative
   places, so that the README's links to the result pages and pictures resolve as they do on a
   code host (its link to the tutorial script goes to the tutorial page);
 - ``examples/tutorial.py``, a jupytext percent-format script, as a MyST page: its markdown cells
@@ -120,6 +121,9 @@ def generate_pages(app=None, config=None) -> None:
     results = ROOT / "experiments" / "results"
     for path in sorted(results.glob("*.md")) + sorted(results.glob("*.png")):
         _write_if_changed(GENERATED / "experiments" / "results" / path.name, path.read_bytes())
+    bench = ROOT / "benchmarks" / "results.md"  # written by `make bench`, linked from the README
+    if bench.is_file():
+        _write_if_changed(GENERATED / "benchmarks" / "results.md", bench.read_bytes())
     tutorial = "examples/tutorial.py"
     page = percent_to_myst((ROOT / tutorial).read_text(encoding="utf-8"), tutorial)
     _write_if_changed(GENERATED / "tutorial.md", page.encode())

@@ -246,8 +246,10 @@ class EvalConfig(_Section):
     diagnostics: bool = True
     #: IS with the guide: compute the log weights without tracing where the model allows
     #: (:mod:`vaelab.inference.fused`: normal guide; Bernoulli, normal or discretized logistic
-    #: likelihood); the same draws and numbers as the traced path, to float rounding
-    fused: bool = True
+    #: likelihood), in particle chunks sized for the last-level cache; the same draws and
+    #: numbers as the traced path, to float rounding. Off by default: it measured no faster
+    #: (0.98x-1.02x the traced path, benchmarks/marginal.py (e))
+    fused: bool = False
     #: also report the exact log p(x) where a closed form or an enumeration exists
     exact: bool = True
     #: AIS: intermediate distributions T, chains per point, leapfrog steps per HMC move

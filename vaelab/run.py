@@ -122,6 +122,14 @@ def _add_log_jacobian(est: MarginalEstimate, jac: float) -> None:
         est.exact_log_px = est.exact_log_px + jac
 
 
+def _fused_path(run: Run, ec: EvalConfig) -> dict:
+    """``eval.fused``: the fused log weights and cache-sized chunks, where they apply."""
+    fused = fused_log_weights(run.vae) if ec.fused and ec.proposal.name == "guide" else None
+    if fused is None:
+        return {}
+    return {"fused": fused, "chunk_rows": cache_rows(run.vae.generative.likelihood.param_size)}
+
+
 def evaluate(
     run: Run,
     ec: EvalConfig | None = None,
@@ -166,9 +174,7 @@ def evaluate(
                 num_samples=ec.num_samples, batch_size=ec.batch_size,
                 bytes_per_particle=bytes_per_particle(run.vae, x.shape[1]),
                 max_memory_mb=ec.max_memory_mb, progress=progress,
-                chunk_rows=cache_rows(run.vae.generative.likelihood.param_size),
-                fused=fused_log_weights(run.vae) if ec.fused and ec.proposal.name == "guide"
-                and run.vae.latent.continuous else None,
+                **_fused_path(run, ec),
                 diagnostics=ec.diagnostics, curve_ks=curve_ks,
             )
             est.extra["proposal"] = proposal_name(ec.proposal)
