@@ -599,18 +599,18 @@ def main(argv: list[str] | None = None) -> int:
         if rank == "0":  # every process of a torchrun job stops at the same step: one line
             print(f"{prefix}: {err}; {held}; continue with: {again}", file=sys.stderr)
         return err.exit_code
-    except RuntimeError as err:
-        distributed = sys.modules.get("vaelab.inference.distributed")
-        if distributed is None or not isinstance(err, distributed.PeerLost):
-            raise
-        print(f"{prefix}: error: {err}; the run folder holds its last committed epoch "
-              "(resume with --resume, on any number of processes)", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     except known as err:
         print(f"{prefix}: error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # after `known`: RunFolderBusy is a RuntimeError too
+        distributed = sys.modules.get("vaelab.inference.distributed")
+        if distributed is None or not isinstance(err, distributed.PeerLost):
+            raise
+        print(f"{prefix}: error: {err}; the run folder holds its last committed epoch "
+              "(resume with --resume, on any number of processes)", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"{prefix}: error: {_os_error(err)}", file=sys.stderr)
