@@ -594,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         held = (f"the run folder holds epoch {err.committed_epoch}" if err.committed_epoch
                 else "no epoch was committed, so nothing was kept")
-        again = ("vaelab train DIR/config.toml --out DIR --resume" if err.committed_epoch
+        again = ("vaelab train DIR/config.toml --out DIR --resume"
+                 if err.committed_epoch and args.command != "reproduce"
                  else "run the same command again")
         if rank == "0":  # every process of a torchrun job stops at the same step: one line
             print(f"{prefix}: {err}; {held}; continue with: {again}", file=sys.stderr)

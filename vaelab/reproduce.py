@@ -178,7 +178,7 @@ def _stage(path: Path, compute) -> dict:
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     out = compute()
-    out["wall_s"] = time.perf_counter() - t0 + out.get("wall_s", 0.0)
+    out["wall_s"] = time.perf_counter() - t0
     atomic_write_text(path, json.dumps(json_safe(out), indent=1))
     return out
 
@@ -229,9 +229,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, progress: bool = False) -> di
     ec = run.cfg.eval
 
     def is_stage() -> dict:
-        t0 = time.perf_counter()
-        est = evaluate_in_blocks(run, ec, folder / "is", progress=progress)
-        return {**est.summary(), "wall_s": time.perf_counter() - t0}
+        return evaluate_in_blocks(run, ec, folder / "is", progress=progress).summary()
 
     out: dict[str, Any] = {"is": _stage(folder / "is.json", is_stage)}
     if not run.vae.latent.continuous and run.vae.latent.relaxed:

@@ -38,14 +38,20 @@ from functools import partial
 
 import pyro.distributions as dist
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.func import functional_call
 
 from vaelab.guide.posteriors import FAMILIES, NormalOptions, NormalPosterior
-from vaelab.model.flows import alternating_order, check_made_widths, quiet_made, zero_last_layer
+from vaelab.model.flows import (
+    FlowWidths,
+    alternating_order,
+    check_made_widths,
+    quiet_made,
+    zero_last_layer,
+)
 
 __all__ = ["IAFDistribution", "IAFOptions", "IAFPosterior"]
 
@@ -138,16 +144,9 @@ class IAFPosterior(NormalPosterior):
 
 class IAFOptions(NormalOptions):
     num_flows: int = Field(2, gt=0, description="T, autoregressive steps")
-    hidden_sizes: list[int] = Field(default_factory=lambda: [200],
-                                    description="hidden widths of each step's MADE (≥ latent_dim)")
+    hidden_sizes: FlowWidths = Field(default_factory=lambda: [200],
+                                     description="hidden widths of each step's MADE (≥ latent_dim)")
     context_size: int = Field(20, gt=0, description="c, width of the context h from the encoder")
-
-    @field_validator("hidden_sizes")
-    @classmethod
-    def _widths(cls, v: list[int]) -> list[int]:
-        if not v or any(h <= 0 for h in v):
-            raise ValueError(f"at least one hidden layer, every width positive; got {v}")
-        return v
 
 
 @FAMILIES.register("iaf", IAFOptions, component=IAFPosterior)

@@ -29,11 +29,23 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from vaelab.registry import ConfigError
 
-__all__ = ["alternating_order", "check_made_widths", "quiet_made", "zero_last_layer"]
+__all__ = ["FlowWidths", "alternating_order", "check_made_widths", "quiet_made",
+           "zero_last_layer"]
+
+
+def _flow_widths(v: list[int]) -> list[int]:
+    if not v or any(h <= 0 for h in v):
+        raise ValueError(f"at least one hidden layer, every width positive; got {v}")
+    return v
+
+
+#: the hidden widths of a flow step's network (an option type): at least one, each positive
+FlowWidths = typing.Annotated[list[int], AfterValidator(_flow_widths)]
 
 
 def alternating_order(dim: int, index: int) -> torch.LongTensor:

@@ -61,7 +61,7 @@ from typing import Literal
 
 import pyro.distributions as dist
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.distributions.transforms import AffineAutoregressive, Permute, spline_coupling
 from pyro.nn import AutoRegressiveNN
@@ -70,7 +70,13 @@ from torch.distributions import constraints, kl_divergence
 from torch.nn.functional import softplus
 
 from vaelab.model.distributions import CategoricalProduct, ExpRelaxedCategorical
-from vaelab.model.flows import alternating_order, check_made_widths, quiet_made, zero_last_layer
+from vaelab.model.flows import (
+    FlowWidths,
+    alternating_order,
+    check_made_widths,
+    quiet_made,
+    zero_last_layer,
+)
 from vaelab.model.latents import CategoricalLatent
 from vaelab.registry import ConfigError, Options, Registry
 
@@ -465,17 +471,10 @@ class FlowOptions(Options):
     kind: Literal["affine_autoregressive", "spline_coupling"] = Field(
         "affine_autoregressive", description="MAF steps or spline couplings")
     num_flows: int = Field(2, gt=0, description="number of steps")
-    hidden_sizes: list[int] = Field(default_factory=lambda: [200],
-                                    description="hidden widths of each step's network")
+    hidden_sizes: FlowWidths = Field(default_factory=lambda: [200],
+                                     description="hidden widths of each step's network")
     count_bins: int = Field(8, ge=2, description="spline bins (spline_coupling)")
     bound: float = Field(3.0, gt=0.0, description="spline interval [-bound, bound]")
-
-    @field_validator("hidden_sizes")
-    @classmethod
-    def _widths(cls, v: list[int]) -> list[int]:
-        if not v or any(h <= 0 for h in v):
-            raise ValueError(f"at least one hidden layer, every width positive; got {v}")
-        return v
 
 
 @PRIORS.register("standard_normal")
