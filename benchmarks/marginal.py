@@ -102,12 +102,12 @@ def torch_is(vae, x: torch.Tensor, K: int, chunk: int) -> torch.Tensor:
     done = 0
     while done < K:
         k = min(chunk, K - done)
-        eps = torch.randn(k, *z_loc.shape)  # (k, B, Z)
+        eps = torch.randn(k, *z_loc.shape, device=z_loc.device)  # (k, B, Z)
         z = z_loc + z_scale * eps
         logits = dec(z)  # (k, B, D)
         # the best hand-written Bernoulli image log-likelihood: Σ_d x_d ℓ_d − softplus(ℓ_d)
         log_px_z = torch.einsum("kbd,bd->kb", logits, x) - F.softplus(logits).sum(-1)  # (k, B)
-        log_pz = Normal(torch.zeros(Z), torch.ones(Z)).log_prob(z).sum(-1)  # (k, B)
+        log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)  # (k, B)
         log_qz = Normal(z_loc, z_scale).log_prob(z).sum(-1)  # (k, B)
         log_w = (log_px_z + log_pz - log_qz).double()  # (k, B)
         c = torch.logsumexp(log_w, 0)

@@ -110,14 +110,15 @@ CATEGORICAL_OBJECTIVES = [
 ]
 
 
-def objective_step(s: Sizes, overrides: list[str]):
-    """One training step of the default path (jit auto, torch driver) for ``overrides``."""
+def objective_step(s: Sizes, overrides: list[str], device: str | torch.device = "cpu"):
+    """One training step of the default path (jit auto, torch driver) for ``overrides``, the
+    VAE on ``device``."""
     from vaelab.data import DataSplits, Preprocessor
     from vaelab.inference.train import Stepper, choose_objective
 
     cfg = load_config(None, [f"model.latent_dim={s.Z}", f"model.hidden_sizes=[{s.H}]",
                              "data.name=synthetic", f"train.batch_size={s.B}", *overrides])
-    vae = build_vae(cfg, s.D)
+    vae = build_vae(cfg, s.D).to(device)
     x = torch.bernoulli(torch.full((4 * s.B, s.D), 0.3))
     data = DataSplits(x, x[: s.B], x[: s.B], "bench", binary=True, levels=2)
     stepper = Stepper(cfg.train, vae, *choose_objective(cfg, vae, data,

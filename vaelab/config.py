@@ -205,7 +205,22 @@ class TrainConfig(_Section):
     valid_limit: int | None = Field(None, gt=0)
     #: stop an epoch after this many steps (smoke runs); ``None``: full epochs
     max_steps_per_epoch: int | None = Field(None, gt=0)
+    #: where training and evaluation run: ``cpu``, ``cuda`` or ``auto`` (CUDA when torch sees
+    #: one); see :mod:`vaelab.devices`
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    #: read the step losses (and gradient norms) back to the host every this many steps, and
+    #: check them then (non-finite, ``divergence``), update the progress bar and hand them to
+    #: the trackers: on a GPU the one host synchronisation of the training loop. A non-finite
+    #: step never updates the parameters (the optimizer skips it on the device) and stops the
+    #: run at the next check. ``None``: 1 on the CPU (where reading a loss costs nothing), 50
+    #: on CUDA
+    sync_every: int | None = Field(None, gt=0)
+    #: on a GPU, copy the data splits to the device once (``true``), or keep them on the host
+    #: and copy each batch from pinned memory (``false``: sets larger than the GPU's memory)
+    resident: bool = True
+    #: deterministic kernels (:func:`vaelab.devices.deterministic`): bit-identical reruns on
+    #: one GPU, at some cost in speed; the CPU path is deterministic already
+    deterministic: bool = False
     #: draw the guide's reparameterization noise and the preprocessing noise of data point i
     #: from a generator keyed by (seed, epoch, i), so that a point gets the same draws whatever
     #: the batch and the number of processes (:mod:`vaelab.inference.distributed`): ``auto``

@@ -52,6 +52,7 @@ import torch
 
 from vaelab.config import DataConfig
 from vaelab.data.splits import DataSplits
+from vaelab.devices import to_device
 from vaelab.notes import note
 from vaelab.registry import ConfigError
 from vaelab.seed import derived_generator
@@ -168,7 +169,7 @@ class Preprocessor:
         # drawn on the generator's device, so a CPU generator gives the same numbers for x on
         # any device
         u = torch.rand(x.shape, generator=generator, device=generator.device)  # (B, D)
-        u = u.to(device=x.device, dtype=x.dtype)
+        u = to_device(u, x.device).to(x.dtype)  # pinned, asynchronous to a GPU
         if self.dynamic_binarize:
             return (u < x).to(x.dtype)  # (B, D), P(x' = 1) = x
         L = self.levels

@@ -75,6 +75,7 @@ from tqdm.auto import tqdm
 from vaelab.config import EvalConfig, ObjectiveConfig, RunConfig, TrainConfig
 from vaelab.data import Preprocessor
 from vaelab.data.batching import batch_indices
+from vaelab.devices import to_device
 from vaelab.inference.bdmc import BDMCResult, bdmc
 from vaelab.inference.importance import DATA_PLATE
 from vaelab.inference.marginal import MarginalEstimate
@@ -457,11 +458,11 @@ class DataParallel:
         for idx in batch_indices(x_train.shape[0], tc.batch_size, shuffle=True, seed=tc.seed,
                                  epoch=epoch):
             mine, _ = self._mine(idx)
-            x = x_train[mine.to(x_train.device)]  # (b, D)
+            x = x_train[to_device(mine, x_train.device)]  # (b, D)
             if not pre.is_identity:
                 gens = point_generators(tc.seed, epoch, mine, _DATA_STREAM)
                 x = torch.cat([pre.train_batch(x[j : j + 1], g) for j, g in enumerate(gens)])
-            yield x.to(device), GlobalBatch(epoch, idx)
+            yield to_device(x, device), GlobalBatch(epoch, idx)
 
     def loss_and_grads(self, x: torch.Tensor, beta, temperature, batch: GlobalBatch) -> float:
         r"""One step's loss and gradients: :math:`W L_r` back-propagated (DDP all-reduces the

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from vaelab.devices import to_device
 from vaelab.inference.importance import log_weights
 from vaelab.inference.psis import K_THRESHOLD, pareto_k_of_top, tail_size, top_log_weights
 
@@ -272,7 +273,7 @@ def data_batches(
     for start in range(0, data.shape[0], batch_size):
         x = data[start : start + batch_size]
         if device is not None:
-            x = x.to(device)
+            x = to_device(x, torch.device(device))
         yield transform(x) if transform is not None else x
 
 

@@ -34,6 +34,7 @@ from vaelab.config import ConfigError, RunConfig, TrainConfig, dump_toml, to_dic
 from vaelab.data import DataSplits, Preprocessor, load_dataset
 from vaelab.data.batching import batch_indices
 from vaelab.data.subsets import subset_indices
+from vaelab.devices import deterministic, resolve_device, to_device
 from vaelab.inference.checkpoint import atomic_write_text, load_checkpoint
 from vaelab.inference.distributed import DataParallel, GlobalBatch, data_parallel
 from vaelab.inference.marginal import estimate_marginal
@@ -63,7 +64,6 @@ __all__ = [
     "Stepper",
     "TrainResult",
     "kl_weight",
-    "resolve_device",
     "train",
 ]
 
@@ -75,7 +75,7 @@ class NonFiniteLossError(FloatingPointError):
 #: settings that may change when a run is resumed (extend it, watch it, run it elsewhere, log
 #: it); ``section.*`` stands for every key of a section
 RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.num_threads",
-                  "train.device", "log.*")
+                  "train.device", "train.sync_every", "train.resident", "log.*")
 
 
 @dataclass
@@ -146,6 +146,10 @@ class Stepper:
         self.params = list(vae.parameters())
         self.svi, self.optimizer = None, None
         self.tc, self.normalize_grads = tc, tc.optimizer == "adam_normgrad"
+        device = next(vae.parameters()).device
+        #: steps between read-backs of the losses (``train.sync_every``); above 1 the loss stays
+        #: on the device and a non-finite step is skipped there (Adam's ``found_inf``)
+        self.sync_every = tc.sync_every or (50 if device.type == "cuda" else 1)
         betas = (tc.adam_betas[0], tc.adam_betas[1])
         adam = {"lr": tc.lr, "betas": betas, "eps": tc.adam_eps}
         if tc.driver == "svi":
@@ -186,14 +190,16 @@ class Stepper:
         noise = derived_generator(tc.seed, epoch, 1)
         for idx in batch_indices(x_train.shape[0], tc.batch_size, shuffle=True, seed=tc.seed,
                                  epoch=epoch):
-            x = x_train[idx.to(x_train.device)]  # (B, D)
-            yield pre.train_batch(x, noise).to(device), GlobalBatch(epoch, idx)
+            x = x_train[to_device(idx, x_train.device)]  # (B, D)
+            yield to_device(pre.train_batch(x, noise), device), GlobalBatch(epoch, idx)
 
-    def step(self, x: torch.Tensor, beta, temperature,
-             batch: GlobalBatch | None = None) -> tuple[float, float | None]:
+    def step(self, x: torch.Tensor, beta, temperature, batch: GlobalBatch | None = None
+             ) -> tuple[float | torch.Tensor, float | torch.Tensor | None]:
         """Gradient step on ``x (B, D)`` (with ``parallel``: this process's share of
-        ``batch``); returns (loss, gradient norm or None), the loss of the whole batch. Nothing
-        is updated when either is non-finite."""
+        ``batch``); returns (loss, gradient norm or None), the loss of the whole batch: floats,
+        or with :attr:`sync_every` > 1 scalar tensors still on the device where the objective
+        can leave them there (``loss_and_grads_deferred``). Nothing is updated when either is
+        non-finite."""
         if self.optimizer is None:
             assert self.svi is not None
             return self.svi.step(x, beta, temperature), None
@@ -201,21 +207,34 @@ class Stepper:
         if self.eager is not None and (isinstance(beta, (int, float)) and beta == 0.0
                                        or x.shape[0] != self.batch_size):
             objective = self.eager
+        deferred = getattr(objective, "loss_and_grads_deferred", None)
+        loss: float | torch.Tensor
         if self.parallel is not None:
             assert batch is not None, "a data-parallel step needs its GlobalBatch"
             loss = self.parallel.loss_and_grads(x, beta, temperature, batch)
+        elif deferred is not None and self.sync_every > 1:
+            loss = deferred(self.vae.model, self.vae.guide, x, beta, temperature)
         else:
             loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta,
                                             temperature)
-        grad_norm = None
+        norm: torch.Tensor | None = None
         if self.normalize_grads:
             grads = [p.grad for p in self.params if p.grad is not None]
             norms = torch._foreach_norm(grads)
             torch._foreach_div_(grads, torch._foreach_add(norms, 1e-7))
         if self.clip_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm,
-                                                             foreach=True))
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)
         # without clipping only the loss is checked: a NaN gradient makes the next loss NaN
+        if isinstance(loss, torch.Tensor):  # on the device: the fused Adam skips a bad step
+            bad = ~torch.isfinite(loss)
+            if norm is not None:
+                bad = bad | ~torch.isfinite(norm)
+            self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
+            self.optimizer.step()
+            self.optimizer.found_inf = None  # type: ignore[attr-defined]
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss, norm
+        grad_norm = None if norm is None else float(norm)
         if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -261,14 +280,6 @@ class TrainResult:
         self.vae.load_state_dict(state["model"])
         self.vae.eval()
         return Run(self.out_dir, self.cfg, self.vae, self.data, self.pre, state["epoch"])
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but torch sees no CUDA device; use 'cpu'/'auto'")
-    return torch.device(name)
 
 
 def learning_rate(tc: TrainConfig, epoch: int, step: int) -> float:
@@ -490,50 +501,102 @@ def _diverged(loss: float, scale: float, grad_norm: float | None, batch: int, tc
     return None
 
 
-def train_epoch(vae: VAE, stepper: Stepper, data: DataSplits, pre: Preprocessor, cfg: RunConfig,
-                progress: Progress, device: torch.device, stop: StopSignals,
+class StepLosses:
+    """An epoch's step losses, read back to the host every ``sync_every`` steps (one
+    synchronisation for all of them) and then checked, summed, shown and handed to the trackers
+    in step order.
+
+    :raises NonFiniteLossError: from :meth:`add` and :meth:`settle`, at the first step whose
+        loss or gradient is non-finite or whose loss explodes (``train.divergence``).
+    """
+
+    def __init__(self, cfg: RunConfig, progress: Progress, tracking: Tracking, bar, every: int):
+        self.tc, self.progress, self.tracking, self.bar = cfg.train, progress, tracking, bar
+        self.every = every
+        #: steps not yet read back: (step, loss, grad norm, points, β, τ, learning rate)
+        self.pending: list[tuple] = []
+        self.scale: float | None = None  # running loss per point
+        self.total, self.count, self.shown = 0.0, 0, 0
+
+    def add(self, step: int, loss, grad_norm, points: int, beta, tau, lr: float) -> None:
+        self.pending.append((step, loss, grad_norm, points, beta, tau, lr))
+        if len(self.pending) >= self.every:
+            self.settle()
+
+    def settle(self) -> None:
+        """Read the pending losses back and account for them."""
+        if not self.pending:
+            return
+        values = _on_host([v for p in self.pending for v in p[1:3]])
+        tc, epoch = self.tc, self.progress.epoch
+        for j, (step, _, _, n, beta, tau, lr) in enumerate(self.pending):
+            loss, grad_norm = values[2 * j], values[2 * j + 1]
+            scale = abs(loss) / n if self.scale is None else self.scale
+            why = _diverged(loss, scale, grad_norm, n, tc, epoch, step - 1, self.progress)
+            if why is not None:
+                self.pending = []
+                raise NonFiniteLossError(why)
+            self.scale = 0.9 * scale + 0.1 * abs(loss) / n
+            self.total, self.count = self.total + loss, self.count + n
+            self.tracking.step(step, loss, n, beta, tau, lr)
+            if step - self.shown >= 20 or self.shown == 0:
+                self.bar.set_postfix(loss=f"{loss / n:.2f}", beta=f"{float(beta):.2f}",
+                                     lr=f"{lr:.2g}")
+                self.shown = step
+        self.pending = []
+
+
+def _on_host(values: list) -> list:
+    """``values`` (floats, ``None`` and scalar tensors) with the tensors read back as floats,
+    all in one transfer."""
+    tensors = [v.double().reshape(()) for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return values
+    read = iter(torch.stack(tensors).tolist())
+    return [next(read) if isinstance(v, torch.Tensor) else v for v in values]
+
+
+def train_epoch(vae: VAE, stepper: Stepper, x_train: torch.Tensor, pre: Preprocessor,
+                cfg: RunConfig, progress: Progress, device: torch.device, stop: StopSignals,
                 tracking: Tracking) -> dict:
-    """One pass over the (seeded, shuffled) training split; returns the epoch's metrics row.
-    Each step is handed to ``tracking`` (:meth:`~vaelab.tracking.Tracking.step`).
+    """One pass over the (seeded, shuffled) training split ``x_train (N, D)``; returns the
+    epoch's metrics row. The step losses are read back every ``stepper.sync_every`` steps
+    (:class:`StepLosses`), and handed to ``tracking`` (:meth:`~vaelab.tracking.Tracking.step`).
 
     :raises NonFiniteLossError: a non-finite loss or gradient, or a loss that explodes against
         its running scale (``train.divergence``).
     :raises Interrupted: SIGINT/SIGTERM arrived (checked between steps).
     """
     tc, epoch, step = cfg.train, progress.epoch, progress.step
-    n_batches = math.ceil(data.train.shape[0] / tc.batch_size)
+    n_batches = math.ceil(x_train.shape[0] / tc.batch_size)
     if tc.max_steps_per_epoch:
         n_batches = min(n_batches, tc.max_steps_per_epoch)
-    batches = stepper.batches(data.train, pre, epoch, device)
+    batches = stepper.batches(x_train, pre, epoch, device)
     bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
                disable=not (tc.progress and stepper.is_main), unit="step")
     vae.train()
-    t0, total, count, scale = time.perf_counter(), 0.0, 0, None
-    for i, (x, batch) in enumerate(bar):
-        if i >= n_batches:
-            break
-        stop.check(epoch + 1, step, progress.epoch)
-        n = batch.size  # points in the (global) batch; x holds this process's share
-        beta = kl_weight(epoch, i, n_batches, tc.warmup_epochs, cfg.objective.beta)
-        lr = stepper.set_lr(epoch, step)
-        tau = vae.latent.temperature_at(step)
-        loss, grad_norm = stepper.step(x, beta, tau, batch)
-        scale = abs(loss) / n if scale is None else scale
-        why = _diverged(loss, scale, grad_norm, n, tc, epoch, step, progress)
-        if why is not None:
-            bar.close()
-            raise NonFiniteLossError(why)
-        scale = 0.9 * scale + 0.1 * abs(loss) / n
-        step, total, count = step + 1, total + loss, count + n
-        tracking.step(step, loss, n, beta, tau, lr)
-        if i % 20 == 0:
-            bar.set_postfix(loss=f"{loss / n:.2f}", beta=f"{float(beta):.2f}", lr=f"{lr:.2g}")
-    bar.close()
+    t0 = time.perf_counter()
+    losses = StepLosses(cfg, progress, tracking, bar, stepper.sync_every)
+    try:
+        for i, (x, batch) in enumerate(bar):
+            if i >= n_batches:
+                break
+            stop.check(epoch + 1, step, progress.epoch)
+            beta = kl_weight(epoch, i, n_batches, tc.warmup_epochs, cfg.objective.beta)
+            lr = stepper.set_lr(epoch, step)
+            tau = vae.latent.temperature_at(step)
+            loss, grad_norm = stepper.step(x, beta, tau, batch)
+            step += 1
+            # batch.size: the points of the (global) batch; x holds this process's share
+            losses.add(step, loss, grad_norm, batch.size, beta, tau, lr)
+        losses.settle()
+    finally:
+        bar.close()
     temperature = vae.latent.temperature_at(step)
     return {
         "epoch": epoch + 1,
         "step": step,
-        "train_loss": total / max(1, count),
+        "train_loss": losses.total / max(1, losses.count),
         "beta": float(kl_weight(epoch + 1, 0, 1, tc.warmup_epochs, cfg.objective.beta)),
         "temperature": None if temperature is None else float(temperature),
         "epoch_time": time.perf_counter() - t0,
@@ -606,8 +669,7 @@ def train(
     if main:
         check_folder(out, cfg, resume)  # early and read-only: fail before loading anything
     tracking = Tracking.for_run(cfg, out) if main else Tracking(cfg.log, out, cfg, [])
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
+    torch.set_num_threads(tc.num_threads or torch.get_num_threads())
     pyro.clear_param_store()
     seed_all(tc.seed)
 
@@ -618,10 +680,11 @@ def train(
         vae.init_output_bias(data.train)
     x_valid = validation_points(data, pre, cfg)
     check_splits(vae, pre, data, x_valid)
+    x_train, x_valid = (to_device(t, device) if tc.resident else t for t in (data.train, x_valid))
     # the tracker is opened here only: by the process that holds the run folder's lock
     with writing(out, cfg, resume) if main else nullcontext() as saved, StopSignals() as stop, \
             pyro.validation_enabled(tc.pyro_validation), flush_denormals(tc.flush_denormal), \
-            tracking.training(saved):
+            deterministic(tc.deterministic), tracking.training(saved):
         if parallel is not None:  # rank 0's commit and the stop requests, on every process
             saved, stop = parallel.share_commit(saved), parallel.shared_stop(stop)
         stepper = Stepper(tc, vae, *choose_objective(cfg, vae, data, pre, parallel), parallel)
@@ -636,7 +699,7 @@ def train(
             atomic_write_text(out / "config.toml", dump_toml(cfg))
 
         while progress.epoch < tc.epochs and not progress.should_stop(tc.patience):
-            row = train_epoch(vae, stepper, data, pre, cfg, progress, device, stop, tracking)
+            row = train_epoch(vae, stepper, x_train, pre, cfg, progress, device, stop, tracking)
             row["valid_elbo"] = valid_elbo(vae, x_valid, cfg, device, parallel, progress.epoch)
             if not math.isfinite(row["valid_elbo"]):
                 raise NonFiniteLossError(

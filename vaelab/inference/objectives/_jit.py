@@ -3,7 +3,8 @@
 ``torch.jit.trace`` takes tensors only, and Pyro compiles one graph per argument count; a Python
 float β or a ``None`` temperature would break it, and a float changing every warm-up step would
 recompile. :class:`TensorArgsMixin` drops trailing defaults and turns β into a tensor, so the
-loop can call every objective the same way: ``loss_and_grads(model, guide, x, beta, temperature)``.
+loop can call every objective the same way: ``loss_and_grads(model, guide, x, beta, temperature)``;
+its ``loss_and_grads_deferred`` leaves the loss on the device (no per-step host synchronisation).
 
 ``objective.jit = "auto"`` compiles only what is known to trace correctly: the components in
 :data:`JIT_ALLOWLIST`, each of which ``tests/test_jit.py`` trains compiled and eager to the same
@@ -49,6 +50,20 @@ class TensorArgsMixin:
     def differentiable_loss(self, model, guide, *args, **kwargs):
         return super().differentiable_loss(
             model, guide, *tensor_args(*args), **kwargs)
+
+    def loss_and_grads_deferred(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """``loss_and_grads`` without reading the loss back to the host (Pyro's ends in
+        ``.item()``, a device synchronisation on a GPU): the gradients, and the loss as a
+        detached scalar tensor on the model's device."""
+        args = tensor_args(*args)
+        both = getattr(super(), "loss_and_surrogate_loss", None)  # JitTrace_ELBO's two graphs
+        if both is not None:
+            loss, surrogate = both(model, guide, *args, **kwargs)
+        else:
+            loss = surrogate = super().differentiable_loss(  # type: ignore[misc]
+                model, guide, *args, **kwargs)
+        surrogate.backward()
+        return loss.detach()
 
 
 #: component classes whose compiled objective is tested equal to the eager one

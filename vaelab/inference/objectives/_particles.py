@@ -291,7 +291,8 @@ class ParticleELBO(ELBO):
     * :meth:`loss`: ``−bound`` summed over the batch, a float, no gradient;
     * :meth:`differentiable_loss`: a tensor whose value is ``−bound`` and whose gradient is the
       objective's gradient estimator (for DReG and STL not the gradient of the value's graph);
-    * :meth:`loss_and_grads`: the same, with ``.backward()`` called.
+    * :meth:`loss_and_grads`: the same, with ``.backward()`` called (and
+      :meth:`loss_and_grads_deferred`, which leaves the loss on the device).
 
     :param num_particles: K, particles per data point.
     :param max_plate_nesting: plates in the model (the particle plate goes outside them).
@@ -355,7 +356,12 @@ class ParticleELBO(ELBO):
         return -float(bound)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        return float(self.loss_and_grads_deferred(model, guide, *args, **kwargs))
+
+    def loss_and_grads_deferred(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """:meth:`loss_and_grads` without reading the loss back to the host: the gradients,
+        and the loss as a detached scalar tensor on the model's device."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
-        return float(loss.detach())
+        return loss.detach()
