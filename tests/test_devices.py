@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import vaelab.inference.train as train_module
-from vaelab.devices import deterministic, resolve_device, to_device
+from vaelab.devices import deterministic, resolve_device, run_device, to_device
 from vaelab.inference.objectives import build_objective
 from vaelab.inference.train import NonFiniteLossError, Stepper, train
 from vaelab.resolve import load_config
@@ -189,6 +189,14 @@ def test_device_helpers_on_the_cpu():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_run_trained_on_a_gpu_is_loaded_on_the_cpu_here_with_a_note(capsys):
+    assert run_device("cuda") == torch.device("cpu")
+    assert "torch sees no CUDA device here, so it is loaded on the CPU" in capsys.readouterr().err
+    assert run_device("auto") == torch.device("cpu")
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -3,6 +3,8 @@
 One copy of each rule that a GPU run needs:
 
 * :func:`resolve_device` turns ``train.device`` (``cpu``, ``cuda``, ``auto``) into a device;
+  :func:`run_device` does so for a saved run, falling back to the CPU where it was trained on
+  a GPU this machine does not have;
 * :func:`to_device` copies a host tensor to a CUDA device from pinned (page-locked) memory,
   asynchronously: the copy overlaps the kernels already queued instead of stalling the host.
   Pinned blocks come from PyTorch's caching host allocator, which records an event for each
@@ -21,7 +23,9 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["CUBLAS_WORKSPACE", "deterministic", "resolve_device", "to_device"]
+from vaelab.notes import note
+
+__all__ = ["CUBLAS_WORKSPACE", "deterministic", "resolve_device", "run_device", "to_device"]
 
 #: the cuBLAS workspace setting PyTorch's reproducibility notes name for deterministic GEMMs
 CUBLAS_WORKSPACE = ":4096:8"
@@ -37,6 +41,18 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("train.device = 'cuda' but torch sees no CUDA device; use 'cpu'/'auto'")
     return torch.device(name)
+
+
+def run_device(name: str) -> torch.device:
+    """The device a saved run is loaded on: its ``train.device`` where this machine has it,
+    else the CPU, with a note. Evaluation draws from the device's generator, so a CUDA run
+    evaluated on the CPU gets other (equally valid) draws."""
+    if name != "cpu" and not torch.cuda.is_available():
+        if name != "auto":
+            note(f"the run was trained with train.device = {name!r}; torch sees no CUDA "
+                 "device here, so it is loaded on the CPU")
+        return torch.device("cpu")
+    return resolve_device(name)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from vaelab.config import EvalConfig, RunConfig
 from vaelab.data import DataSplits, Preprocessor, load_dataset
 from vaelab.data.subsets import spread_indices
+from vaelab.devices import run_device, to_device
 from vaelab.inference.ais import estimate_marginal_ais
 from vaelab.inference.exact import exact_log_likelihood
 from vaelab.inference.fused import fused_log_weights
@@ -48,9 +49,11 @@ class Run:
         return x[spread_indices(x.shape[0], limit)]
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", data: DataSplits | None = None) -> Run:
+def load_run(run_dir: str | Path, checkpoint: str = "best", data: DataSplits | None = None,
+             device: str | torch.device | None = None) -> Run:
     """Load ``run_dir/checkpoints/{best,last}.pt`` with the config saved in it (read at the
-    version it was saved with, see :mod:`vaelab.resolve`)."""
+    version it was saved with, see :mod:`vaelab.resolve`), the VAE on ``device`` (default: the
+    run's ``train.device`` where this machine has it, :func:`vaelab.devices.run_device`)."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     commit = latest_commit(run_dir)
@@ -62,7 +65,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", data: DataSplits | N
     state = best_state(run_dir) if checkpoint == "best" else commit.state
     cfg = resolve(state["config"], saved=True)
     data = data if data is not None else load_dataset(cfg.data)
-    vae = build_vae(cfg, data.train.shape[1], data.shape)
+    device = run_device(cfg.train.device) if device is None else torch.device(device)
+    vae = build_vae(cfg, data.train.shape[1], data.shape).to(device)
     vae.load_state_dict(state["model"])
     vae.eval()
     return Run(run_dir, cfg, vae, data, Preprocessor(cfg.data, data), state["epoch"])
@@ -166,6 +170,7 @@ def evaluate(
     if x.shape[0] == 0:
         raise ValueError(f"eval.split: the {ec.split!r} split of this run's data has no points")
     run.vae.generative.likelihood.check_data(x, key=f"model.likelihood (on the {ec.split} split)")
+    x = to_device(x, next(run.vae.parameters()).device)  # (N, D) where the VAE is
     model, guide = run.vae.eval_pair()
     with pyro.validation_enabled(False), flush_denormals(run.cfg.train.flush_denormal):
         if ec.method == "is":
