@@ -263,26 +263,34 @@ def _run_steps(vae, data, pre, stepper: Stepper, steps: int) -> dict:
     x, batch = next(batches)
     loss = stepper.parallel.loss_and_grads(x, 1.0, None, batch)
     grads = _grads(vae)
-    losses, epoch = [], 0
+    losses, read, epoch = [], [], 0
     while len(losses) < steps:
         for x, batch in stepper.batches(data.train, pre, epoch, CPU):
-            losses.append(stepper.step(x, 1.0, None, batch)[0])
+            value = stepper.step(x, 1.0, None, batch)[0]
+            losses.append(float(value))
+            read.append(isinstance(value, float))  # read back (a tensor: left on the device)
             if len(losses) == steps:
                 break
         epoch += 1
-    return {"loss": loss, "grads": grads, "losses": losses, "params": _params(vae)}
+    return {"loss": loss, "grads": grads, "losses": losses, "read": read,
+            "params": _params(vae)}
 
 
 @pytest.mark.slow
-def test_two_processes_step_like_one(tmp_path):
+@pytest.mark.parametrize("sync_every", [1, 6])
+def test_two_processes_step_like_one(tmp_path, sync_every):
     """The same global batch and per-point draws: the all-reduced gradient of 2 processes is
     the 1-process gradient; after 20 steps the parameters agree. 400 = 7 × 57 + 1: shares of 28
     and 29 points, and a last batch of 1 whose rank-0 share is empty (it joins the all-reduce
-    with weight 0), twice, across two new epochs."""
+    with weight 0), twice, across two new epochs. With ``train.sync_every = 6`` the 2 processes
+    read the loss back (with the stop requests) at steps 6, 12, 18 only, and match the
+    1-process run that reads every step."""
     overrides = ["train.batch_size=57"]
-    _spawn(_steps_worker, tmp_path / "two.pt", overrides, 20)
+    _spawn(_steps_worker, tmp_path / "two.pt", [*overrides, f"train.sync_every={sync_every}"],
+           20)
     two = torch.load(tmp_path / "two.pt")
     one = _run_steps(*_setup(_cfg(*overrides)), 20)
+    assert two["read"] == [step % sync_every == 0 for step in range(1, 21)]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
     for k, g in one["grads"].items():
         torch.testing.assert_close(two["grads"][k], g, **GRAD_TOL)

@@ -464,10 +464,13 @@ class DataParallel:
                 x = torch.cat([pre.train_batch(x[j : j + 1], g) for j, g in enumerate(gens)])
             yield to_device(x, device), GlobalBatch(epoch, idx)
 
-    def loss_and_grads(self, x: torch.Tensor, beta, temperature, batch: GlobalBatch) -> float:
+    def loss_and_grads(self, x: torch.Tensor, beta, temperature, batch: GlobalBatch,
+                       read: bool = True) -> float | torch.Tensor:
         r"""One step's loss and gradients: :math:`W L_r` back-propagated (DDP all-reduces the
         gradients, see the module docstring), with the guide's noise drawn per point; returns
-        :math:`\sum_r L_r`, the global batch's loss (with the stop requests, one all-reduce)."""
+        :math:`\sum_r L_r`, the global batch's loss. With ``read``, a float, reduced in one
+        all-reduce with the stop requests; else a scalar tensor on the device, reduced alone,
+        not read back (no host synchronisation: ``train.sync_every``)."""
         assert self.module is not None, "DataParallel.attach first"
         mine, weight = self._mine(batch.idx)
         noise = PointNoise(point_generators(self.seed, batch.epoch, mine, _LATENT_STREAM))
@@ -478,10 +481,13 @@ class DataParallel:
                 loss = self.module(x, beta, temperature)  # () −bound summed over the share
             (loss * weight).backward()
             if self.world.size == 1:
-                return float(loss.detach())
+                return float(loss.detach()) if read else loss.detach()
+            mine_loss = loss.detach().double().reshape(1) * (weight > 0)
+            if not read:
+                dist.all_reduce(mine_loss)
+                return mine_loss[0]
             signals = self.stop.local() if self.stop is not None else torch.zeros(2)
-            t = torch.cat([loss.detach().double().reshape(1) * (weight > 0), signals])
-            t = t.to(self.device)
+            t = torch.cat([mine_loss.cpu(), signals]).to(self.device)
             dist.all_reduce(t)
         t = t.cpu()
         if self.stop is not None:

@@ -150,6 +150,7 @@ class Stepper:
         #: steps between read-backs of the losses (``train.sync_every``); above 1 the loss stays
         #: on the device and a non-finite step is skipped there (Adam's ``found_inf``)
         self.sync_every = tc.sync_every or (50 if device.type == "cuda" else 1)
+        self.steps = 0  #: steps taken by this stepper (since it was made)
         betas = (tc.adam_betas[0], tc.adam_betas[1])
         adam = {"lr": tc.lr, "betas": betas, "eps": tc.adam_eps}
         if tc.driver == "svi":
@@ -209,9 +210,12 @@ class Stepper:
             objective = self.eager
         deferred = getattr(objective, "loss_and_grads_deferred", None)
         loss: float | torch.Tensor
+        self.steps += 1
         if self.parallel is not None:
             assert batch is not None, "a data-parallel step needs its GlobalBatch"
-            loss = self.parallel.loss_and_grads(x, beta, temperature, batch)
+            # the same steps on every process read back (and share their stop requests)
+            loss = self.parallel.loss_and_grads(x, beta, temperature, batch,
+                                                read=self.steps % self.sync_every == 0)
         elif deferred is not None and self.sync_every > 1:
             loss = deferred(self.vae.model, self.vae.guide, x, beta, temperature)
         else:
