@@ -241,6 +241,31 @@ def test_every_recipe_runs_end_to_end_on_a_tiny_budget(name, tmp_path):
     assert ("ais" in result) == continuous and ("bdmc" in result) == continuous
     row = [ln for ln in (out / "reproduce.md").read_text().splitlines() if f"| {variant} |" in ln]
     assert len(row) == 1 and "recipe.ais.points=8" in row[0]
+    if continuous:
+        _check_ais_minus_is(Path(result["run_dir"]), result["ais_vs_is"])
+        assert "AIS − IS on the same" in row[0]
+
+
+def _check_ais_minus_is(run_dir: Path, paired: dict) -> None:
+    """The paired AIS − IS difference, recomputed by matching the two evaluations' points by
+    their pixels (not by index): each AIS point against the IS point with the same image."""
+    from vaelab.run import eval_config, load_run
+
+    run = load_run(run_dir)
+    folder = run_dir / "reproduce"
+    ec_is = run.cfg.eval
+    ec_ais = eval_config(run.cfg, ["eval.method=ais", "eval.limit=8", "eval.ais_steps=5",
+                                   "eval.ais_chains=2", "eval.ais_leapfrog=2", "eval.exact=false"])
+    is_est = evaluate_in_blocks(run, ec_is, folder / "is")  # read from the blocks
+    ais_est = evaluate_in_blocks(run, ec_ais, folder / "ais", block=100)
+    x_is, x_ais = run.split("test", ec_is.limit), run.split("test", ec_ais.limit)
+    diffs = []
+    for a, x in enumerate(x_ais):
+        same = (x_is == x).all(-1).nonzero().flatten()
+        if same.numel():
+            diffs.append(float(ais_est.log_px[a]) - float(is_est.log_px[same[0]]))
+    assert paired["num_points"] == len(diffs) > 0
+    assert paired["mean"] == pytest.approx(sum(diffs) / len(diffs), rel=1e-9)
 
 
 def test_reproduce_resumes_and_the_blocks_give_the_uninterrupted_numbers(tmp_path):
