@@ -228,7 +228,8 @@ def _has_binarized_mnist() -> bool:
 #: the recipes' own data where ``VAELAB_DATA`` has it (CI), else the seeded synthetic set: the
 #: smoke runs check the pipeline, not the numbers
 DATA = [] if _has_binarized_mnist() else ["data.name=synthetic"]
-TINY = [*DATA, "data.limit=300", "train.epochs=2", "train.max_steps_per_epoch=3", "train.valid_limit=50",
+TINY = [*DATA, "data.limit=300", "train.epochs=2", "train.max_steps_per_epoch=3",
+        "train.valid_limit=50",
         "eval.limit=30", "eval.num_samples=20", "recipe.ais.points=8", "recipe.ais.steps=5",
         "recipe.ais.chains=2", "recipe.ais.leapfrog=2", "recipe.bdmc.points=4",
         "recipe.bdmc.steps=5", "recipe.bdmc.chains=2", "recipe.bdmc.leapfrog=2"]
