@@ -291,6 +291,16 @@ def test_reproduce_resumes_and_the_blocks_give_the_uninterrupted_numbers(tmp_pat
     (tmp_path / "blocks" / "block_0001.pt").unlink()
     again = evaluate_in_blocks(run, run.cfg.eval, tmp_path / "blocks", block=10)
     assert torch.equal(whole.log_px, again.log_px) and whole.num_points == 25
+    # every block's compute time is kept, across the restart; a block from before blocks were
+    # timed is counted as untimed
+    assert again.extra["blocks_untimed"] == 0 and again.extra["compute_s"] > 0
+    from vaelab.inference.checkpoint import load_checkpoint, save_checkpoint
+
+    old = load_checkpoint(tmp_path / "blocks" / "block_0000.pt")
+    del old["wall_s"]
+    save_checkpoint(tmp_path / "blocks" / "block_0000.pt", old)
+    assert evaluate_in_blocks(run, run.cfg.eval, tmp_path / "blocks",
+                              block=10).extra["blocks_untimed"] == 1
     # settings that change only the speed reuse the blocks; a change of the estimand refuses them
     faster = run.cfg.eval.model_copy(update={"batch_size": 7, "fused": False})
     assert torch.equal(evaluate_in_blocks(run, faster, tmp_path / "blocks", block=10).log_px,

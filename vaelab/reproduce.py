@@ -151,7 +151,7 @@ def evaluate_in_blocks(run, ec, folder: Path, *, block: int = BLOCK, progress: b
     # speed (and which draws a block makes), so a restart under other settings keeps the blocks
     stamp = {"eval": ec.model_dump(mode="json", include=ESTIMAND_KEYS), "block": block,
              "epoch": run.epoch}
-    parts = []
+    parts, seconds = [], []
     for b, start in enumerate(range(0, n, block)):
         path = folder / f"block_{b:04d}.pt"
         if path.is_file():
@@ -159,12 +159,26 @@ def evaluate_in_blocks(run, ec, folder: Path, *, block: int = BLOCK, progress: b
             if _estimand(saved["stamp"]) != _estimand(stamp):
                 raise ValueError(f"{path} was written by another evaluation; remove {folder}")
             parts.append(MarginalEstimate(**saved["estimate"]))
+            seconds.append(saved.get("wall_s"))  # None: written before blocks were timed
             continue
+        t0 = time.perf_counter()
         est = evaluate(run, ec, progress=progress, points=slice(start, start + block),
                        seed=ec.seed + b)
-        save_checkpoint(path, {"stamp": stamp, "estimate": vars(est)})
+        seconds.append(time.perf_counter() - t0)
+        save_checkpoint(path, {"stamp": stamp, "estimate": vars(est), "wall_s": seconds[-1]})
         parts.append(est)
-    return MarginalEstimate.concat(parts)
+    whole = MarginalEstimate.concat(parts)
+    # the compute time of every block, whichever process (and restart) computed it
+    whole.extra["compute_s"] = sum(t for t in seconds if t is not None)
+    whole.extra["blocks_untimed"] = sum(t is None for t in seconds)
+    return whole
+
+
+def _with_time(est) -> dict:
+    """A blockwise estimate's summary with its blocks' compute time (``compute_s``; the blocks
+    written before blocks were timed are counted in ``blocks_untimed``)."""
+    return {**est.summary(), "compute_s": est.extra["compute_s"],
+            "blocks_untimed": est.extra["blocks_untimed"]}
 
 
 def _estimand(stamp: dict) -> dict:
@@ -250,7 +264,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, progress: bool = False) -> di
     ec = run.cfg.eval
 
     def is_stage() -> dict:
-        return evaluate_in_blocks(run, ec, folder / "is", progress=progress).summary()
+        return _with_time(evaluate_in_blocks(run, ec, folder / "is", progress=progress))
 
     out: dict[str, Any] = {"is": _stage(folder / "is.json", is_stage)}
     if not run.vae.latent.continuous and run.vae.latent.relaxed:
@@ -266,7 +280,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, progress: bool = False) -> di
         def ais_stage() -> dict:
             est = evaluate_in_blocks(run, ec_ais, folder / "ais", block=AIS_BLOCK,
                                      progress=progress)
-            return {**est.summary(), "steps": ais["steps"], "chains": ais["chains"],
+            return {**_with_time(est), "steps": ais["steps"], "chains": ais["chains"],
                     "leapfrog": ais["leapfrog"]}
 
         out["ais"] = _stage(folder / "ais.json", ais_stage)
@@ -353,6 +367,14 @@ def _results(folders: list[Path]) -> list[dict]:
     return found
 
 
+def _stage_seconds(stage: dict) -> float:
+    """A stage's compute time: its blocks' own (over every restart) where all were timed, else
+    the wall time of the process that finished it (a lower bound after a restart)."""
+    if "compute_s" in stage and not stage.get("blocks_untimed"):
+        return stage["compute_s"]
+    return stage.get("wall_s", 0.0)
+
+
 def _mean_sd(values: list[float]) -> str:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -405,8 +427,8 @@ def table(folders: list[str | Path]) -> str:
         reached = (f"{b['epochs']} / {b['epochs_planned']} epochs ({b['steps']} steps), best "
                    f"{b['best_epoch']}" + (", early-stopped" if b["early_stopped"] else "")
                    + ("" if b["finished"] else ", **unfinished**"))
-        wall = sum(r["budget"]["train_wall_s"] + r.get("is", {}).get("wall_s", 0)
-                   + r.get("ais", {}).get("wall_s", 0) + r.get("bdmc", {}).get("wall_s", 0)
+        wall = sum(r["budget"]["train_wall_s"] + sum(_stage_seconds(r.get(k, {})) for k in
+                                                     ("is", "paper_metric", "ais", "bdmc"))
                    for r in rs) / 3600
         cols = (("Jang bound " if jang else "test ELBO ") if metric == "elbo" else "") + main
         extra = other
