@@ -42,8 +42,9 @@ from marginal import make_vae, torch_is  # noqa: E402
 from train_step import FULL, SMOKE, PlainVAE, Sizes, objective_step  # noqa: E402
 
 from vaelab.data import DataSplits, load_dataset  # noqa: E402
-from vaelab.inference.marginal import estimate_marginal  # noqa: E402
+from vaelab.inference.marginal import chunk_size_for, estimate_marginal  # noqa: E402
 from vaelab.resolve import load_config  # noqa: E402
+from vaelab.run import bytes_per_particle  # noqa: E402
 
 EPOCH_CONFIG = ["data.name=binarized_mnist", "model.latent_dim=40",
                 "model.hidden_sizes=[300, 300]", "train.batch_size=100", "train.lr=1e-3",
@@ -166,9 +167,8 @@ def is_rows(args, device: torch.device) -> list[tuple[str, float, float]]:
     n = 20 if args.smoke else args.points
     vae = make_vae(s).to(device)
     x = torch.rand(n, s.D, generator=torch.Generator().manual_seed(0)).round().to(device)
-    budget_mb = 1024
-    chunk = max(1, int(budget_mb * 2**20 // (4 * n * (s.D + 2 * 400 + 4 * s.Z))))
-    chunk = min(chunk, K)
+    # vaelab's own chunk rule for a 1 GiB budget; the hand-written IS uses the same chunks
+    chunk = chunk_size_for(K, n, bytes_per_particle(vae, s.D), max_memory_mb=1024.0)
 
     def ours():
         return estimate_marginal(vae.model, vae.guide, x, num_samples=K, batch_size=n,
