@@ -410,6 +410,140 @@ def test_sharded_evaluation_equals_one_process_per_point(tmp_path):
         assert torch.equal(got["log_px"][20:30], third.log_px)
 
 
+#: ``vaelab reproduce`` on a tiny budget: IS on the 100 test points in blocks of 20 (5 blocks:
+#: rounds of 2, 2, 1), AIS on 70 (4 blocks), BDMC on 5 simulated points, Jang's metric on the
+#: 100 images (5 blocks)
+REPRODUCE = ["data.name=synthetic", "data.limit=300", "train.epochs=1",
+             "train.max_steps_per_epoch=2", "train.valid_limit=50", "train.progress=false",
+             "eval.limit=100", "eval.num_samples=20", "eval.block_size=20",
+             "recipe.ais.points=70", "recipe.ais.steps=3", "recipe.ais.chains=2",
+             "recipe.ais.leapfrog=2", "recipe.bdmc.points=5", "recipe.bdmc.steps=3",
+             "recipe.bdmc.chains=2", "recipe.bdmc.leapfrog=2"]
+#: (recipe, variant, its own overrides): the temperature falls at every step, so that the
+#: metric's τ (the best checkpoint's) tells the epochs apart
+RECIPES = [("iwae_static", "iwae_k1", []),
+           ("gumbel_softmax", "gumbel", ["train.epochs=2", "model.latent.anneal_every=1",
+                                         "model.latent.anneal_rate=0.1"])]
+
+
+def _reproduce_worker(rank: int, root: str, log: Path) -> None:
+    """``reproduce`` of each of :data:`RECIPES` under ``root``, recording this process's writes
+    there into ``log.RANK`` and the first point of each block it scored into ``log.RANK.scored``
+    (``vaelab.run.evaluate``, which ``reproduce`` calls per block, wrapped)."""
+    import vaelab.run
+    from vaelab.reproduce import reproduce
+
+    writes: list = []
+    _record_writes(Path(root), writes)
+    scored, evaluate_block = [], vaelab.run.evaluate
+
+    def counted(run, ec, **kwargs):
+        scored.append([ec.method, kwargs["points"].start])
+        return evaluate_block(run, ec, **kwargs)
+
+    vaelab.run.evaluate = counted
+    for recipe, variant, extra in RECIPES:
+        reproduce(recipe, Path(root) / recipe, variants=[variant], overrides=REPRODUCE + extra)
+    Path(f"{log}.{rank}").write_text(json.dumps(writes))
+    Path(f"{log}.{rank}.scored").write_text(json.dumps(scored))
+
+
+def _scored(log: Path) -> tuple[list, list]:
+    """The blocks rank 0 and rank 1 scored (:func:`_reproduce_worker`)."""
+    return (json.loads(Path(f"{log}.0.scored").read_text()),
+            json.loads(Path(f"{log}.1.scored").read_text()))
+
+
+def _result(root: Path, recipe: str) -> tuple[Path, dict]:
+    path = next((root / recipe).glob("*/seed*/reproduce/result.json"))
+    return path.parent, json.loads(path.read_text())
+
+
+def _blocks(folder: Path) -> torch.Tensor:
+    """The per-point log p̂(x) of a resumable evaluation's saved blocks, in order."""
+    return torch.cat([load_checkpoint(p)["estimate"]["log_px"]
+                      for p in sorted(folder.glob("block_*.pt"))])
+
+
+@pytest.mark.slow
+def test_reproduce_on_two_processes_gives_the_one_process_numbers_and_resumes(tmp_path):
+    """Trained and evaluated by ``reproduce`` in one process, then evaluated again from the same
+    trained runs by ``reproduce`` on 2 processes: the IS and AIS blocks, point by point, and the
+    stages built on them (AIS − IS) exactly equal; BDMC and Jang's metric exactly what one
+    process gives for the blocks a torchrun job scores; rank 1 wrote nothing. Then a crash is
+    simulated (one IS block and the stage summaries lost): the 2 processes recompute that block
+    alone and reach the same numbers."""
+    import shutil
+
+    from vaelab.inference.relaxed_bound import jang_bound
+    from vaelab.reproduce import reproduce
+
+    one, two, log = tmp_path / "one", tmp_path / "two", tmp_path / "writes"
+    for recipe, variant, extra in RECIPES:
+        reproduce(recipe, one / recipe, variants=[variant], overrides=REPRODUCE + extra)
+    shutil.copytree(one, two)
+    for folder in [*two.glob("*/*/seed*/reproduce"), *two.glob("*/reproduce.md")]:
+        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    _spawn(_reproduce_worker, str(two), log)
+    main_writes, other_writes = _writes(log)
+    assert other_writes == [] and main_writes
+    # rounds of one block per process: IS blocks 0-4 as (0, 1), (2, 3), (4), then (iwae only)
+    # AIS blocks 0-3 as (0, 1), (2, 3); the first point of each block
+    is0, is1 = [["is", 0], ["is", 40], ["is", 80]], [["is", 20], ["is", 60]]
+    assert _scored(log) == (is0 + [["ais", 0], ["ais", 40]] + is0,
+                            is1 + [["ais", 20], ["ais", 60]] + is1)
+
+    (eval_one, iw_one), (eval_two, iw_two) = _result(one, "iwae_static"), _result(two,
+                                                                                  "iwae_static")
+    for stage in ("is", "ais"):
+        assert torch.equal(_blocks(eval_two / stage), _blocks(eval_one / stage)), stage
+        assert iw_two[stage]["log_likelihood"] == iw_one[stage]["log_likelihood"], stage
+    assert _blocks(eval_two / "is").shape == (100,) and len(list((eval_two / "is").iterdir())) == 5
+    for key in ("mean", "stderr", "frac_ais_higher", "num_points"):
+        assert iw_two["ais_vs_is"][key] == iw_one["ais_vs_is"][key], key
+    assert iw_two["machine"].endswith("× 2 processes")
+    assert "× 2 processes" in (two / "iwae_static" / "reproduce.md").read_text()
+
+    # BDMC: one block of 5 points (blocks of eval batch size 100 under torchrun), seeded by
+    # (eval.seed, 0); Jang: blocks of eval.block_size images, block b seeded by (eval.seed, b)
+    run = load_run(eval_two.parent)
+    model, guide = run.vae.eval_pair()
+    with pyro.validation_enabled(False):
+        want = bdmc_sharded(model, guide, torch.zeros(5, run.data.train.shape[1]),
+                            seed=run.cfg.eval.seed, block=100, num_steps=3, num_chains=2,
+                            num_leapfrog=2, base="prior").summary()
+    assert {k: iw_two["bdmc"][k] for k in want} == want
+    gumbel_dir, gumbel = _result(two, "gumbel_softmax")
+    run = load_run(gumbel_dir.parent)
+    seed = run.cfg.eval.seed
+    x = run.pre.eval_split(run.split("test", 100), seed)
+    # the temperature at the evaluated (best) checkpoint's epoch
+    best = max(_rows(gumbel_dir.parent), key=lambda r: r["valid_elbo"])
+    tau = run.vae.latent.temperature_at(best["step"])
+    assert gumbel["paper_metric"]["temperature"] == pytest.approx(float(tau), rel=1e-6)
+    parts = []
+    for b, start in enumerate(range(0, 100, 20)):
+        seed_all(block_seed(seed, b))
+        parts.append(jang_bound(run.vae, x[start : start + 20], tau, 1000))
+    assert gumbel["paper_metric"]["jang_bound"] == float(torch.cat(parts).mean())
+    assert gumbel["is"]["log_likelihood"] == _result(one, "gumbel_softmax")[1]["is"][
+        "log_likelihood"]
+
+    # the crash: block 2 of IS and the summaries built on it are gone
+    for name in ("is/block_0002.pt", "is.json", "ais_vs_is.json", "result.json"):
+        (eval_two / name).unlink()
+    _spawn(_reproduce_worker, str(two), log)
+    main_writes, other_writes = _writes(log)
+    assert other_writes == [] and _scored(log) == ([["is", 40]], [])
+    blocks_written = {Path(paths[-1]).name for event, paths in main_writes  # rename's target
+                      if event == "os.rename" and Path(paths[-1]).parent.name == "is"}
+    assert blocks_written == {"block_0002.pt"}, "only the lost block is recomputed"
+    again = json.loads((eval_two / "result.json").read_text())
+    assert torch.equal(_blocks(eval_two / "is"), _blocks(eval_one / "is"))
+    assert again["is"]["log_likelihood"] == iw_one["is"]["log_likelihood"]
+    assert again["ais_vs_is"]["mean"] == iw_one["ais_vs_is"]["mean"]
+
+
 # --------------------------------------------------------------------------------------------
 # the command line under torchrun
 

@@ -536,7 +536,10 @@ def _cmd_reproduce(args) -> int:
     rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, variants=args.variant or None,
                         overrides=rp.parse_overrides(args.overrides),
                         evaluate=not args.train_only, progress=not args.no_progress)
-    print(f"{len(rows)} run(s); table: {Path(args.out) / 'reproduce.md'}")
+    from vaelab.inference.distributed import World
+
+    if World.from_env().is_main:  # under torchrun, rank 0 reports
+        print(f"{len(rows)} run(s); table: {Path(args.out) / 'reproduce.md'}")
     return 0
 
 

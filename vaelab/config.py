@@ -252,6 +252,8 @@ class EvalConfig(_Section):
     #: score the points in blocks of this many, block b seeded by (``seed``, b), so that the
     #: numbers do not depend on how the blocks are shared among processes (torchrun); ``None``:
     #: one pass seeded by ``seed`` in one process, blocks of ``batch_size`` under torchrun
+    #: (``vaelab reproduce``: its resumable blocks, block b seeded by ``seed`` + b; ``None``:
+    #: 500 points for IS, 100 for AIS)
     block_size: int | None = Field(None, gt=0)
     #: ``is``: importance sampling with K = ``num_samples``; ``ais``: annealed importance sampling
     method: Literal["is", "ais"] = "is"

@@ -18,7 +18,12 @@ resumed where it stopped, skipped when finished), then evaluates the best-valida
 
 Every evaluation is resumable: it runs in blocks of points, each block seeded by its index and
 written to ``DIR/VARIANT/seedS/reproduce/`` as it completes, so a restart skips what is done and
-reaches the numbers an uninterrupted pass gives. :func:`table` gathers the results of any set of
+reaches the numbers an uninterrupted pass gives. Under torchrun
+(``torchrun --nproc_per_node=W -m vaelab reproduce NAME --out DIR``) training is data-parallel
+(:mod:`vaelab.inference.distributed`) and every stage is sharded: the IS and AIS blocks still to
+do go one per process per round, with the numbers one process gives (a block's seed is its
+index); BDMC and Jang's metric share their blocks as ``vaelab bdmc`` does. Every process reads
+the run folder; rank 0 alone writes. :func:`table` gathers the results of any set of
 recipe folders into the Markdown table of ``experiments/results/reproduce.md``.
 
 Example::
@@ -36,6 +41,7 @@ import platform
 import time
 import tomllib
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,7 +54,8 @@ from vaelab.resolve import apply_overrides, parse_value, resolve
 
 __all__ = ["Recipe", "evaluate_in_blocks", "load_recipe", "recipe_names", "reproduce", "table"]
 
-#: points per block of a resumable evaluation: IS, and AIS (slower per point)
+#: points per block of a resumable evaluation: IS, and AIS (slower per point), unless
+#: ``eval.block_size`` says
 BLOCK = 500
 AIS_BLOCK = 100
 #: the ``[eval]`` keys that define what a block estimates (its stamp)
@@ -134,44 +141,76 @@ def load_recipe(name: str) -> Recipe:
 # resumable evaluation
 
 
-def evaluate_in_blocks(run, ec, folder: Path, *, block: int = BLOCK, progress: bool = False):
-    """:func:`vaelab.run.evaluate` over the ``ec.limit`` points in blocks of ``block``, block b
+def evaluate_in_blocks(run, ec, folder: Path, *, block: int | None = None,
+                       progress: bool = False):
+    """:func:`vaelab.run.evaluate` over the ``ec.limit`` points in blocks of ``block`` (default:
+    ``ec.block_size``, else :data:`BLOCK`), block b
     seeded with ``ec.seed + b`` and saved to ``folder/block_BBBB.pt`` as it completes; blocks
-    already there are read, not recomputed.
+    already there are read, not recomputed. Under torchrun the blocks still to do are scored one
+    per process per round (:func:`~vaelab.inference.distributed.score_rounds`) and rank 0 saves
+    them: the same numbers whatever the number of processes or restarts.
 
-    :returns: the :class:`~vaelab.inference.marginal.MarginalEstimate` over all the points.
+    :returns: the :class:`~vaelab.inference.marginal.MarginalEstimate` over all the points (on
+        every process).
     """
     from vaelab.inference.checkpoint import load_checkpoint, save_checkpoint
+    from vaelab.inference.distributed import on_main, score_rounds
     from vaelab.inference.marginal import MarginalEstimate
     from vaelab.run import evaluate
 
+    world = _world(run)
+    block = block or ec.block_size or BLOCK
     n = run.split(ec.split, ec.limit).shape[0]
-    folder.mkdir(parents=True, exist_ok=True)
+    num_blocks = math.ceil(n / block)
     # what the numbers estimate; batching, memory budget and the fused path change only the
     # speed (and which draws a block makes), so a restart under other settings keeps the blocks
     stamp = {"eval": ec.model_dump(mode="json", include=ESTIMAND_KEYS), "block": block,
              "epoch": run.epoch}
-    parts, seconds = [], []
-    for b, start in enumerate(range(0, n, block)):
-        path = folder / f"block_{b:04d}.pt"
-        if path.is_file():
-            saved = load_checkpoint(path)
-            if _estimand(saved["stamp"]) != _estimand(stamp):
-                raise ValueError(f"{path} was written by another evaluation; remove {folder}")
-            parts.append(MarginalEstimate(**saved["estimate"]))
-            seconds.append(saved.get("wall_s"))  # None: written before blocks were timed
-            continue
+
+    def path(b: int) -> Path:
+        return folder / f"block_{b:04d}.pt"
+
+    def read_saved() -> dict[int, tuple[dict, float | None]]:
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = {}
+        for b in range(num_blocks):
+            if path(b).is_file():
+                got = load_checkpoint(path(b))
+                if _estimand(got["stamp"]) != _estimand(stamp):
+                    raise ValueError(f"{path(b)} was written by another evaluation; remove "
+                                     f"{folder}")
+                saved[b] = (got["estimate"], got.get("wall_s"))  # None: before blocks were timed
+        return saved
+
+    def score(b: int) -> tuple[dict, float]:
         t0 = time.perf_counter()
-        est = evaluate(run, ec, progress=progress, points=slice(start, start + block),
-                       seed=ec.seed + b)
-        seconds.append(time.perf_counter() - t0)
-        save_checkpoint(path, {"stamp": stamp, "estimate": vars(est), "wall_s": seconds[-1]})
-        parts.append(est)
-    whole = MarginalEstimate.concat(parts)
+        est = evaluate(run, ec, progress=progress and world.size == 1,
+                       points=slice(b * block, (b + 1) * block), seed=ec.seed + b)
+        return vars(est), time.perf_counter() - t0
+
+    def keep(b: int, result: tuple[dict, float]) -> None:
+        if world.is_main:
+            save_checkpoint(path(b), {"stamp": stamp, "estimate": result[0],
+                                      "wall_s": result[1]})
+        done[b] = result
+
+    done = on_main(read_saved, world, "reading the saved blocks")
+    score_rounds(score, [b for b in range(num_blocks) if b not in done], world, keep,
+                 progress=progress and world.size > 1)
+    whole = MarginalEstimate.concat([MarginalEstimate(**done[b][0]) for b in range(num_blocks)])
     # the compute time of every block, whichever process (and restart) computed it
+    seconds = [done[b][1] for b in range(num_blocks)]
     whole.extra["compute_s"] = sum(t for t in seconds if t is not None)
     whole.extra["blocks_untimed"] = sum(t is None for t in seconds)
     return whole
+
+
+def _world(run):
+    """This process's :class:`~vaelab.inference.distributed.World`, its group joined (torchrun),
+    on the device of ``run``'s VAE."""
+    from vaelab.inference.distributed import join
+
+    return join(next(run.vae.parameters()).device)
 
 
 def _with_time(est) -> dict:
@@ -187,14 +226,20 @@ def _estimand(stamp: dict) -> dict:
             "block": stamp["block"], "epoch": stamp["epoch"]}
 
 
-def _stage(path: Path, compute) -> dict:
-    """A result computed once: read from ``path`` when there, else computed and written."""
-    if path.is_file():
-        return json.loads(path.read_text())
+def _stage(path: Path, compute, world) -> dict:
+    """A result computed once: read from ``path`` (by rank 0) when there, else computed (by
+    every process, when it is sharded) and written by rank 0; the same on every process."""
+    from vaelab.inference.distributed import on_main
+
+    saved = on_main(lambda: json.loads(path.read_text()) if path.is_file() else None, world,
+                    f"reading {path.name}")
+    if saved is not None:
+        return saved
     t0 = time.perf_counter()
     out = compute()
     out["wall_s"] = time.perf_counter() - t0
-    atomic_write_text(path, json.dumps(json_safe(out), indent=1))
+    if world.is_main:
+        atomic_write_text(path, json.dumps(json_safe(out), indent=1))
     return out
 
 
@@ -206,7 +251,8 @@ def _ais_minus_is(run, ec_is, ec_ais, folder: Path) -> dict:
 
     n = getattr(run.data, ec_is.split).shape[0]
     is_est = evaluate_in_blocks(run, ec_is, folder / "is")
-    ais_est = evaluate_in_blocks(run, ec_ais, folder / "ais", block=AIS_BLOCK)
+    ais_est = evaluate_in_blocks(run, ec_ais, folder / "ais",
+                                 block=ec_ais.block_size or AIS_BLOCK)
     at = {j: i for i, j in enumerate(spread_indices(n, ec_is.limit).tolist())}
     pairs = [(at[j], i) for i, j in enumerate(spread_indices(n, ec_ais.limit).tolist())
              if j in at]
@@ -219,57 +265,77 @@ def _ais_minus_is(run, ec_is, ec_ais, folder: Path) -> dict:
 
 
 def _bdmc(run, spec: dict, seed: int) -> dict:
+    """BDMC bounds on ``spec["points"]`` points simulated from the model: one pass seeded by
+    ``seed`` in one process; under torchrun blocks shared among the processes
+    (:func:`~vaelab.inference.distributed.bdmc_sharded`)."""
     import pyro
 
-    from vaelab.inference.bdmc import bdmc
-    from vaelab.seed import seed_all
+    from vaelab.inference.distributed import bdmc_sharded
 
-    seed_all(seed)
     model, guide = run.vae.eval_pair()
     x_like = next(run.vae.parameters()).new_zeros(spec["points"], run.data.train.shape[1])
     with pyro.validation_enabled(False):
-        r = bdmc(model, guide, x_like, num_steps=spec["steps"], num_chains=spec["chains"],
-                 num_leapfrog=spec["leapfrog"], base="prior")
+        r = bdmc_sharded(model, guide, x_like, seed=seed, num_steps=spec["steps"],
+                         num_chains=spec["chains"], num_leapfrog=spec["leapfrog"], base="prior")
     return r.summary()
 
 
 def _jang(run, history: list[dict], progress: bool, num_draws: int = 1000) -> dict:
     """Jang et al.'s test metric (:func:`~vaelab.inference.relaxed_bound.jang_bound`, 1000
-    draws per test image) at the temperature of the evaluated checkpoint."""
+    draws per test image) at the temperature of the evaluated checkpoint: one pass seeded by
+    ``eval.seed`` in one process; under torchrun in blocks of ``eval.block_size`` images
+    (default 100) shared among the processes, block b seeded by
+    :func:`~vaelab.inference.distributed.block_seed`."""
     from tqdm.auto import tqdm
 
+    from vaelab.inference.distributed import block_seed, score_blocks
     from vaelab.inference.relaxed_bound import jang_bound
     from vaelab.seed import seed_all
 
-    step = next(r["step"] for r in history if r["epoch"] == run.epoch)
+    world, seed = _world(run), run.cfg.eval.seed
+    step = next(r["step"] for r in history if r["epoch"] == run.epoch + 1)  # rows count from 1
     tau = run.vae.latent.temperature_at(step)
-    x = run.pre.eval_split(run.split(run.cfg.eval.split, run.cfg.eval.limit), run.cfg.eval.seed)
-    seed_all(run.cfg.eval.seed)
-    parts = [jang_bound(run.vae, x[i : i + 100], tau, num_draws)
-             for i in tqdm(range(0, x.shape[0], 100), disable=not progress, leave=False,
-                           desc="Jang bound")]
+    x = run.pre.eval_split(run.split(run.cfg.eval.split, run.cfg.eval.limit), seed)
+    if world.size == 1:
+        seed_all(seed)
+        parts = [jang_bound(run.vae, x[i : i + 100], tau, num_draws)
+                 for i in tqdm(range(0, x.shape[0], 100), disable=not progress, leave=False,
+                               desc="Jang bound")]
+    else:
+        def one(b: int, points: slice) -> torch.Tensor:
+            seed_all(block_seed(seed, b))
+            return jang_bound(run.vae, x[points], tau, num_draws).cpu()
+
+        parts = score_blocks(one, x.shape[0], run.cfg.eval.block_size or 100, world,
+                             progress=progress and world.is_main)
     values = torch.cat(parts)
     return {"jang_bound": float(values.mean()),
             "jang_bound_stderr": float(values.std() / math.sqrt(values.numel())),
             "num_draws": num_draws, "temperature": float(tau), "num_points": values.numel()}
 
 
-def evaluate_run(recipe: Recipe, run_dir: Path, *, progress: bool = False) -> dict:
-    """IS (all test points), AIS and BDMC of a trained run folder, each stage resumable."""
+def evaluate_run(recipe: Recipe, run_dir: Path, history: list[dict], *,
+                 progress: bool = False) -> dict:
+    """IS (all test points), AIS and BDMC of a trained run folder (its metrics ``history``),
+    each stage resumable; under torchrun sharded among the processes, every process reading
+    the run folder (one machine, or a shared file system, as ``vaelab evaluate``) and rank 0
+    alone writing."""
     from vaelab.run import eval_config, load_run
 
     run = load_run(run_dir)
+    world = _world(run)
     folder = run_dir / "reproduce"
-    folder.mkdir(exist_ok=True)
+    if world.is_main:
+        folder.mkdir(exist_ok=True)
     ec = run.cfg.eval
 
     def is_stage() -> dict:
         return _with_time(evaluate_in_blocks(run, ec, folder / "is", progress=progress))
 
-    out: dict[str, Any] = {"is": _stage(folder / "is.json", is_stage)}
+    out: dict[str, Any] = {"is": _stage(folder / "is.json", is_stage, world)}
     if not run.vae.latent.continuous and run.vae.latent.relaxed:
         out["paper_metric"] = _stage(folder / "paper_metric.json",
-                                     lambda: _jang(run, read_metrics(run_dir), progress))
+                                     lambda: _jang(run, history, progress), world)
     ais, bd = recipe.meta.get("ais"), recipe.meta.get("bdmc")
     if run.vae.latent.continuous and ais and ais.get("points"):
         ec_ais = eval_config(run.cfg, [
@@ -278,16 +344,16 @@ def evaluate_run(recipe: Recipe, run_dir: Path, *, progress: bool = False) -> di
             "eval.exact=false"])
 
         def ais_stage() -> dict:
-            est = evaluate_in_blocks(run, ec_ais, folder / "ais", block=AIS_BLOCK,
-                                     progress=progress)
+            est = evaluate_in_blocks(run, ec_ais, folder / "ais",
+                                     block=ec_ais.block_size or AIS_BLOCK, progress=progress)
             return {**_with_time(est), "steps": ais["steps"], "chains": ais["chains"],
                     "leapfrog": ais["leapfrog"]}
 
-        out["ais"] = _stage(folder / "ais.json", ais_stage)
+        out["ais"] = _stage(folder / "ais.json", ais_stage, world)
         out["ais_vs_is"] = _stage(folder / "ais_vs_is.json",
-                                  lambda: _ais_minus_is(run, ec, ec_ais, folder))
+                                  lambda: _ais_minus_is(run, ec, ec_ais, folder), world)
     if run.vae.latent.continuous and bd and bd.get("points"):
-        out["bdmc"] = _stage(folder / "bdmc.json", lambda: _bdmc(run, bd, ec.seed))
+        out["bdmc"] = _stage(folder / "bdmc.json", lambda: _bdmc(run, bd, ec.seed), world)
     return out
 
 
@@ -325,6 +391,7 @@ def reproduce(
     :param evaluate: also evaluate (else train only).
     :returns: one result dict per run.
     """
+    from vaelab.inference.distributed import World, on_main
     from vaelab.inference.runfolder import latest_commit
     from vaelab.inference.train import train
 
@@ -337,22 +404,32 @@ def reproduce(
         for s in range(seeds):
             cfg = recipe.config(variant, s, overrides)
             run_dir = out / variant / f"seed{cfg.train.seed}"
+            # under torchrun train joins the process group, which the stages below then use
             train(cfg, run_dir, resume=latest_commit(run_dir) is not None)
-            history = read_metrics(run_dir)
+            world = World.from_env()
+            history = on_main(partial(read_metrics, run_dir), world, "reading the metrics")
             result = {"recipe": name, "variant": variant, "seed": cfg.train.seed,
                       "run_dir": str(run_dir), "overrides": given,
                       "published": recipe.published(variant), "pythae": recipe.pythae(variant),
                       "budget_paper": recipe.meta.get("budget", ""),
                       "budget": _budget_reached(cfg, history),
-                      "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)"}
+                      "machine": _machine(world)}
             if evaluate:
-                result.update(evaluate_run(recipe, run_dir, progress=progress))
-            (run_dir / "reproduce").mkdir(exist_ok=True)
-            atomic_write_text(run_dir / "reproduce" / "result.json",
-                              json.dumps(json_safe(result), indent=1))
+                result.update(evaluate_run(recipe, run_dir, history, progress=progress))
+            if world.is_main:
+                (run_dir / "reproduce").mkdir(exist_ok=True)
+                atomic_write_text(run_dir / "reproduce" / "result.json",
+                                  json.dumps(json_safe(result), indent=1))
             results.append(result)
-    atomic_write_text(out / "reproduce.md", table([out]))
+    if World.from_env().is_main:
+        atomic_write_text(out / "reproduce.md", table([out]))
     return results
+
+
+def _machine(world) -> str:
+    """The machine a row ran on, as the table states it."""
+    procs = f" × {world.size} processes" if world.size > 1 else ""
+    return f"{platform.machine()}, {torch.get_num_threads()} thread(s){procs}"
 
 
 # --------------------------------------------------------------------------------------------

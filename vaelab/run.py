@@ -40,6 +40,7 @@ class Run:
     vae: VAE
     data: DataSplits
     pre: Preprocessor
+    #: the loaded checkpoint's epoch, counted from 0 (``metrics.jsonl`` rows count from 1)
     epoch: int
 
     def split(self, name: str, limit: int | None = None) -> torch.Tensor:

@@ -52,6 +52,7 @@ receive the commit to resume from by broadcast.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
@@ -101,9 +102,11 @@ __all__ = [
     "evaluate_sharded",
     "join",
     "leave",
+    "on_main",
     "point_generators",
     "reparameterized_sample",
     "score_blocks",
+    "score_rounds",
     "share",
 ]
 
@@ -152,8 +155,15 @@ def join(device: torch.device) -> World:
 
 
 def leave() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one.
+
+    The garbage is collected first: a :class:`~torch.nn.parallel.DistributedDataParallel`
+    module left in a reference cycle (Pyro modules make them) keeps the gloo group, and the
+    group's threads, alive past ``destroy_process_group`` until the interpreter's own
+    finalization, where its destructor may abort the process (``terminate called without an
+    active exception``, SIGABRT, seen once in CI)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -190,6 +200,50 @@ def gather(items: list, world: World) -> list:
     with _collective("gathering results"):
         dist.all_gather_object(out, items)
     return [x for part in out for x in part]
+
+
+def on_main(read: Callable[[], Any], world: World, what: str = "sharing rank 0's state") -> Any:
+    """``read()`` run by rank 0 alone (it reads the folders) and its result, or the exception it
+    raised, on every process (picklable): every process returns it, or raises it, alike (one
+    process: ``read()``)."""
+    if world.size == 1:
+        return read()
+    box: list[Any] = [None]
+    if world.is_main:
+        try:
+            box[0] = (True, read())
+        except Exception as err:  # noqa: BLE001 - handed to every process, raised there
+            box[0] = (False, err)
+    with _collective(what):
+        dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def score_rounds(score: Callable[[int], Any], todo: Sequence[int], world: World,
+                 keep: Callable[[int, Any], None], progress: bool = False) -> None:
+    """``score(b)`` of every block b of ``todo`` (the same list on every process), in rounds of
+    one block per process; each round's results are gathered on every process and handed to
+    ``keep(b, result)`` in block order before the next round starts, so a crash loses only the
+    round in flight (a resumable evaluation saves each block in ``keep`` on rank 0). The work
+    goes to whichever blocks remain, however many a restart found done.
+
+    :param score: ``b -> result`` (picklable).
+    :param progress: a progress bar over the blocks, on rank 0.
+    """
+    todo = list(todo)
+    bar = tqdm(total=len(todo), disable=not (progress and world.is_main), leave=False,
+               unit="block", desc="blocks")
+    for start in range(0, len(todo), world.size):
+        round_ = todo[start : start + world.size]
+        mine = [(round_[world.rank], score(round_[world.rank]))] if world.rank < len(round_) \
+            else []
+        for b, result in sorted(gather(mine, world), key=lambda item: item[0]):
+            keep(b, result)
+        bar.update(len(round_))
+    bar.close()
 
 
 def score_blocks(score: Callable[[int, slice], Any], n: int, block: int, world: World,
@@ -429,12 +483,7 @@ class DataParallel:
 
     def share_commit(self, saved: Commit | None) -> Commit | None:
         """The commit rank 0 resumes from, on every process (rank 0 alone reads the folder)."""
-        if self.world.size == 1:
-            return saved
-        box = [saved if self.is_main else None]
-        with _collective("sharing the checkpoint"):
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return on_main(lambda: saved, self.world, "sharing the checkpoint")
 
     def barrier(self) -> None:
         """Wait for every process (e.g. for rank 0's last commit before reading it)."""
