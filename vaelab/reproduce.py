@@ -282,10 +282,11 @@ def _bdmc(run, spec: dict, seed: int) -> dict:
 
 def _jang(run, history: list[dict], progress: bool, num_draws: int = 1000) -> dict:
     """Jang et al.'s test metric (:func:`~vaelab.inference.relaxed_bound.jang_bound`, 1000
-    draws per test image) at the temperature of the evaluated checkpoint: one pass seeded by
-    ``eval.seed`` in one process; under torchrun in blocks of ``eval.block_size`` images
-    (default 100) shared among the processes, block b seeded by
-    :func:`~vaelab.inference.distributed.block_seed`."""
+    draws per test image) at the temperature of the evaluated checkpoint: in one process
+    without ``eval.block_size``, one pass seeded by ``eval.seed``; else in blocks of
+    ``eval.block_size`` images (default under torchrun: 100) shared among the processes, block
+    b seeded by :func:`~vaelab.inference.distributed.block_seed` (as
+    :func:`~vaelab.inference.distributed.evaluate_sharded` does)."""
     from tqdm.auto import tqdm
 
     from vaelab.inference.distributed import block_seed, score_blocks
@@ -296,7 +297,8 @@ def _jang(run, history: list[dict], progress: bool, num_draws: int = 1000) -> di
     step = next(r["step"] for r in history if r["epoch"] == run.epoch + 1)  # rows count from 1
     tau = run.vae.latent.temperature_at(step)
     x = run.pre.eval_split(run.split(run.cfg.eval.split, run.cfg.eval.limit), seed)
-    if world.size == 1:
+    block = run.cfg.eval.block_size or (100 if world.size > 1 else None)
+    if block is None:
         seed_all(seed)
         parts = [jang_bound(run.vae, x[i : i + 100], tau, num_draws)
                  for i in tqdm(range(0, x.shape[0], 100), disable=not progress, leave=False,
@@ -306,8 +308,7 @@ def _jang(run, history: list[dict], progress: bool, num_draws: int = 1000) -> di
             seed_all(block_seed(seed, b))
             return jang_bound(run.vae, x[points], tau, num_draws).cpu()
 
-        parts = score_blocks(one, x.shape[0], run.cfg.eval.block_size or 100, world,
-                             progress=progress and world.is_main)
+        parts = score_blocks(one, x.shape[0], block, world, progress=progress and world.is_main)
     values = torch.cat(parts)
     return {"jang_bound": float(values.mean()),
             "jang_bound_stderr": float(values.std() / math.sqrt(values.numel())),
