@@ -316,6 +316,32 @@ def test_reproduce_resumes_and_the_blocks_give_the_uninterrupted_numbers(tmp_pat
     assert "| gumbel_softmax | gumbel |" in table([tmp_path])
 
 
+def test_paired_table_is_the_per_image_difference_of_two_variants(tmp_path):
+    """The paired Δ of two variants is the mean over the shared test images of the per-image
+    difference, so it equals the difference of the two rows' IS means (computed apart); a
+    variant scored on other images (another eval.limit) gets no paired row."""
+    from vaelab.reproduce import paired_table
+    from vaelab.run import load_run
+
+    sets = [*TINY, "recipe.ais.points=0", "recipe.bdmc.points=0"]
+    rows = reproduce("iwae_static", tmp_path, variants=["iwae_k1", "iwae_k5"], overrides=sets)
+    k1, k5 = (r["is"] for r in rows)
+    text = paired_table([tmp_path])
+    row = next(ln for ln in text.splitlines() if "| iwae_k5 − iwae_k1 |" in ln)
+    delta, se = (float(v) for v in row.split("|")[3].replace("(se)", "").split("±"))
+    assert delta == pytest.approx(k5["log_likelihood"] - k1["log_likelihood"], abs=0.005)
+    runs = [load_run(r["run_dir"]) for r in rows]
+    d = torch.cat([evaluate_in_blocks(run, run.cfg.eval, Path(r["run_dir"]) / "reproduce" / "is")
+                   .log_px.double()[None] for run, r in zip(runs, rows)])  # (2, 30)
+    assert se == pytest.approx(float((d[1] - d[0]).std() / math.sqrt(30)), abs=0.005)
+    assert row.rstrip(" |").endswith("30")
+    assert "dreg_k5" not in text  # not run: its pair has no row
+    other = tmp_path / "other"
+    reproduce("iwae_static", other, variants=["iwae_k1"], overrides=sets)
+    reproduce("iwae_static", other, variants=["iwae_k5"], overrides=[*sets, "eval.limit=20"])
+    assert paired_table([other]) == ""
+
+
 def test_reproduce_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["reproduce", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
