@@ -541,6 +541,13 @@ def table(folders: list[str | Path]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["recipe"], r["variant"]), []).append(r)
+    recipes = list(dict.fromkeys(name for name, _ in groups))  # as the folders give them
+
+    def order(key: tuple[str, str]) -> tuple[int, int]:  # then the recipe's variant order
+        variants = list(load_recipe(key[0]).variants)
+        return recipes.index(key[0]), variants.index(key[1]) if key[1] in variants else 99
+
+    groups = dict(sorted(groups.items(), key=lambda item: order(item[0])))
     lines = [
         "| recipe | variant | published | pythae | vaelab (IS log p(x), K = 5000) | test ELBO | "
         "AIS (1000 pts) | BDMC gap | budget paper / reached | wall | command |",
