@@ -3,7 +3,8 @@
 A recipe is a config shipped in ``vaelab/recipes/NAME.toml`` (so an installed wheel has it) that
 follows a published protocol, each setting naming its source (``../shared/PROTOCOLS.md``), plus a
 ``[recipe]`` table: the paper, its budget, the published numbers per variant, the variants (lists
-of ``--set`` overrides) and the AIS / BDMC settings of the evaluation.
+of ``--set`` overrides), the AIS / BDMC settings of the evaluation, and optionally the pairs of
+variants whose differences :func:`paired_table` takes image by image (``paired``).
 
 :func:`reproduce` trains every variant × seed into ``DIR/VARIANT/seedS`` (an ordinary run folder,
 resumed where it stopped, skipped when finished), then evaluates the best-validation checkpoint:
