@@ -94,8 +94,10 @@ def _entry(rank: int, size: int, port: int, fn, args) -> None:
     pyro.enable_validation(True)
     try:
         fn(rank, *args)
-    finally:
+    except BaseException:
         leave()
+        raise
+    leave(synchronize=True)
 
 
 def _spawn(fn, *args, nprocs: int = 2) -> None:
@@ -544,6 +546,37 @@ def test_reproduce_on_two_processes_gives_the_one_process_numbers_and_resumes(tm
     assert torch.equal(_blocks(eval_two / "is"), _blocks(eval_one / "is"))
     assert again["is"]["log_likelihood"] == iw_one["is"]["log_likelihood"]
     assert again["ais_vs_is"]["mean"] == iw_one["ais_vs_is"]["mean"]
+
+
+def _leave_worker(rank: int, log: Path, peer_gone: bool) -> None:
+    """Rank 1 arrives late (1.5 s), or is gone (``peer_gone``: it exits at once, without
+    leaving); each process records when it started and finished ``leave(synchronize=True)``."""
+    import time
+
+    from vaelab.inference.distributed import join
+
+    join(CPU)
+    if rank == 1:
+        if peer_gone:
+            os._exit(0)
+        time.sleep(1.5)
+    t0 = time.time()
+    leave(synchronize=True)
+    Path(f"{log}.{rank}").write_text(json.dumps([t0, time.time()]))
+
+
+@pytest.mark.slow
+def test_leaving_together_waits_for_the_late_process_and_not_for_a_gone_one(tmp_path):
+    """``leave(synchronize=True)`` (a successful command's exit): the process that is done
+    first does not tear the group down before the late one has arrived; a peer that has gone
+    (exited without leaving) does not hold it for the barrier's 60 s."""
+    log = tmp_path / "leave"
+    _spawn(_leave_worker, log, False)
+    (enter0, exit0), (enter1, _) = (json.loads(Path(f"{log}.{r}").read_text()) for r in (0, 1))
+    assert exit0 >= enter1 > enter0 + 1.0
+    _spawn(_leave_worker, tmp_path / "gone", True)
+    enter0, exit0 = json.loads(Path(f"{tmp_path / 'gone'}.0").read_text())
+    assert exit0 - enter0 < 30
 
 
 # --------------------------------------------------------------------------------------------

@@ -592,8 +592,11 @@ def main(argv: list[str] | None = None) -> int:
              RunFolderBusy)
     rank = os.environ.get("RANK", "0")  # torchrun's; the other ranks tag their lines
     prefix = f"vaelab {args.command}" + (f" [rank {rank}]" if rank != "0" else "")
+    done = False
     try:
-        return COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
+        done = True
+        return rc
     except Interrupted as err:
         held = (f"the run folder holds epoch {err.committed_epoch}" if err.committed_epoch
                 else "no epoch was committed, so nothing was kept")
@@ -622,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         distributed = sys.modules.get("vaelab.inference.distributed")
         if distributed is not None:
-            distributed.leave()
+            distributed.leave(synchronize=done)  # a torchrun job that succeeded leaves together
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -551,7 +551,7 @@ def table(folders: list[str | Path]) -> str:
     groups = dict(sorted(groups.items(), key=lambda item: order(item[0])))
     lines = [
         "| recipe | variant | published | pythae | vaelab (IS log p(x), K = 5000) | test ELBO | "
-        "AIS (1000 pts) | BDMC gap | budget paper / reached | wall | command |",
+        "AIS | BDMC gap | budget paper / reached | wall | command |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for (name, variant), rs in groups.items():
@@ -561,12 +561,14 @@ def table(folders: list[str | Path]) -> str:
         elbo = [r.get("is", {}).get("elbo") for r in rs]
         jang = [r["paper_metric"]["jang_bound"] for r in rs if "paper_metric" in r]
         main = _mean_sd(jang or elbo if metric == "elbo" else is_vals)
+        k = rs[0].get("is", {}).get("num_samples")
+        main += f", K = {k}" if k not in (None, 5000) else ""  # the header's K, else says so
         other = _mean_sd(elbo)
         if metric == "elbo":
             other = f"discrete ELBO {_mean_sd(elbo)}, IS {_mean_sd(is_vals)}"
         ais = [r["ais"]["log_likelihood"] for r in rs if "ais" in r]
-        ais_s = (f"{_mean_sd(ais)}, T = {rs[0]['ais']['steps']}, {rs[0]['ais']['chains']} chains"
-                 if ais else "n/a")
+        ais_s = (f"{_mean_sd(ais)} on {rs[0]['ais']['num_points']} points, T = "
+                 f"{rs[0]['ais']['steps']}, {rs[0]['ais']['chains']} chains" if ais else "n/a")
         paired = [r["ais_vs_is"] for r in rs if r.get("ais_vs_is", {}).get("num_points")]
         if len(paired) == 1:
             p = paired[0]

@@ -59,6 +59,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pyro
@@ -154,17 +155,30 @@ def join(device: torch.device) -> World:
     return world
 
 
-def leave() -> None:
+def leave(synchronize: bool = False) -> None:
     """Leave the process group, if this process joined one.
 
-    The garbage is collected first: a :class:`~torch.nn.parallel.DistributedDataParallel`
-    module left in a reference cycle (Pyro modules make them) keeps the gloo group, and the
-    group's threads, alive past ``destroy_process_group`` until the interpreter's own
-    finalization, where its destructor may abort the process (``terminate called without an
-    active exception``, SIGABRT, seen once in CI)."""
-    if dist.is_available() and dist.is_initialized():
-        gc.collect()
-        dist.destroy_process_group()
+    :param synchronize: first wait for the other processes at a barrier (for gloo
+        ``monitored_barrier``, 60 s at most), so that none tears its connections down while
+        another still uses them; for a process whose command succeeded. A barrier that fails
+        (a peer gone) is passed over: leaving goes on.
+
+    The garbage is collected first, so that no
+    :class:`~torch.nn.parallel.DistributedDataParallel` module left in a reference cycle
+    outlives the group into the interpreter's finalization.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    if synchronize:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except RuntimeError:  # a peer failed or is gone: nothing to wait for
+            pass
+    dist.destroy_process_group()
 
 
 def share(n: int, world: World) -> slice:
