@@ -247,9 +247,9 @@ def test_a_fresh_run_that_fails_before_its_first_commit_leaves_nothing(tiny_cfg_
                                                                        tmp_path, monkeypatch):
     import vaelab.inference.train as train_module
 
-    monkeypatch.setattr(train_module, "valid_elbo", lambda *a, **k: float("nan"))
+    monkeypatch.setattr(train_module, "validate", lambda *a, **k: {"valid_elbo": float("nan")})
     out = tmp_path / "run"
-    with pytest.raises(FloatingPointError, match="validation ELBO"):
+    with pytest.raises(FloatingPointError, match="validation score"):
         train(_cfg(tiny_cfg_overrides, _backends(*BACKENDS), "log.every_n_steps=1"), out)
     assert not out.exists()
 

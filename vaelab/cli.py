@@ -289,7 +289,9 @@ def _cmd_train(args) -> int:
         return 0
     report = write_report(run, metrics)
     log_results(run, metrics)  # [log]: the evaluation and the report's PNGs
-    print(f"best epoch {result.best_epoch}, valid ELBO {result.best_valid_elbo:.2f}; "
+    score = ("valid ELBO" if cfg.train.valid_particles == 1
+             else f"valid {cfg.train.valid_particles}-sample bound")
+    print(f"best epoch {result.best_epoch}, {score} {result.best_valid_elbo:.2f}; "
           f"report: {report}")
     return 0
 

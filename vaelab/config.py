@@ -203,6 +203,12 @@ class TrainConfig(_Section):
     pyro_validation: bool = False
     #: points of the validation split scored each epoch (``None``: all)
     valid_limit: int | None = Field(None, gt=0)
+    #: draws per validation point each epoch. 1: the score that picks the best checkpoint and
+    #: drives early stopping is the single-draw ELBO (``valid_elbo``). K > 1: it is the K-sample
+    #: importance-weighted bound (Burda et al. 2016), the bound an ``iwae`` or ``iwae_dreg`` run
+    #: with K particles maximises and whose single-draw ELBO falls as it trains
+    #: (``valid_bound``); ``valid_elbo`` is then the mean log weight of the same K draws
+    valid_particles: int = Field(1, gt=0)
     #: stop an epoch after this many steps (smoke runs); ``None``: full epochs
     max_steps_per_epoch: int | None = Field(None, gt=0)
     #: where training and evaluation run: ``cpu``, ``cuda`` or ``auto`` (CUDA when torch sees

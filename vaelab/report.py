@@ -119,6 +119,10 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [-r["train_loss"] for r in history], "o-", label="train ELBO")
     ax.plot(epochs, [r["valid_elbo"] for r in history], "s-", label="valid ELBO")
+    if any("valid_bound" in r for r in history):  # train.valid_particles > 1
+        ax.plot([r["epoch"] for r in history if "valid_bound" in r],
+                [r["valid_bound"] for r in history if "valid_bound" in r], "^-",
+                label="valid K-sample bound")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per data point")
     ax.grid(alpha=0.3)
@@ -127,6 +131,16 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _history_table(history: list[dict]) -> Table:
+    """One row per epoch; a column for the K-sample validation bound where the run has one."""
+    bound = any("valid_bound" in r for r in history)
+    header = ["epoch", "train loss", "valid ELBO"] + (["valid bound"] if bound else []) + ["s/epoch"]
+    rows = [[str(r["epoch"]), f"{r['train_loss']:.2f}", f"{r['valid_elbo']:.2f}"]
+            + ([_fmt(r.get("valid_bound"))] if bound else []) + [f"{r['epoch_time']:.1f}"]
+            for r in history]
+    return Table(header, rows, "r" * len(header))
 
 
 def _flatten(metrics: dict, prefix: str = "") -> dict:
@@ -388,9 +402,7 @@ def write_report(run, metrics: dict | None = None, n: int = 32, html: bool = Fal
         f"objective `{c.objective.name}` "
         f"(particles {c.objective.num_particles}), {len(history)} epochs of batch "
         f"{c.train.batch_size}, lr {c.train.lr}, seed {c.train.seed}.",
-        Table(["epoch", "train −ELBO", "valid ELBO", "s/epoch"],
-              [[str(r["epoch"]), f"{r['train_loss']:.2f}", f"{r['valid_elbo']:.2f}",
-                f"{r['epoch_time']:.1f}"] for r in history], "rrrr"),
+        _history_table(history),
     ]
     if metrics:
         blocks += ["## Evaluation", Table(["metric", "value"],

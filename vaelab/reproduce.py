@@ -368,8 +368,10 @@ def evaluate_run(recipe: Recipe, run_dir: Path, history: list[dict], *,
 
 
 def _budget_reached(cfg: RunConfig, history: list[dict]) -> dict:
+    from vaelab.inference.train import valid_score
+
     last = history[-1] if history else {"epoch": 0, "step": 0}
-    best = max(history, key=lambda r: r["valid_elbo"]) if history else None
+    best = max(history, key=valid_score) if history else None
     stopped = (cfg.train.patience > 0 and len(history) < cfg.train.epochs and best is not None
                and last["epoch"] - best["epoch"] >= cfg.train.patience)
     return {"epochs": last["epoch"], "steps": last["step"], "epochs_planned": cfg.train.epochs,

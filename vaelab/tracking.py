@@ -11,7 +11,7 @@ turns on one :class:`Tracker` per backend, each writing with its library's own w
   ``train/temperature`` (τ of relaxed latents) and ``train/lr`` of the step. The sum is kept
   as it comes (a float, or a detached tensor that stays on its device): nothing is converted
   between logging steps, so a GPU run pays no per-step host synchronisation for tracking;
-* after each committed epoch, ``epoch/train_loss``, ``epoch/valid_elbo``, ``epoch/epoch_time``
+* after each committed epoch, ``epoch/train_loss``, ``epoch/valid_elbo``, ``epoch/valid_bound`` (where the run has one), ``epoch/epoch_time``
   (the row of ``metrics.jsonl``) at the epoch's last step;
 * the resolved config flattened to dotted keys (``model.prior.name``) as hyperparameters
   (TensorBoard's HParams, MLflow params);
@@ -83,7 +83,7 @@ __all__ = [
 #: the file of the run folder naming its MLflow run
 RUN_ID_FILE = "mlflow_run_id"
 #: the columns of ``metrics.jsonl`` logged after each epoch, as ``epoch/KEY``
-EPOCH_KEYS = ("train_loss", "valid_elbo", "epoch_time")
+EPOCH_KEYS = ("train_loss", "valid_elbo", "valid_bound", "epoch_time")
 #: the scalars TensorBoard's HParams dashboard shows beside the hyperparameters
 HPARAM_METRICS = ("epoch/valid_elbo", "epoch/train_loss")
 

@@ -78,6 +78,13 @@ RESUMABLE_KEYS = ("train.epochs", "train.patience", "train.progress", "train.num
                   "train.device", "train.sync_every", "train.resident", "log.*")
 
 
+def valid_score(row: dict) -> float:
+    """The validation score of a metrics row that picks the best epoch and drives early
+    stopping: ``valid_bound`` where the run has one (``train.valid_particles`` > 1), else
+    ``valid_elbo``."""
+    return row.get("valid_bound", row["valid_elbo"])
+
+
 @dataclass
 class Progress:
     """Where a run stands: what a checkpoint restores besides parameters and RNG states."""
@@ -85,12 +92,14 @@ class Progress:
     epoch: int = 0  #: the next epoch to run (0-based)
     step: int = 0
     history: list[dict] = field(default_factory=list)
+    #: the best :func:`valid_score` so far (the checkpoints' key name, kept from when the
+    #: score was always the ELBO)
     best_valid_elbo: float = -math.inf
     best_epoch: int | None = None  #: 1-based
     stale_epochs: int = 0
 
     def should_stop(self, patience: int) -> bool:
-        """Early stopping: ``patience`` epochs without a better validation ELBO."""
+        """Early stopping: ``patience`` epochs without a better validation score."""
         return self.best_epoch is not None and patience > 0 and self.stale_epochs >= patience
 
     def record(self, row: dict, count_stale: bool = True) -> bool:
@@ -101,7 +110,7 @@ class Progress:
         """
         self.history.append(row)
         self.epoch, self.step = row["epoch"], row["step"]
-        valid = row["valid_elbo"]
+        valid = valid_score(row)
         improved = math.isfinite(valid) and valid > self.best_valid_elbo
         if improved or self.best_epoch is None:
             self.best_valid_elbo = valid if improved else self.best_valid_elbo
@@ -608,24 +617,39 @@ def train_epoch(vae: VAE, stepper: Stepper, x_train: torch.Tensor, pre: Preproce
 
 
 @torch.no_grad()
-def valid_elbo(vae: VAE, x_valid: torch.Tensor, cfg: RunConfig, device: torch.device,
-               parallel: DataParallel | None = None, epoch: int = 0) -> float:
-    """Single-draw ELBO per point on the validation points (hard latents for discrete models);
-    with ``parallel``, in blocks shared among the processes, block b seeded by (seed, ``epoch``,
-    b) (:meth:`DataParallel.blockwise`: the same number whatever the world size)."""
+def validate(vae: VAE, x_valid: torch.Tensor, cfg: RunConfig, device: torch.device,
+             parallel: DataParallel | None = None, epoch: int = 0) -> dict[str, float]:
+    r"""The validation scores of an epoch, means over the validation points (hard latents for
+    discrete models), from K = ``train.valid_particles`` draws
+    :math:`z_k \sim q_\phi(z \mid x)` per point with log weights
+    :math:`\log w_k = \log p_\theta(x, z_k) - \log q_\phi(z_k \mid x)`:
+
+    * ``valid_elbo``: :math:`\frac1K \sum_k \log w_k`, an unbiased ELBO estimate (K = 1: the
+      single-draw ELBO);
+    * with K > 1, ``valid_bound``: :math:`\log \frac1K \sum_k w_k`, the K-sample
+      importance-weighted bound (Burda et al. 2016, eq. 8).
+
+    With ``parallel``, in blocks shared among the processes, block b seeded by (seed,
+    ``epoch``, b) (:meth:`DataParallel.blockwise`: the same numbers whatever the world size).
+    """
     if x_valid.shape[0] == 0:
-        return float("nan")
+        return {"valid_elbo": float("nan")}
     vae.eval()
     model, guide = vae.eval_pair()
     batch_size = max(cfg.train.batch_size, 500)
+    K = cfg.train.valid_particles
 
-    def elbo(x: torch.Tensor) -> torch.Tensor:  # (b, D) -> (b,)
-        return estimate_marginal(model, guide, x, num_samples=1, batch_size=batch_size,
-                                 device=device).elbo
+    def scores(x: torch.Tensor) -> torch.Tensor:  # (b, D) -> (b, 2): ELBO, K-sample bound
+        est = estimate_marginal(model, guide, x, num_samples=K, batch_size=batch_size,
+                                device=device, diagnostics=False)
+        return torch.stack([est.elbo, est.log_px], dim=1)
 
-    values = elbo(x_valid) if parallel is None else parallel.blockwise(elbo, x_valid, batch_size,
-                                                                        epoch)
-    return float(values.mean())
+    values = (scores(x_valid) if parallel is None
+              else parallel.blockwise(scores, x_valid, batch_size, epoch)).mean(0)
+    row = {"valid_elbo": float(values[0])}
+    if K > 1:
+        row["valid_bound"] = float(values[1])
+    return row
 
 
 def save_epoch(out: Path, cfg: RunConfig, vae: VAE, stepper: Stepper, progress: Progress,
@@ -704,10 +728,10 @@ def train(
 
         while progress.epoch < tc.epochs and not progress.should_stop(tc.patience):
             row = train_epoch(vae, stepper, x_train, pre, cfg, progress, device, stop, tracking)
-            row["valid_elbo"] = valid_elbo(vae, x_valid, cfg, device, parallel, progress.epoch)
-            if not math.isfinite(row["valid_elbo"]):
+            row |= validate(vae, x_valid, cfg, device, parallel, progress.epoch)
+            if not math.isfinite(valid_score(row)):
                 raise NonFiniteLossError(
-                    f"non-finite validation ELBO ({row['valid_elbo']}) after epoch "
+                    f"non-finite validation score ({valid_score(row)}) after epoch "
                     f"{row['epoch']}; {_last_good(progress)}")
             stop.check(row["epoch"], row["step"], progress.epoch)
             in_warmup = row["epoch"] < tc.warmup_epochs
@@ -719,16 +743,23 @@ def train(
             tracking.epoch(row)
             if tc.progress and main:
                 tqdm.write(f"epoch {row['epoch']}: train -ELBO {row['train_loss']:.2f}, "
-                           f"valid ELBO {row['valid_elbo']:.2f}, {row['epoch_time']:.1f}s")
+                           f"valid ELBO {row['valid_elbo']:.2f}{_bound_text(row)}, "
+                           f"{row['epoch_time']:.1f}s")
     if parallel is not None:
         parallel.barrier()  # rank 0's last commit is on disk before any process reads it
     return TrainResult(out, cfg, vae, data, pre, progress.history, progress.best_epoch,
                        progress.best_valid_elbo)
 
 
-_ROW_KEYS = ("epoch", "step", "train_loss", "valid_elbo", "beta", "temperature", "epoch_time")
+_ROW_KEYS = ("epoch", "step", "train_loss", "valid_elbo", "valid_bound", "beta", "temperature",
+             "epoch_time")
 
 
 def _ordered(row: dict[str, Any]) -> dict[str, Any]:
-    """The metrics row in the column order of ``metrics.jsonl``."""
-    return {k: row[k] for k in _ROW_KEYS}
+    """The metrics row in the column order of ``metrics.jsonl`` (``valid_bound`` only where
+    ``train.valid_particles`` > 1)."""
+    return {k: row[k] for k in _ROW_KEYS if k in row}
+
+
+def _bound_text(row: dict[str, Any]) -> str:
+    return f", valid bound {row['valid_bound']:.2f}" if "valid_bound" in row else ""
