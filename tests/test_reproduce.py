@@ -258,6 +258,12 @@ def test_every_recipe_runs_end_to_end_on_a_tiny_budget(name, tmp_path):
     if continuous:
         _check_ais_minus_is(Path(result["run_dir"]), result["ais_vs_is"])
         assert "AIS − IS on the same" in row[0]
+    if name == "iwae_static":  # dreg_k50's best epoch is the one with the best 50-sample bound
+        metrics = Path(result["run_dir"]) / "metrics.jsonl"
+        epochs = [json.loads(line) for line in metrics.read_text().splitlines()]
+        best = max(epochs, key=lambda r: r["valid_bound"])["epoch"]
+        assert result["budget"]["best_epoch"] == best
+        assert f"best {best} by the 50-sample validation bound" in row[0]
 
 
 def _check_ais_minus_is(run_dir: Path, paired: dict) -> None:

@@ -376,6 +376,7 @@ def _budget_reached(cfg: RunConfig, history: list[dict]) -> dict:
                and last["epoch"] - best["epoch"] >= cfg.train.patience)
     return {"epochs": last["epoch"], "steps": last["step"], "epochs_planned": cfg.train.epochs,
             "best_epoch": None if best is None else best["epoch"],
+            "valid_particles": cfg.train.valid_particles,
             "early_stopped": stopped, "finished": stopped or last["epoch"] >= cfg.train.epochs,
             "train_wall_s": sum(r.get("epoch_time", 0.0) for r in history)}
 
@@ -515,6 +516,11 @@ def _paired_cell(diffs: list[torch.Tensor]) -> str:
     return f"{m:+.2f} ± {sd:.2f} ({len(means)} seeds)"
 
 
+def _picked_by(K: int) -> str:
+    """How the best epoch was picked, where it was not by the single-draw ELBO."""
+    return f" by the {K}-sample validation bound" if K > 1 else ""
+
+
 def _stage_seconds(stage: dict) -> float:
     """A stage's compute time: its blocks' own (over every restart) where all were timed, else
     the wall time of the process that finished it (a lower bound after a restart)."""
@@ -582,7 +588,8 @@ def table(folders: list[str | Path]) -> str:
         gap_s = (f"{_mean_sd(gaps)} ({rs[0]['bdmc']['num_points']} sim. pts)" if gaps else "n/a")
         b = rs[0]["budget"]
         reached = (f"{b['epochs']} / {b['epochs_planned']} epochs ({b['steps']} steps), best "
-                   f"{b['best_epoch']}" + (", early-stopped" if b["early_stopped"] else "")
+                   f"{b['best_epoch']}" + _picked_by(b.get("valid_particles", 1))
+                   + (", early-stopped" if b["early_stopped"] else "")
                    + ("" if b["finished"] else ", **unfinished**"))
         wall = sum(r["budget"]["train_wall_s"] + sum(_stage_seconds(r.get(k, {})) for k in
                                                      ("is", "paper_metric", "ais", "bdmc"))
