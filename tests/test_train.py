@@ -130,9 +130,17 @@ def test_the_best_epoch_follows_the_k_sample_bound_where_the_run_has_one():
 def test_validation_scores_against_ppca_closed_forms():
     """With a guide off the exact PPCA posterior (mean + 0.3, scale × 1.5): ``valid_elbo`` is
     the closed-form ELBO, log p(x) − KL(q ‖ p(z|x)), and ``valid_bound`` with K = 2000 is log
-    p(x) (its IS bias measured 0.001 nats); 400 points, tolerances ≥ 4 standard errors (measured)."""
-    from ppca import SIGMA, exact_log_px, exact_posterior, make_ppca, ppca_config, sample_ppca
-    from ppca import set_exact_posterior
+    p(x) (its IS bias measured 0.001 nats); 400 points, tolerances ≥ 4 standard errors
+    (measured)."""
+    from ppca import (
+        SIGMA,
+        exact_log_px,
+        exact_posterior,
+        make_ppca,
+        ppca_config,
+        sample_ppca,
+        set_exact_posterior,
+    )
 
     vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)
     set_exact_posterior(vae, W, b, SIGMA, loc_shift=0.3, scale_factor=1.5)

@@ -136,7 +136,8 @@ def plot_curves(history: list[dict], path: Path) -> Path:
 def _history_table(history: list[dict]) -> Table:
     """One row per epoch; a column for the K-sample validation bound where the run has one."""
     bound = any("valid_bound" in r for r in history)
-    header = ["epoch", "train loss", "valid ELBO"] + (["valid bound"] if bound else []) + ["s/epoch"]
+    header = (["epoch", "train loss", "valid ELBO"] + (["valid bound"] if bound else [])
+              + ["s/epoch"])
     rows = [[str(r["epoch"]), f"{r['train_loss']:.2f}", f"{r['valid_elbo']:.2f}"]
             + ([_fmt(r.get("valid_bound"))] if bound else []) + [f"{r['epoch_time']:.1f}"]
             for r in history]

@@ -11,8 +11,9 @@ turns on one :class:`Tracker` per backend, each writing with its library's own w
   ``train/temperature`` (τ of relaxed latents) and ``train/lr`` of the step. The sum is kept
   as it comes (a float, or a detached tensor that stays on its device): nothing is converted
   between logging steps, so a GPU run pays no per-step host synchronisation for tracking;
-* after each committed epoch, ``epoch/train_loss``, ``epoch/valid_elbo``, ``epoch/valid_bound`` (where the run has one), ``epoch/epoch_time``
-  (the row of ``metrics.jsonl``) at the epoch's last step;
+* after each committed epoch, ``epoch/train_loss``, ``epoch/valid_elbo``, ``epoch/valid_bound``
+  (where the run has one), ``epoch/epoch_time`` (the row of ``metrics.jsonl``) at the epoch's
+  last step;
 * the resolved config flattened to dotted keys (``model.prior.name``) as hyperparameters
   (TensorBoard's HParams, MLflow params);
 * after ``vaelab evaluate`` / ``train --evaluate`` (:meth:`Tracking.log_results`), the numbers
