@@ -326,7 +326,7 @@ def test_reproduce_resumes_and_the_blocks_give_the_uninterrupted_numbers(tmp_pat
     assert "| gumbel_softmax | gumbel |" in table([tmp_path])
 
 
-def test_paired_table_is_the_per_image_difference_of_two_variants(tmp_path):
+def test_paired_table_is_the_per_image_difference_of_two_variants(tmp_path, capsys):
     """The paired Δ of two variants is the mean over the shared test images of the per-image
     difference, so it equals the difference of the two rows' IS means (computed apart); a
     variant scored on other images (another eval.limit) gets no paired row."""
@@ -350,6 +350,9 @@ def test_paired_table_is_the_per_image_difference_of_two_variants(tmp_path):
     reproduce("iwae_static", other, variants=["iwae_k1"], overrides=sets)
     reproduce("iwae_static", other, variants=["iwae_k5"], overrides=[*sets, "eval.limit=20"])
     assert paired_table([other]) == ""
+    # the same variant and seed in two folders is not two seeds: refused, one line, exit 2
+    assert main(["reproduce", "--table", str(tmp_path), str(other)]) == 2
+    assert "two runs of iwae_static / iwae_k1, seed 0" in capsys.readouterr().err
 
 
 def test_reproduce_cli_errors_are_one_line(tmp_path, capsys):

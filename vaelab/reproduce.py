@@ -449,10 +449,17 @@ def _machine(world) -> str:
 def _results(folders: list[Path]) -> list[dict]:
     """Every ``result.json`` under the recipe folders, each with ``"_dir"``, the run folder it
     is in now (``run_dir`` says where it was run)."""
-    found = []
+    found, where = [], {}
     for folder in folders:
         for path in sorted(Path(folder).glob("*/seed*/reproduce/result.json")):
-            found.append({**json.loads(path.read_text()), "_dir": str(path.parent.parent)})
+            r = {**json.loads(path.read_text()), "_dir": str(path.parent.parent)}
+            key = (r["recipe"], r["variant"], r["seed"])
+            if key in where and where[key] != r["_dir"]:  # not a second seed: refuse to mix
+                raise ValueError(
+                    f"two runs of {key[0]} / {key[1]}, seed {key[2]}: {where[key]!r} and "
+                    f"{r['_dir']!r}; table the folders of one of them")
+            where[key] = r["_dir"]
+            found.append(r)
     return found
 
 
