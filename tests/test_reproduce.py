@@ -355,6 +355,23 @@ def test_paired_table_is_the_per_image_difference_of_two_variants(tmp_path, caps
     assert "two runs of iwae_static / iwae_k1, seed 0" in capsys.readouterr().err
 
 
+def test_paired_table_pairs_a_variant_with_another_recipes(tmp_path):
+    """The VampPrior recipe pairs its row with the standard-prior recipe's, image by image."""
+    from vaelab.reproduce import _other_variant, paired_table
+
+    sets = [*TINY, "recipe.ais.points=0", "recipe.bdmc.points=0"]
+    std = reproduce("vampprior_standard", tmp_path / "std", overrides=sets)[0]["is"]
+    vamp = reproduce("vampprior", tmp_path / "vamp", overrides=sets)[0]["is"]
+    text = paired_table([tmp_path / "std", tmp_path / "vamp"])
+    row = next(ln for ln in text.splitlines()
+               if "| vampprior | default − vampprior_standard/default |" in ln)
+    delta = float(row.split("|")[3].split("±")[0])
+    assert delta == pytest.approx(vamp["log_likelihood"] - std["log_likelihood"], abs=0.005)
+    assert paired_table([tmp_path / "vamp"]) == ""  # its reference not tabled: no row
+    assert _other_variant("vampprior_standard/default")
+    assert not _other_variant("vampprior_standard/k5") and not _other_variant("nope/default")
+
+
 def test_reproduce_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["reproduce", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

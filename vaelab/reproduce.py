@@ -4,7 +4,8 @@ A recipe is a config shipped in ``vaelab/recipes/NAME.toml`` (so an installed wh
 follows a published protocol, each setting naming its source (``../shared/PROTOCOLS.md``), plus a
 ``[recipe]`` table: the paper, its budget, the published numbers per variant, the variants (lists
 of ``--set`` overrides), the AIS / BDMC settings of the evaluation, and optionally the pairs of
-variants whose differences :func:`paired_table` takes image by image (``paired``).
+variants whose differences :func:`paired_table` takes image by image (``paired``; a reference
+``RECIPE/VARIANT`` names another recipe's variant, e.g. the VampPrior against the standard prior).
 
 :func:`reproduce` trains every variant × seed into ``DIR/VARIANT/seedS`` (an ordinary run folder,
 resumed where it stopped, skipped when finished), then evaluates the best-validation checkpoint:
@@ -137,10 +138,20 @@ def load_recipe(name: str) -> Recipe:
     if unknown:
         raise ConfigError(f"recipe {name!r}: unknown [recipe] keys {sorted(unknown)}")
     recipe = Recipe(name, meta, raw)
-    strays = {v for pair in meta.get("paired", []) for v in pair} - set(recipe.variants)
+    strays = {v for pair in meta.get("paired", []) for v in pair
+              if v not in recipe.variants and not _other_variant(v)}
     if strays:
         raise ConfigError(f"recipe {name!r}: [recipe] paired names no variant: {sorted(strays)}")
     return recipe
+
+
+def _other_variant(ref: str) -> bool:
+    """Whether ``ref`` is ``RECIPE/VARIANT``, a variant of a shipped recipe."""
+    other, _, variant = ref.partition("/")
+    if not variant or other not in recipe_names():
+        return False
+    text = (resources.files("vaelab") / "recipes" / f"{other}.toml").read_text()
+    return variant in tomllib.loads(text).get("recipe", {}).get("variants", {"default": []})
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,6 +502,7 @@ def paired_table(folders: list[str | Path]) -> str:
     rows = [r for r in _results([Path(f) for f in folders]) if "is" in r]
     lines = ["| recipe | variant − reference | Δ IS log p(x) (paired) | Δ test ELBO (paired) | "
              "test images |", "|---|---|---:|---:|---:|"]
+    every = {(r["recipe"], r["variant"], r["seed"]): r for r in rows}
     for name in dict.fromkeys(r["recipe"] for r in rows):
         recipe = load_recipe(name)
         order = list(recipe.variants)
@@ -498,10 +510,12 @@ def paired_table(folders: list[str | Path]) -> str:
         present = sorted({v for v, _ in runs}, key=lambda v: order.index(v) if v in order else 99)
         pairs = recipe.meta.get("paired") or [(v, present[0]) for v in present[1:]]
         for variant, ref in pairs:
+            ref_recipe, ref_variant = ref.split("/") if "/" in ref else (name, ref)
             per_seed = []
             for (v, seed), r in runs.items():
                 a = _is_points(r) if v == variant else None
-                b = _is_points(runs[ref, seed]) if a and (ref, seed) in runs else None
+                other = every.get((ref_recipe, ref_variant, seed))
+                b = _is_points(other) if a and other else None
                 if a and b and a[0] == b[0]:
                     per_seed.append([a[1] - b[1], a[2] - b[2]])  # (N,) each
             if not per_seed:
