@@ -131,8 +131,7 @@ def load_recipe(name: str) -> Recipe:
     """:raises ConfigError: no such recipe, or a malformed ``[recipe]`` table."""
     if name not in recipe_names():
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(recipe_names())}")
-    text = (resources.files("vaelab") / "recipes" / f"{name}.toml").read_text()
-    raw = tomllib.loads(text)
+    raw = _read_recipe(name)
     meta = raw.pop("recipe", {})
     unknown = set(meta) - _META_KEYS
     if unknown:
@@ -150,8 +149,12 @@ def _other_variant(ref: str) -> bool:
     other, _, variant = ref.partition("/")
     if not variant or other not in recipe_names():
         return False
-    text = (resources.files("vaelab") / "recipes" / f"{other}.toml").read_text()
-    return variant in tomllib.loads(text).get("recipe", {}).get("variants", {"default": []})
+    return variant in _read_recipe(other).get("recipe", {}).get("variants", {"default": []})
+
+
+def _read_recipe(name: str) -> dict[str, Any]:
+    """The TOML of shipped recipe ``name``, as written."""
+    return tomllib.loads((resources.files("vaelab") / "recipes" / f"{name}.toml").read_text())
 
 
 # --------------------------------------------------------------------------------------------
