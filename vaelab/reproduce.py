@@ -263,15 +263,16 @@ def _stage(path: Path, compute, world) -> dict:
     return out
 
 
-def _ais_minus_is(run, ec_is, ec_ais, folder: Path) -> dict:
+def _ais_minus_is(run, ec_is, ec_ais, folder: Path, ais_folder: Path | None = None) -> dict:
     """AIS minus IS log p̂(x), point by point on the test points both scored (read from their
-    blocks): both are stochastic lower bounds, so a positive mean says by how much IS with K
-    draws understates log p(x) on these points, at least."""
+    blocks, ``folder/is`` and ``ais_folder``, by default ``folder/ais``): both are stochastic
+    lower bounds, so a positive mean says by how much IS with K draws understates log p(x) on
+    these points, at least."""
     from vaelab.data.subsets import spread_indices
 
     n = getattr(run.data, ec_is.split).shape[0]
     is_est = evaluate_in_blocks(run, ec_is, folder / "is")
-    ais_est = evaluate_in_blocks(run, ec_ais, folder / "ais",
+    ais_est = evaluate_in_blocks(run, ec_ais, ais_folder or folder / "ais",
                                  block=ec_ais.block_size or AIS_BLOCK)
     at = {j: i for i, j in enumerate(spread_indices(n, ec_is.limit).tolist())}
     pairs = [(at[j], i) for i, j in enumerate(spread_indices(n, ec_ais.limit).tolist())
