@@ -120,11 +120,11 @@ class Clock:
 
 def vaelab_epochs(cfg, data, epochs: int, out: Path) -> tuple[list[dict], Clock]:
     clock = Clock()
-    patches = [(train_module.Stepper, "step"), (train_module, "valid_elbo"),
+    patches = [(train_module.Stepper, "step"), (train_module, "validate"),
                (train_module, "save_epoch")]
     originals = [getattr(obj, name) for obj, name in patches]
     train_module.Stepper.step = clock.wrap("step", originals[0])  # type: ignore[method-assign]
-    train_module.valid_elbo = clock.wrap("validation", originals[1])
+    train_module.validate = clock.wrap("validation", originals[1])
     train_module.save_epoch = clock.wrap("I/O", originals[2])
     t0 = time.perf_counter()
     try:
