@@ -56,6 +56,24 @@ SMOKE_EVAL = ["eval.num_samples=20", "eval.limit=20"]
 __all__ = ["Experiment", "parser", "arch", "ROOT", "SMOKE_EVAL"]
 
 
+def run_parser(doc: str, run_help: str) -> argparse.ArgumentParser:
+    """The options of a script that studies one trained run folder: ``--run``, ``--out`` and
+    ``--smoke`` (make a tiny run here instead)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--run", type=Path, help=run_help)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--smoke", action="store_true", help="a tiny run, made here: seconds")
+    return p
+
+
+def write_markdown(out: Path, name: str, lines: list[str]) -> str:
+    """Write ``lines`` as ``out/name`` (Markdown), print them, and return the text."""
+    text = "\n".join(lines) + "\n"
+    (out / name).write_text(text)
+    print(text)
+    return text
+
+
 def parser(doc: str, *, runs: str) -> argparse.ArgumentParser:
     """The arguments every comparison script takes; a script adds its own to the result.
 

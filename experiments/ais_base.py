@@ -14,12 +14,14 @@ blocks under ``RUN/reproduce/`` (``ais`` for the prior: the recipe's own stage, 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from vaelab.reproduce import AIS_BLOCK, _ais_minus_is, evaluate_in_blocks, reproduce
 from vaelab.run import eval_config, load_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runner import run_parser, write_markdown  # noqa: E402
 
 SMOKE = ["data.name=synthetic", "data.limit=300", "train.epochs=2",
          "train.max_steps_per_epoch=3", "train.valid_limit=50", "eval.limit=30",
@@ -27,14 +29,11 @@ SMOKE = ["data.name=synthetic", "data.limit=300", "train.epochs=2",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, help="a run folder that vaelab reproduce evaluated")
+    parser = run_parser(__doc__, "a run folder that vaelab reproduce evaluated")
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=500, help="T")
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--leapfrog", type=int, default=5)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--smoke", action="store_true", help="a tiny run, made here: seconds")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
@@ -68,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {base} | {mean:.2f} | {p['mean']:+.2f} ± {p['stderr']:.2f} | "
               f"{100 * p['frac_ais_higher']:.1f} % of {p['num_points']} | {ess:.2f} |"
               for base, mean, p, ess in rows]
-    text = "\n".join(lines) + "\n"
-    (args.out / "ais_base.md").write_text(text)
-    print(text)
+    write_markdown(args.out, "ais_base.md", lines)
     return 0
 
 

@@ -13,7 +13,6 @@ objectives.graph`) and with plain TraceGraph_ELBO (no baseline). Reported: the t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,6 +24,9 @@ from vaelab.inference.objectives.graph import BaselineTraceGraphELBO
 from vaelab.inference.train import train
 from vaelab.resolve import load_config
 from vaelab.run import load_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runner import run_parser, write_markdown  # noqa: E402
 
 SMOKE = ["data.name=synthetic", "model.latent={name='categorical', num_variables=3, "
          "num_classes=4}", "model.prior=categorical", "guide.family=categorical",
@@ -52,12 +54,9 @@ def encoder_gradients(run, objective, x: torch.Tensor, draws: int) -> torch.Tens
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, help="a trained run folder (objective 'graph')")
+    parser = run_parser(__doc__, "a trained run folder (objective 'graph')")
     parser.add_argument("--draws", type=int, default=40)
     parser.add_argument("--points", type=int, default=100)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--smoke", action="store_true", help="train a tiny run here: seconds")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
@@ -91,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---:|---:|---:|"]
     lines += [f"| {label} | {v:.4g} | {m:.4g} | {v / rows[1][1]:.1f} |" for label, v, m in rows]
     lines += ["", f"The baseline divides the variance by {ratio:.1f}."]
-    text = "\n".join(lines) + "\n"
-    (args.out / "score_function_variance.md").write_text(text)
-    print(text)
+    write_markdown(args.out, "score_function_variance.md", lines)
     return 0
 
 
