@@ -742,9 +742,7 @@ def train(
                 save_epoch(out, cfg, vae, stepper, progress, best_model, is_best)
             tracking.epoch(row)
             if tc.progress and main:
-                tqdm.write(f"epoch {row['epoch']}: train -ELBO {row['train_loss']:.2f}, "
-                           f"valid ELBO {row['valid_elbo']:.2f}{_bound_text(row)}, "
-                           f"{row['epoch_time']:.1f}s")
+                tqdm.write(_epoch_line(row))
     if parallel is not None:
         parallel.barrier()  # rank 0's last commit is on disk before any process reads it
     return TrainResult(out, cfg, vae, data, pre, progress.history, progress.best_epoch,
@@ -761,5 +759,8 @@ def _ordered(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in _ROW_KEYS if k in row}
 
 
-def _bound_text(row: dict[str, Any]) -> str:
-    return f", valid bound {row['valid_bound']:.2f}" if "valid_bound" in row else ""
+def _epoch_line(row: dict[str, Any]) -> str:
+    """The progress line of a finished epoch."""
+    bound = f", valid bound {row['valid_bound']:.2f}" if "valid_bound" in row else ""
+    return (f"epoch {row['epoch']}: train -ELBO {row['train_loss']:.2f}, valid ELBO "
+            f"{row['valid_elbo']:.2f}{bound}, {row['epoch_time']:.1f}s")
