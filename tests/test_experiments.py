@@ -40,8 +40,6 @@ def test_score_function_signal_parts_match_the_closed_form_kl_in_expectation():
     −KL(q‖p) in closed form (each of 8 images within 5 standard errors, estimated from the
     draws); the sum is the two parts' sum; the correlation helper equals torch.corrcoef per
     image."""
-    from types import SimpleNamespace
-
     import pyro.poutine as poutine
     import torch
 
@@ -56,7 +54,7 @@ def test_score_function_signal_parts_match_the_closed_form_kl_in_expectation():
         for p in vae.inference.parameters():
             p.mul_(4)  # sharpen q(z|x) away from the uniform prior
     x = torch.bernoulli(torch.full((8, 10), 0.5))
-    parts = module.signal_parts(SimpleNamespace(vae=vae), x, draws=2000)
+    parts = module.signal_parts(vae, x, draws=2000)
     rec, kl_part, total = parts.values()  # each (2000, 8)
     with torch.no_grad():
         guide = poutine.trace(vae.guide).get_trace(x)
