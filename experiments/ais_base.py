@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vaelab.reproduce import AIS_BLOCK, _ais_minus_is, evaluate_in_blocks, reproduce
+from vaelab.reproduce import AIS_BLOCK, ais_minus_is, evaluate_in_blocks, reproduce
 from vaelab.run import eval_config, load_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             f"eval.ais_chains={args.chains}", f"eval.ais_leapfrog={args.leapfrog}",
             f"eval.ais_base={base}", "eval.exact=false"])
         est = evaluate_in_blocks(run, ec, blocks, block=AIS_BLOCK, progress=True)
-        paired = _ais_minus_is(run, run.cfg.eval, ec, folder, blocks)
+        paired = ais_minus_is(run, run.cfg.eval, ec, folder, blocks)
         rows.append((base, float(est.log_px.mean()), paired, float(est.ess.mean())))
     lines = [f"# AIS from the prior and from the guide, against IS: {args.run}", "",
              f"AIS with T = {args.steps}, {args.chains} chains, {args.leapfrog} leapfrog steps, "

@@ -54,8 +54,8 @@ from vaelab.config import ConfigError, RunConfig
 from vaelab.inference.checkpoint import atomic_write_text, json_safe, read_metrics
 from vaelab.resolve import apply_overrides, parse_value, resolve
 
-__all__ = ["Recipe", "evaluate_in_blocks", "load_recipe", "paired_table", "recipe_names",
-           "reproduce", "table"]
+__all__ = ["Recipe", "ais_minus_is", "evaluate_in_blocks", "load_recipe", "paired_table",
+           "recipe_names", "reproduce", "table"]
 
 #: points per block of a resumable evaluation: IS, and AIS (slower per point), unless
 #: ``eval.block_size`` says
@@ -263,11 +263,19 @@ def _stage(path: Path, compute, world) -> dict:
     return out
 
 
-def _ais_minus_is(run, ec_is, ec_ais, folder: Path, ais_folder: Path | None = None) -> dict:
-    """AIS minus IS log p̂(x), point by point on the test points both scored (read from their
-    blocks, ``folder/is`` and ``ais_folder``, by default ``folder/ais``): both are stochastic
-    lower bounds, so a positive mean says by how much IS with K draws understates log p(x) on
-    these points, at least."""
+def ais_minus_is(run, ec_is, ec_ais, folder: Path, ais_folder: Path | None = None) -> dict:
+    r"""AIS minus IS log p̂(x), point by point on the test points both scored (read from their
+    blocks, ``folder/is`` and ``ais_folder``, by default ``folder/ais``):
+
+    .. math:: d_i = \log \hat p_{\mathrm{AIS}}(x_i) - \log \hat p_{\mathrm{IS},K}(x_i),
+              \qquad \bar d \pm \mathrm{sd}(d) / \sqrt{m}
+
+    over the m points both scored. Both are stochastic lower bounds (in expectation), so a
+    positive mean says by how much IS with K draws understates log p(x) on these points, at
+    least (Wu et al. 2017, *On the quantitative analysis of decoder-based generative models*).
+
+    :returns: ``mean``, ``stderr``, ``frac_ais_higher`` and ``num_points`` (only
+        ``num_points = 0`` when no point was scored by both)."""
     from vaelab.data.subsets import spread_indices
 
     n = getattr(run.data, ec_is.split).shape[0]
@@ -373,7 +381,7 @@ def evaluate_run(recipe: Recipe, run_dir: Path, history: list[dict], *,
 
         out["ais"] = _stage(folder / "ais.json", ais_stage, world)
         out["ais_vs_is"] = _stage(folder / "ais_vs_is.json",
-                                  lambda: _ais_minus_is(run, ec, ec_ais, folder), world)
+                                  lambda: ais_minus_is(run, ec, ec_ais, folder), world)
     if run.vae.latent.continuous and bd and bd.get("points"):
         out["bdmc"] = _stage(folder / "bdmc.json", lambda: _bdmc(run, bd, ec.seed), world)
     return out
