@@ -17,7 +17,14 @@ import torch
 from vaelab.cli import main
 from vaelab.config import ConfigError, TrainConfig
 from vaelab.inference.train import Progress, Stepper, iwae_stage, kl_weight, learning_rate
-from vaelab.reproduce import evaluate_in_blocks, load_recipe, recipe_names, reproduce, table
+from vaelab.reproduce import (
+    chart_rows,
+    evaluate_in_blocks,
+    load_recipe,
+    recipe_names,
+    reproduce,
+    table,
+)
 from vaelab.resolve import resolve
 
 PROTOCOLS = Path(__file__).resolve().parents[2] / "shared" / "PROTOCOLS.md"
@@ -258,6 +265,12 @@ def test_every_recipe_runs_end_to_end_on_a_tiny_budget(name, tmp_path):
     if continuous:
         _check_ais_minus_is(Path(result["run_dir"]), result["ais_vs_is"])
         assert "AIS − IS on the same" in row[0]
+        [chart] = chart_rows([out])  # one seed: IS ± its standard error over the images
+        assert (chart["value"], chart["err"]) == (result["is"]["log_likelihood"],
+                                                  result["is"]["log_likelihood_stderr"])
+        assert chart["ais_minus_is"] == (result["ais_vs_is"]["mean"],
+                                         result["ais_vs_is"]["stderr"])
+        assert chart["bdmc_gap"] == (result["bdmc"]["gap"], result["bdmc"]["gap_stderr"])
     if name == "iwae_static":  # dreg_k50's best epoch is the one with the best 50-sample bound
         metrics = Path(result["run_dir"]) / "metrics.jsonl"
         epochs = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -353,6 +366,30 @@ def test_paired_table_is_the_per_image_difference_of_two_variants(tmp_path, caps
     # the same variant and seed in two folders is not two seeds: refused, one line, exit 2
     assert main(["reproduce", "--table", str(tmp_path), str(other)]) == 2
     assert "two runs of iwae_static / iwae_k1, seed 0" in capsys.readouterr().err
+
+
+def test_chart_is_the_table_of_seeds_and_is_drawn(tmp_path, capsys):
+    """The chart's row is the table's: the relaxed Gumbel row's headline is Jang's bound, as
+    the mean of its 2 seeds ± the sd of the two values (the table's cell); ``--table --plot``
+    writes the PNG, and ``--plot`` without ``--table`` is refused in one line (exit 2)."""
+    import statistics
+
+    sets = [*TINY, "eval.limit=20"]
+    rows = reproduce("gumbel_softmax", tmp_path, variants=["gumbel"], seeds=2, overrides=sets)
+    jang = [r["paper_metric"]["jang_bound"] for r in rows]
+    assert len(set(jang)) == 2  # two trainings, two values
+    [chart] = chart_rows([tmp_path])
+    assert (chart["metric"], chart["seeds"], chart["published"]) == ("Jang bound", 2, -101.5)
+    assert chart["value"] == pytest.approx(statistics.mean(jang), rel=1e-12)
+    assert chart["err"] == pytest.approx(statistics.stdev(jang), rel=1e-12)
+    assert chart["ais_minus_is"] is None and chart["bdmc_gap"] is None  # discrete: not run
+    png = tmp_path / "chart.png"
+    assert main(["reproduce", "--table", str(tmp_path), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cell = f"Jang bound {statistics.mean(jang):.2f} ± {statistics.stdev(jang):.2f} (2 seeds)"
+    assert cell in capsys.readouterr().out
+    assert main(["reproduce", "--plot", str(png)]) == 2
+    assert "--plot PATH goes with --table" in capsys.readouterr().err
 
 
 def test_paired_table_pairs_a_variant_with_another_recipes(tmp_path):

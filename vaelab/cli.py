@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-only", action="store_true", help="train, do not evaluate")
     p.add_argument("--table", nargs="+", metavar="DIR", default=None,
                    help="print the table gathered from recipe folders DIR... and exit")
+    p.add_argument("--plot", default=None, metavar="PATH",
+                   help="with --table: also draw it as a chart (PNG) at PATH")
     p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes")
     p.add_argument("--no-progress", action="store_true")
     _add_sweep_compare(sub)
@@ -525,8 +527,14 @@ def _cmd_reproduce(args) -> int:
             r = rp.load_recipe(name)
             print(f"{name}: {r.meta.get('paper', '')}; variants: {', '.join(r.variants)}")
         return 0
+    if args.plot and not args.table:
+        raise ValueError("--plot PATH goes with --table DIR...")
     if args.table:
         print(rp.table(args.table), end="")
+        if args.plot:
+            from vaelab.plots import save_reproduce_chart
+
+            print(f"chart: {save_reproduce_chart(args.plot, rp.chart_rows(args.table))}")
         return 0
     if args.recipe is None or args.out is None:
         raise ValueError("give a recipe and --out DIR (or --list-recipes, --table DIR...)")

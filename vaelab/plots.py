@@ -22,6 +22,7 @@ __all__ = [
     "save_convergence_plot",
     "save_embedding",
     "save_kl_bars",
+    "save_reproduce_chart",
     "save_traversal_grid",
     "save_traversal_lines",
     "save_usage_heatmap",
@@ -224,4 +225,62 @@ def save_usage_heatmap(path, aggregate, classes_used=None, title: str = "") -> P
             for n in range(N)]
     ax.set_yticks(range(N), rows, fontsize=7)
     ax.set_title(title or "class usage")
+    return _save(fig, path)
+
+
+def save_reproduce_chart(path, rows: list[dict], title: str = "") -> Path:
+    """The reproducibility table as a chart, one line per row (from
+    :func:`vaelab.reproduce.chart_rows`). Left: how far each row is from its published figure,
+    vaelab − published in its headline metric (IS log p(x), or the paper's metric) ± its error
+    bar, with pythae's rerun − published beside it and the goal's ±0.5-nat band shaded; a row
+    with no published figure shows its value as text. Right: how tight the number is, from the
+    other side: AIS − IS paired on the same test images, and the BDMC gap on simulated data,
+    each ± its standard error (blank for the discrete-latent rows, which have neither).
+
+    :param rows: dicts with ``label``, ``metric``, ``value``, ``err``, ``seeds``, ``reached``,
+        ``published``, ``pythae``, ``ais_minus_is`` and ``bdmc_gap``.
+    :raises ValueError: when ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("no evaluated rows to chart")
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 0.42 * len(rows) + 1.6), sharey=True,
+                                 gridspec_kw={"width_ratios": [2, 1]})
+    ax.axvspan(-0.5, 0.5, color="0.9", label="±0.5 nats (the goal)")
+    ax.axvline(0.0, c="0.5", lw=1)
+
+    def once(axis, name: str) -> str | None:  # a legend entry the first time only
+        return name if name not in axis.get_legend_handles_labels()[1] else None
+
+    for i, r in enumerate(rows):
+        if r["published"] is None:
+            ax.text(0.0, i, f"no published figure; vaelab {r['value']:.2f}", ha="center",
+                    va="center", fontsize=8, color="0.3")
+            continue
+        ax.errorbar(r["value"] - r["published"], i, xerr=r["err"], fmt="o", c="k", ms=5,
+                    capsize=3, label=once(ax, "vaelab − published"))
+        if r["pythae"] is not None:
+            ax.plot(r["pythae"] - r["published"], i, "+", c="tab:blue", ms=10, mew=2,
+                    label=once(ax, "pythae's rerun − published"))
+    for i, r in enumerate(rows):
+        for key, dy, marker, colour, name in (
+                ("ais_minus_is", -0.12, "^", "tab:green", "AIS − IS (paired)"),
+                ("bdmc_gap", 0.12, "s", "tab:purple", "BDMC gap (simulated)")):
+            if r[key] is not None:
+                bx.errorbar(r[key][0], i + dy, xerr=r[key][1], fmt=marker, c=colour, ms=5,
+                            capsize=3, label=once(bx, name))
+    ax.set_yticks(np.arange(len(rows)), [
+        f"{r['label']} ({r['metric']}; {r['seeds']} seed{'s' if r['seeds'] > 1 else ''}; "
+        f"{r['reached']})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("nats per test image: vaelab − published (right of 0: vaelab is better)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(title or "vaelab against the published figures", fontsize=10)
+    bx.axvline(0.0, c="0.5", lw=1)
+    bx.set_xlabel("nats")
+    bx.set_title("how tight: AIS − IS, BDMC gap", fontsize=10)
+    if bx.get_legend_handles_labels()[0]:
+        bx.legend(fontsize=8, loc="best")
+    bx.grid(alpha=0.3, axis="x")
     return _save(fig, path)

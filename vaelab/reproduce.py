@@ -54,8 +54,8 @@ from vaelab.config import ConfigError, RunConfig
 from vaelab.inference.checkpoint import atomic_write_text, json_safe, read_metrics
 from vaelab.resolve import apply_overrides, parse_value, resolve
 
-__all__ = ["Recipe", "ais_minus_is", "evaluate_in_blocks", "load_recipe", "paired_table",
-           "recipe_names", "reproduce", "table"]
+__all__ = ["Recipe", "ais_minus_is", "chart_rows", "evaluate_in_blocks", "load_recipe",
+           "paired_table", "recipe_names", "reproduce", "table"]
 
 #: points per block of a resumable evaluation: IS, and AIS (slower per point), unless
 #: ``eval.block_size`` says
@@ -577,19 +577,40 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}"
 
 
-def table(folders: list[str | Path]) -> str:
-    """The reproducibility table over the recipe folders ``folders`` (Markdown)."""
-    rows = _results([Path(f) for f in folders])
+def _grouped(folders: list[str | Path]) -> dict[tuple[str, str], list[dict]]:
+    """The evaluated runs under ``folders`` by (recipe, variant), one entry per seed: recipes in
+    the order the folders give them, then each recipe's variant order."""
     groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
+    for r in _results([Path(f) for f in folders]):
         groups.setdefault((r["recipe"], r["variant"]), []).append(r)
-    recipes = list(dict.fromkeys(name for name, _ in groups))  # as the folders give them
+    recipes = list(dict.fromkeys(name for name, _ in groups))
 
-    def order(key: tuple[str, str]) -> tuple[int, int]:  # then the recipe's variant order
+    def order(key: tuple[str, str]) -> tuple[int, int]:
         variants = list(load_recipe(key[0]).variants)
         return recipes.index(key[0]), variants.index(key[1]) if key[1] in variants else 99
 
-    groups = dict(sorted(groups.items(), key=lambda item: order(item[0])))
+    return dict(sorted(groups.items(), key=lambda item: order(item[0])))
+
+
+def _headline(recipe: Recipe, rs: list[dict]) -> tuple[str, list[float], list[float]]:
+    """A row's headline metric, the one its published figure is: its name, and per seed its
+    value and standard error over the test images. IS log p(x) (K = 5000) unless the recipe's
+    ``metric`` is ``elbo``: then Jang et al.'s bound where it was computed (the relaxed Gumbel
+    rows), else the test ELBO."""
+    if recipe.meta.get("metric", "log_likelihood") != "elbo":
+        runs = [r["is"] for r in rs if "is" in r]
+        return "", [s["log_likelihood"] for s in runs], [s["log_likelihood_stderr"] for s in runs]
+    jang = [r["paper_metric"] for r in rs if "paper_metric" in r]
+    if jang:
+        return "Jang bound ", [s["jang_bound"] for s in jang], [s["jang_bound_stderr"]
+                                                                  for s in jang]
+    runs = [r["is"] for r in rs if "is" in r]
+    return "test ELBO ", [s["elbo"] for s in runs], [s["elbo_stderr"] for s in runs]
+
+
+def table(folders: list[str | Path]) -> str:
+    """The reproducibility table over the recipe folders ``folders`` (Markdown)."""
+    groups = _grouped(folders)
     lines = [
         "| recipe | variant | published | pythae | vaelab (IS log p(x), K = 5000) | test ELBO | "
         "AIS | BDMC gap | budget paper / reached | wall | command |",
@@ -600,8 +621,8 @@ def table(folders: list[str | Path]) -> str:
         metric = recipe.meta.get("metric", "log_likelihood")
         is_vals = [r.get("is", {}).get("log_likelihood") for r in rs]
         elbo = [r.get("is", {}).get("elbo") for r in rs]
-        jang = [r["paper_metric"]["jang_bound"] for r in rs if "paper_metric" in r]
-        main = _mean_sd(jang or elbo if metric == "elbo" else is_vals)
+        label, values, _ = _headline(recipe, rs)
+        main = _mean_sd(values)
         k = rs[0].get("is", {}).get("num_samples")
         main += f", K = {k}" if k not in (None, 5000) else ""  # the header's K, else says so
         other = _mean_sd(elbo)
@@ -627,7 +648,7 @@ def table(folders: list[str | Path]) -> str:
         wall = sum(r["budget"]["train_wall_s"] + sum(_stage_seconds(r.get(k, {})) for k in
                                                      ("is", "paper_metric", "ais", "bdmc"))
                    for r in rs) / 3600
-        cols = (("Jang bound " if jang else "test ELBO ") if metric == "elbo" else "") + main
+        cols = label + main
         extra = other
         sets = "".join(f" --set '{o}'" for o in rs[0].get("overrides", []))
         lines.append(
@@ -647,3 +668,31 @@ def parse_overrides(values: list[str]) -> list[str]:
             raise ConfigError(f"--set expects KEY=VALUE, got {v!r}")
         parse_value(v.split("=", 1)[1])
     return list(values)
+
+
+def chart_rows(folders: list[str | Path]) -> list[dict]:
+    """The table's rows as numbers, for :func:`vaelab.plots.save_reproduce_chart`: per (recipe,
+    variant), ``label``, ``metric`` (the headline's name), ``value`` and ``err`` (its mean over
+    seeds, ± the sd of the seeds' values; with one seed, ± its standard error over the test
+    images), ``seeds``, ``reached`` (the epochs trained), ``published`` and ``pythae`` (None
+    where there is none), ``ais_minus_is`` and ``bdmc_gap`` (mean and standard error, of the
+    first seed, or None where not run)."""
+    out = []
+    for (name, variant), rs in _grouped(folders).items():
+        recipe = load_recipe(name)
+        label, values, stderrs = _headline(recipe, rs)
+        if not values:
+            continue
+        m = sum(values) / len(values)
+        err = (stderrs[0] if len(values) == 1 else
+               math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)))
+        paired, bdmc, b = rs[0].get("ais_vs_is", {}), rs[0].get("bdmc"), rs[0]["budget"]
+        out.append({
+            "label": f"{name} / {variant}", "metric": label.strip() or "IS log p(x)",
+            "value": m, "err": err, "seeds": len(values),
+            "reached": f"{b['epochs']} epochs" + (", early-stopped" if b["early_stopped"] else ""),
+            "published": recipe.published(variant), "pythae": recipe.pythae(variant),
+            "ais_minus_is": ((paired["mean"], paired["stderr"])
+                             if paired.get("num_points") else None),
+            "bdmc_gap": (bdmc["gap"], bdmc["gap_stderr"]) if bdmc else None})
+    return out
