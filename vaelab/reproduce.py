@@ -538,15 +538,20 @@ def paired_table(folders: list[str | Path]) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def _across_seeds(values: list[float], stderrs: list[float]) -> tuple[float, float]:
+    """A figure over seeds: with one seed, its value ± its own standard error (over the
+    images); with several, the mean of the seeds' values ± their sample standard deviation."""
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return m, stderrs[0]
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
 def _paired_cell(diffs: list[torch.Tensor]) -> str:
     """One seed: mean ± standard error over the images; several: mean ± sd of the seeds' means."""
-    if len(diffs) == 1:
-        d = diffs[0]
-        return f"{float(d.mean()):+.2f} ± {float(d.std() / math.sqrt(d.numel())):.2f} (se)"
-    means = [float(d.mean()) for d in diffs]
-    m = sum(means) / len(means)
-    sd = math.sqrt(sum((x - m) ** 2 for x in means) / (len(means) - 1))
-    return f"{m:+.2f} ± {sd:.2f} ({len(means)} seeds)"
+    m, err = _across_seeds([float(d.mean()) for d in diffs],
+                           [float(d.std() / math.sqrt(d.numel())) for d in diffs])
+    return f"{m:+.2f} ± {err:.2f} " + ("(se)" if len(diffs) == 1 else f"({len(diffs)} seeds)")
 
 
 def _picked_by(K: int) -> str:
@@ -566,10 +571,9 @@ def _mean_sd(values: list[float]) -> str:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return "n/a"
-    m = sum(values) / len(values)
     if len(values) == 1:
-        return f"{m:.2f} (1 seed)"
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+        return f"{values[0]:.2f} (1 seed)"
+    m, sd = _across_seeds(values, [])
     return f"{m:.2f} ± {sd:.2f} ({len(values)} seeds)"
 
 
@@ -675,24 +679,24 @@ def chart_rows(folders: list[str | Path]) -> list[dict]:
     variant), ``label``, ``metric`` (the headline's name), ``value`` and ``err`` (its mean over
     seeds, ± the sd of the seeds' values; with one seed, ± its standard error over the test
     images), ``seeds``, ``reached`` (the epochs trained), ``published`` and ``pythae`` (None
-    where there is none), ``ais_minus_is`` and ``bdmc_gap`` (mean and standard error, of the
-    first seed, or None where not run)."""
+    where there is none), ``ais_minus_is`` and ``bdmc_gap`` (over seeds the same way, or None
+    where not run)."""
     out = []
     for (name, variant), rs in _grouped(folders).items():
         recipe = load_recipe(name)
         label, values, stderrs = _headline(recipe, rs)
         if not values:
             continue
-        m = sum(values) / len(values)
-        err = (stderrs[0] if len(values) == 1 else
-               math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)))
-        paired, bdmc, b = rs[0].get("ais_vs_is", {}), rs[0].get("bdmc"), rs[0]["budget"]
+        paired = [r["ais_vs_is"] for r in rs if r.get("ais_vs_is", {}).get("num_points")]
+        bdmc = [r["bdmc"] for r in rs if "bdmc" in r]
+        b = rs[0]["budget"]
         out.append({
             "label": f"{name} / {variant}", "metric": label.strip() or "IS log p(x)",
-            "value": m, "err": err, "seeds": len(values),
+            **dict(zip(("value", "err"), _across_seeds(values, stderrs))), "seeds": len(values),
             "reached": f"{b['epochs']} epochs" + (", early-stopped" if b["early_stopped"] else ""),
             "published": recipe.published(variant), "pythae": recipe.pythae(variant),
-            "ais_minus_is": ((paired["mean"], paired["stderr"])
-                             if paired.get("num_points") else None),
-            "bdmc_gap": (bdmc["gap"], bdmc["gap_stderr"]) if bdmc else None})
+            "ais_minus_is": (_across_seeds([p["mean"] for p in paired],
+                                           [p["stderr"] for p in paired]) if paired else None),
+            "bdmc_gap": (_across_seeds([g["gap"] for g in bdmc], [g["gap_stderr"] for g in bdmc])
+                         if bdmc else None)})
     return out
