@@ -4,7 +4,7 @@ Network 784-300-300-40 (ReLU), Bernoulli likelihood, standard normal prior, glob
 Adam 1e-3, statically binarized MNIST (a synthetic set with ``--smoke``). Every configuration
 is ``torchrun --standalone --nproc_per_node=R -m vaelab train`` with ``OMP_NUM_THREADS=T`` and
 ``train.num_threads=T``, ``train.per_point_noise = true`` (so every configuration computes the
-same thing: vaelab.inference.distributed), for ``--epochs`` epochs of ``--steps`` steps; the
+same thing: vaelab.runs.data_parallel), for ``--epochs`` epochs of ``--steps`` steps; the
 figure is the median over the epochs after the first (start-up) of points / ``epoch_time``
 (the training steps, batching and per-point draws; validation and the commit excluded). The
 1-process default path (``per_point_noise = auto``: the JIT where it applies, one generator per

@@ -8,7 +8,7 @@ statically binarized MNIST (50,000 training images; a synthetic set with ``--smo
   function registering their networks with ``pyro.module``, ``pyro.plate``, ``SVI`` with
   ``pyro.optim.Adam`` and ``Trace_ELBO``), re-implemented here on the same data and network, no
   vaelab code; the loss of every step is read back, as that example does.
-* **vaelab**: ``vaelab.inference.train.train`` with its defaults (``objective.jit = "auto"``,
+* **vaelab**: ``vaelab.runs.train.train`` with its defaults (``objective.jit = "auto"``,
   ``train.flush_denormal = true``), validation on 2000 points and a checkpoint commit every
   epoch — the whole epoch is timed, and split into step, data (batching, preprocessing, the
   progress bar), validation and I/O (the commit).
@@ -37,7 +37,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
-import vaelab.inference.train as train_module
+import vaelab.runs.train as train_module
 from vaelab.data import load_dataset
 from vaelab.resolve import load_config
 

@@ -8,7 +8,7 @@ Four measurements, each against a reference taken in the same run, on ``--device
     every 50 steps (``benchmarks/train_step.py``'s ``PlainVAE``); paired rounds, median ms/step;
 (b) **epochs/s** of the 784-300-300-40 VAE (batch 100, 50,000 images: binarized MNIST if
     ``VAELAB_DATA`` has it, else random binary images of its size), the data resident on the
-    device, with ``vaelab.inference.train.train``: the training steps of an epoch
+    device, with ``vaelab.runs.train.train``: the training steps of an epoch
     (``epoch_time``) and the whole epoch with validation on 1000 points and the commit, for
     ``sync_every`` = 50 and = 1 (a host synchronisation every step);
 (c) **IS points/s** at K = 5000 for the 784-400-20 VAE (``estimate_marginal``, 1 GiB particle
@@ -44,7 +44,7 @@ from train_step import FULL, SMOKE, PlainVAE, Sizes, objective_step  # noqa: E40
 from vaelab.data import DataSplits, load_dataset  # noqa: E402
 from vaelab.inference.marginal import chunk_size_for, estimate_marginal  # noqa: E402
 from vaelab.resolve import load_config  # noqa: E402
-from vaelab.run import bytes_per_particle  # noqa: E402
+from vaelab.runs.run import bytes_per_particle  # noqa: E402
 
 EPOCH_CONFIG = ["data.name=binarized_mnist", "model.latent_dim=40",
                 "model.hidden_sizes=[300, 300]", "train.batch_size=100", "train.lr=1e-3",
@@ -138,7 +138,7 @@ def epoch_data(n: int, dim: int, smoke: bool) -> tuple[DataSplits | None, str]:
 
 
 def epoch_rows(args, device: torch.device) -> tuple[list[tuple[str, float, float]], str]:
-    from vaelab.inference.train import train
+    from vaelab.runs.train import train
 
     data, source = epoch_data(50_000, 784, args.smoke)
     base = [*(EPOCH_SMOKE if args.smoke else EPOCH_CONFIG), f"train.device={device.type}",

@@ -47,7 +47,7 @@ from vaelab.data.subsets import spread_indices
 from vaelab.inference.fused import fused_log_weights
 from vaelab.inference.marginal import cache_rows, chunk_size_for, estimate_marginal
 from vaelab.resolve import load_config
-from vaelab.run import bytes_per_particle
+from vaelab.runs.run import bytes_per_particle
 from vaelab.vae import build_vae
 
 

@@ -75,7 +75,7 @@ def make_vaelab(s: Sizes, driver: str, jit: str = "auto"):
         svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), loss=objective)
         return lambda x: svi.step(x, 1.0, None)
     params = list(vae.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # as vaelab.inference.train does
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # as vaelab.runs.train does
 
     def step(x):
         loss = objective.loss_and_grads(vae.model, vae.guide, x, 1.0, None)
@@ -114,7 +114,7 @@ def objective_step(s: Sizes, overrides: list[str], device: str | torch.device = 
     """One training step of the default path (jit auto, torch driver) for ``overrides``, the
     VAE on ``device``."""
     from vaelab.data import DataSplits, Preprocessor
-    from vaelab.inference.train import Stepper, choose_objective
+    from vaelab.runs.train import Stepper, choose_objective
 
     cfg = load_config(None, [f"model.latent_dim={s.Z}", f"model.hidden_sizes=[{s.H}]",
                              "data.name=synthetic", f"train.batch_size={s.B}", *overrides])

@@ -38,7 +38,7 @@ import pyro
 import torch
 
 from vaelab import build_vae, evaluate, load_config, train
-from vaelab.run import eval_config
+from vaelab.runs.run import eval_config
 
 torch.set_num_threads(1)  # tiny networks: one thread is fastest
 OUT = Path(tempfile.mkdtemp(prefix="vaelab-tutorial-"))  # every run folder goes in here

@@ -9,8 +9,8 @@ share lives here once:
 * **a run folder per variant** (:meth:`Experiment.train`): trained from scratch, or with
   ``--reuse`` resumed from ``checkpoints/last.pt`` when it did not finish and reused as it is when
   it did; the trained VAE is handed to scoring without a rebuild
-  (:meth:`vaelab.inference.train.TrainResult.run`);
-* **one scoring path** (:meth:`Experiment.score`): :func:`vaelab.run.evaluate` with an
+  (:meth:`vaelab.runs.train.TrainResult.run`);
+* **one scoring path** (:meth:`Experiment.score`): :func:`vaelab.runs.run.evaluate` with an
   :class:`~vaelab.config.EvalConfig` (:meth:`Experiment.eval_config`), so every table scores the
   same ``eval.limit`` points spread evenly over the split
   (:func:`vaelab.data.subsets.spread_indices`, the one subset rule);
@@ -27,7 +27,7 @@ Example::
             if args.table_only:
                 return exp.rewrite(table)  # table(rows, saved) -> Markdown lines
             run = exp.train("vamp", exp.config(CONFIG, ["model.prior=vamp"], smoke=SMOKE))
-            est = exp.score(run)  # vaelab.run.evaluate on eval.limit spread test points
+            est = exp.score(run)  # vaelab.runs.run.evaluate on eval.limit spread test points
             rows = [{"prior": "vamp", **est.summary()}]
             exp.write(table(rows, {}), rows)
 
@@ -160,9 +160,9 @@ class Experiment:
 
     def train(self, key: str, cfg, *, data=None, checkpoint: str = "best"):
         """Train ``runs/<key>`` (or, with ``--reuse``, resume or reuse it) and return the trained
-        :class:`vaelab.run.Run` with its ``checkpoint`` loaded, unrebuilt."""
-        from vaelab.inference.checkpoint import read_metrics
-        from vaelab.inference.train import train
+        :class:`vaelab.runs.run.Run` with its ``checkpoint`` loaded, unrebuilt."""
+        from vaelab.runs.checkpoint import read_metrics
+        from vaelab.runs.train import train
 
         run_dir = self.runs / key
         resume = self.args.reuse and (run_dir / "checkpoints" / "last.pt").is_file()
@@ -186,8 +186,8 @@ class Experiment:
 
     @staticmethod
     def history(run) -> list[dict]:
-        """The run's ``metrics.jsonl`` rows (:func:`vaelab.inference.checkpoint.read_metrics`)."""
-        from vaelab.inference.checkpoint import read_metrics
+        """The run's ``metrics.jsonl`` rows (:func:`vaelab.runs.checkpoint.read_metrics`)."""
+        from vaelab.runs.checkpoint import read_metrics
 
         return read_metrics(run.dir)
 
@@ -197,7 +197,7 @@ class Experiment:
     def eval_config(self, run, overrides: list[str] = ()):
         """The run's ``[eval]`` section, then the ``--smoke`` budget, ``-K`` and
         ``--test-limit``, then ``overrides`` (a script's pass-specific settings)."""
-        from vaelab.run import eval_config
+        from vaelab.runs.run import eval_config
 
         ov = list(SMOKE_EVAL if self.args.smoke else [])
         if self.args.num_samples is not None:
@@ -207,11 +207,11 @@ class Experiment:
         return eval_config(run.cfg, [*ov, *overrides])
 
     def score(self, run, ec=None):
-        r"""``vaelab.run.evaluate(run, ec)`` (default :meth:`eval_config`), with its wall time in
-        ``est.extra["eval_s"]``. With ``--reuse`` the estimate is cached in the run folder
+        r"""``vaelab.runs.run.evaluate(run, ec)`` (default :meth:`eval_config`), with its wall
+        time in ``est.extra["eval_s"]``. With ``--reuse`` the estimate is cached in the run folder
         (``scores/<checkpoint epoch>-<hash of ec>.pt``) and read back when scored again."""
         from vaelab.inference.marginal import MarginalEstimate
-        from vaelab.run import evaluate
+        from vaelab.runs.run import evaluate
 
         ec = ec if ec is not None else self.eval_config(run)
         key = hashlib.sha1(json.dumps(ec.model_dump(mode="json"), sort_keys=True).encode())

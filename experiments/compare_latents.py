@@ -112,7 +112,7 @@ def _traversal_images(vae, x0: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def write_figures(runs: dict, x_show: torch.Tensor, shape, out: Path, prefix: str) -> list[str]:
-    from vaelab.report import save_grid
+    from vaelab.runs.report import save_grid
 
     files = []
     torch.manual_seed(0)

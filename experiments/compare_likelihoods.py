@@ -6,7 +6,7 @@ Adam 1e-3, batch 100); only ``model.likelihood`` and the preprocessing change:
 
 * densities (``normal`` and ``laplace`` with a learned per-pixel scale, ``continuous_bernoulli``,
   ``beta``) are trained and scored on uniformly dequantized data :math:`x' = (k + u) / 256`;
-  :func:`vaelab.run.evaluate` adds :math:`-D \log 256`, so their figures are lower bounds (in
+  :func:`vaelab.runs.run.evaluate` adds :math:`-D \log 256`, so their figures are lower bounds (in
   expectation over u) on :math:`\log P(k)`, nats of the 8-bit image;
 * probability masses (``discretized_logistic``, ``categorical``) score the levels ``k/255``
   directly.
@@ -166,7 +166,7 @@ def side_by_side(runs: dict, path: Path, n: int = 8) -> Path:
     """One figure: the test inputs, then per likelihood its reconstructions and prior samples."""
     import matplotlib.pyplot as plt
 
-    from vaelab.report import image_grid
+    from vaelab.runs.report import image_grid
 
     first = next(iter(runs.values()))
     shape = first.data.image_shape

@@ -18,7 +18,7 @@ until its training process has used ``--budget-min`` minutes of CPU time (``time
 around the training calls: steps, the per-epoch validation ELBO and checkpoints), in whole
 epochs: after each epoch the run is resumed for one more while the CPU time spent plus one mean
 epoch stays within the budget (the train loop has no wall-time stop; resuming is exact,
-``tests/test_versions.py``). The checkpoint with the best validation ELBO (2000 validation
+``tests/test_resolve.py``). The checkpoint with the best validation ELBO (2000 validation
 images) is scored by importance sampling with K = ``eval.num_samples`` on ``eval.limit`` test
 images spread evenly over the test split: test ELBO (mean of the K log-weights) and log p̂(x).
 Writes ``networks.md``, ``networks.json`` and ``networks_samples.png`` (prior samples of every
@@ -85,8 +85,8 @@ def train_for(exp: Experiment, key: str, cfg, budget_s: float, data):
     """Train ``runs/<key>`` one epoch at a time until the next epoch would pass ``budget_s``
     seconds of CPU time; the CPU time spent is kept in ``runs/<key>/cpu_time.json`` (so
     ``--reuse`` continues a run, and reuses a finished one)."""
-    from vaelab.inference.checkpoint import read_metrics
-    from vaelab.inference.train import train
+    from vaelab.runs.checkpoint import read_metrics
+    from vaelab.runs.train import train
 
     run_dir = exp.runs / key
     ledger = run_dir / "cpu_time.json"
@@ -223,7 +223,7 @@ def table(rows: list[dict], saved: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from vaelab.data import load_dataset
-    from vaelab.report import save_grid
+    from vaelab.runs.report import save_grid
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)

@@ -56,7 +56,7 @@ def parse_args(argv):
 def eval_memory_mb(vae, data_dim: int, budget_mb: float = 512.0) -> float:
     """Particle-chunk budget that also holds a mixture prior's ``(chunk, B, K, d)`` tensors
     (about five temporaries of them in ``MixtureSameFamily.log_prob``)."""
-    from vaelab.run import bytes_per_particle
+    from vaelab.runs.run import bytes_per_particle
 
     prior = vae.generative.prior
     k = getattr(prior, "pseudo_inputs", getattr(prior, "locs", None))
@@ -66,7 +66,7 @@ def eval_memory_mb(vae, data_dim: int, budget_mb: float = 512.0) -> float:
 
 
 def run_prior(exp: Experiment, name: str) -> dict:
-    from vaelab.report import save_grid
+    from vaelab.runs.report import save_grid
 
     spec = PRIORS[name].replace(str(COMPONENTS), "3") if exp.args.smoke else PRIORS[name]
     run = exp.train(name, exp.config(CONFIG, [f"model.prior={spec}"], smoke=SMOKE))

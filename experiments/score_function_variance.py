@@ -27,9 +27,9 @@ import torch
 
 from vaelab.inference.objectives import build_objective
 from vaelab.inference.objectives.graph import BaselineTraceGraphELBO
-from vaelab.inference.train import train
 from vaelab.resolve import load_config
-from vaelab.run import load_run
+from vaelab.runs.run import load_run
+from vaelab.runs.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runner import run_parser, write_markdown  # noqa: E402

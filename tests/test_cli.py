@@ -26,7 +26,7 @@ def test_train_evaluate_sample(tmp_path, capsys, tiny_cfg_overrides):
     # (seeds 1..20) lies below the K = 64 IS estimate (seed 0) on the same 30 points, within 3
     # standard errors of the mean paired difference. A log p̂ that lost its −log K (4.2 nats) or
     # took a mean instead of a logsumexp would fall below it.
-    from vaelab.run import eval_config, evaluate, load_run
+    from vaelab.runs.run import eval_config, evaluate, load_run
 
     run = load_run(out)
     is64 = evaluate(run, eval_config(run.cfg, ["eval.num_samples=64", "eval.limit=30"]))
@@ -72,9 +72,9 @@ def test_report_reconstructs_points_spread_over_the_test_split(tmp_path, tiny_cf
     import torch
 
     from vaelab.data.subsets import spread_indices
-    from vaelab.inference.train import train
-    from vaelab.report import write_report
     from vaelab.resolve import load_config
+    from vaelab.runs.report import write_report
+    from vaelab.runs.train import train
 
     result = train(load_config(None, tiny_cfg_overrides), tmp_path / "run")
     run = result.run()

@@ -14,11 +14,11 @@ import pyro
 import pytest
 import torch
 
-import vaelab.inference.train as train_module
+import vaelab.runs.train as train_module
 from vaelab.devices import deterministic, resolve_device, run_device, to_device
 from vaelab.inference.objectives import build_objective
-from vaelab.inference.train import NonFiniteLossError, Stepper, train
 from vaelab.resolve import load_config
+from vaelab.runs.train import NonFiniteLossError, Stepper, train
 from vaelab.vae import build_vae
 
 ROOT = Path(__file__).resolve().parents[1]

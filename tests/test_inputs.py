@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from vaelab.cli import main
 from vaelab.config import RunConfig
-from vaelab.inference.checkpoint import read_metrics, write_jsonl
+from vaelab.runs.checkpoint import read_metrics, write_jsonl
 
 TINY = ["data.name=synthetic", "model.latent_dim=3", "model.hidden_sizes=[8]", "train.epochs=1",
         "train.batch_size=50", "train.progress=false", "eval.num_samples=10", "eval.limit=10"]
@@ -171,9 +171,9 @@ def test_a_hostile_checkpoint_is_refused_as_code(tmp_path, empty_cfg, capsys, er
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro's own warning for the loss
 def test_a_nan_at_the_first_step_says_there_is_no_checkpoint(tmp_path, monkeypatch):
-    from vaelab.inference.train import NonFiniteLossError, train
     from vaelab.model import generative
     from vaelab.resolve import load_config
+    from vaelab.runs.train import NonFiniteLossError, train
 
     real = generative.Generative.forward
 

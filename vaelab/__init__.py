@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "ConfigError": "vaelab.config",
     "RunConfig": "vaelab.config",
-    "NonFiniteLossError": "vaelab.inference.train",
-    "train": "vaelab.inference.train",
+    "NonFiniteLossError": "vaelab.runs.train",
+    "train": "vaelab.runs.train",
     "Options": "vaelab.registry",
     "register": "vaelab.registry",
     "load_config": "vaelab.resolve",
-    "Run": "vaelab.run",
-    "evaluate": "vaelab.run",
-    "load_run": "vaelab.run",
+    "Run": "vaelab.runs.run",
+    "evaluate": "vaelab.runs.run",
+    "load_run": "vaelab.runs.run",
     "VAE": "vaelab.vae",
     "build_vae": "vaelab.vae",
 }
@@ -71,8 +71,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from vaelab.config import ConfigError, RunConfig
-    from vaelab.inference.train import NonFiniteLossError, train
     from vaelab.registry import Options, register
     from vaelab.resolve import load_config
-    from vaelab.run import Run, evaluate, load_run
+    from vaelab.runs.run import Run, evaluate, load_run
+    from vaelab.runs.train import NonFiniteLossError, train
     from vaelab.vae import VAE, build_vae

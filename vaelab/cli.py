@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_sweep_compare(sub) -> None:
-    """The ``sweep`` and ``compare`` subcommands (:mod:`vaelab.sweep`, :mod:`vaelab.compare`)."""
+    """The ``sweep`` and ``compare`` subcommands (:mod:`vaelab.runs.sweep`,
+    :mod:`vaelab.runs.compare`)."""
     p = sub.add_parser("sweep", help="a grid of configs x seeds, each cell an ordinary run "
                        "folder OUT/CELL/seedS, run in parallel processes or through "
                        "submitit/Slurm; resumable")
@@ -272,11 +273,12 @@ def _add_sweep_compare(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from vaelab.inference.distributed import World, evaluate_sharded
-    from vaelab.inference.train import train
-    from vaelab.report import write_report
     from vaelab.resolve import load_config
-    from vaelab.tracking import log_results
+    from vaelab.runs.report import write_report
+    from vaelab.runs.sharded import evaluate_sharded
+    from vaelab.runs.tracking import log_results
+    from vaelab.runs.train import train
+    from vaelab.runs.world import World
 
     overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
     cfg = load_config(args.config, overrides)
@@ -307,9 +309,10 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from vaelab.inference.distributed import World, evaluate_sharded
-    from vaelab.run import eval_config, load_run
-    from vaelab.tracking import Tracking
+    from vaelab.runs.run import eval_config, load_run
+    from vaelab.runs.sharded import evaluate_sharded
+    from vaelab.runs.tracking import Tracking
+    from vaelab.runs.world import World
 
     run = load_run(args.run_dir, args.checkpoint)
     ec = eval_config(run.cfg, _eval_overrides(args))
@@ -329,13 +332,13 @@ def _cmd_evaluate(args) -> int:
     metrics = {**est.summary(), "split": est.extra["split"], "checkpoint": args.checkpoint}
     metrics.update({k: v for k, v in est.extra.items() if k != "split"})
     if args.curve:
-        from vaelab.plots import save_convergence_plot
+        from vaelab.runs.plots import save_convergence_plot
 
         save_convergence_plot(est, args.curve, title=f"{run.dir.name}: {est.num_points} points")
         metrics["curve"] = {str(k): v for k, v in est.curve().items()}
         metrics["curve_png"] = str(args.curve)
     if args.report:
-        from vaelab.report import write_report
+        from vaelab.runs.report import write_report
 
         write_report(run, metrics)
     tracking.log_results(run, metrics, images=args.report)
@@ -349,8 +352,8 @@ def _cmd_evaluate(args) -> int:
 def _cmd_sample(args) -> int:
     import torch
 
-    from vaelab.report import save_grid
-    from vaelab.run import load_run
+    from vaelab.runs.report import save_grid
+    from vaelab.runs.run import load_run
 
     run = load_run(args.run_dir, args.checkpoint)
     torch.manual_seed(args.seed)
@@ -412,9 +415,9 @@ def _cmd_config(args) -> int:
 def _cmd_diagnose(args) -> int:
     import torch
 
-    from vaelab.inference.checkpoint import read_metrics
     from vaelab.inference.diagnostics import diagnose, format_table
-    from vaelab.run import load_run
+    from vaelab.runs.checkpoint import read_metrics
+    from vaelab.runs.run import load_run
 
     run = load_run(args.run_dir, args.checkpoint)
     x = run.pre.eval_split(run.split(args.split, args.batch_size), args.seed)  # fixed batch
@@ -450,9 +453,10 @@ COMMANDS["list"] = _cmd_list
 def _cmd_bdmc(args) -> int:
     import pyro
 
-    from vaelab.inference.distributed import World, bdmc_sharded
     from vaelab.inference.exact import exact_log_likelihood
-    from vaelab.run import eval_config, load_run
+    from vaelab.runs.run import eval_config, load_run
+    from vaelab.runs.sharded import bdmc_sharded
+    from vaelab.runs.world import World
     from vaelab.seed import seed_all
 
     run = load_run(args.run_dir, args.checkpoint)
@@ -502,8 +506,8 @@ COMMANDS["bdmc"] = _cmd_bdmc
 def _cmd_report(args) -> int:
     """``vaelab report DIR [--html]``: the report of a run folder from its checkpoint, with the
     evaluation results already in ``DIR/eval.json`` (none are computed here)."""
-    from vaelab.report import write_report
-    from vaelab.run import load_run
+    from vaelab.runs.report import write_report
+    from vaelab.runs.run import load_run
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -520,7 +524,7 @@ COMMANDS["report"] = _cmd_report
 
 
 def _cmd_reproduce(args) -> int:
-    from vaelab import reproduce as rp
+    from vaelab.runs import reproduce as rp
 
     if args.list_recipes:
         for name in rp.recipe_names():
@@ -532,7 +536,7 @@ def _cmd_reproduce(args) -> int:
     if args.table:
         print(rp.table(args.table), end="")
         if args.plot:
-            from vaelab.plots import save_reproduce_chart
+            from vaelab.runs.plots import save_reproduce_chart
 
             print(f"chart: {save_reproduce_chart(args.plot, rp.chart_rows(args.table))}")
         return 0
@@ -546,7 +550,7 @@ def _cmd_reproduce(args) -> int:
     rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, variants=args.variant or None,
                         overrides=rp.parse_overrides(args.overrides),
                         evaluate=not args.train_only, progress=not args.no_progress)
-    from vaelab.inference.distributed import World
+    from vaelab.runs.world import World
 
     if World.from_env().is_main:  # under torchrun, rank 0 reports
         print(f"{len(rows)} run(s); table: {Path(args.out) / 'reproduce.md'}")
@@ -557,7 +561,7 @@ COMMANDS["reproduce"] = _cmd_reproduce
 
 
 def _cmd_sweep(args) -> int:
-    from vaelab.sweep import SlurmOptions, parse_minutes, sweep
+    from vaelab.runs.sweep import SlurmOptions, parse_minutes, sweep
 
     slurm = SlurmOptions(
         partition=args.slurm_partition, time_min=parse_minutes(args.slurm_time),
@@ -569,7 +573,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from vaelab.compare import compare
+    from vaelab.runs.compare import compare
 
     comp = compare(args.dirs, args.metric)
     print(comp.markdown(), end="")
@@ -595,8 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a bad input, a failed run or an OS error is one line on stderr and
     exit 2; SIGINT / SIGTERM during training stop at a step boundary with exit 130 / 143."""
     args = build_parser().parse_args(argv)  # --help and usage errors exit here, before torch
-    from vaelab.inference.runfolder import Interrupted, RunFolderBusy
     from vaelab.registry import ConfigError
+    from vaelab.runs.folder import Interrupted, RunFolderBusy
 
     known = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, ValueError,
              RunFolderBusy)
@@ -623,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # after `known`: RunFolderBusy is a RuntimeError too
-        distributed = sys.modules.get("vaelab.inference.distributed")
+        distributed = sys.modules.get("vaelab.runs.world")
         if distributed is None or not isinstance(err, distributed.PeerLost):
             raise
         print(f"{prefix}: error: {err}; the run folder holds its last committed epoch "
@@ -633,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: error: {_os_error(err)}", file=sys.stderr)
         return 2
     finally:
-        distributed = sys.modules.get("vaelab.inference.distributed")
+        distributed = sys.modules.get("vaelab.runs.world")
         if distributed is not None:
             distributed.leave(synchronize=done)  # a torchrun job that succeeded leaves together
 

@@ -8,7 +8,7 @@ A run is described by seven sections whose key names are the contract of the CLI
     [objective] name, num_particles, ...
     [train]     epochs, batch_size, lr, seed, ...
     [eval]      num_samples, method, proposal, ais_steps, ...
-    [log]       backends, every_n_steps, dir, experiment (tracking, see vaelab.tracking)
+    [log]       backends, every_n_steps, dir, experiment (tracking, see vaelab.runs.tracking)
 
 plus a top-level ``version`` (:data:`CONFIG_VERSION`), written into every run folder so that a
 config saved by an older vaelab keeps its meaning (see :mod:`vaelab.resolve`).
@@ -29,6 +29,9 @@ Example::
 
 from __future__ import annotations
 
+import ast
+import math
+import tomllib
 from typing import Any, Literal
 
 import tomli_w
@@ -38,6 +41,8 @@ from vaelab.registry import ConfigError, Options
 
 __all__ = [
     "CONFIG_VERSION",
+    "json_safe",
+    "parse_value",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
@@ -229,7 +234,7 @@ class TrainConfig(_Section):
     deterministic: bool = False
     #: draw the guide's reparameterization noise and the preprocessing noise of data point i
     #: from a generator keyed by (seed, epoch, i), so that a point gets the same draws whatever
-    #: the batch and the number of processes (:mod:`vaelab.inference.distributed`): ``auto``
+    #: the batch and the number of processes (:mod:`vaelab.runs.data_parallel`): ``auto``
     #: does so when more than one process trains (torchrun); ``true`` in one process too (to
     #: compare with, resume from or be resumed by a data-parallel run); ``false`` never
     per_point_noise: bool | Literal["auto"] = "auto"
@@ -284,7 +289,8 @@ class EvalConfig(_Section):
 
 
 class LogConfig(_Section):
-    """Experiment tracking (:mod:`vaelab.tracking`), off by default; may change on ``--resume``."""
+    """Experiment tracking (:mod:`vaelab.runs.tracking`), off by default; may change on
+    ``--resume``."""
 
     #: writers to log to: ``tensorboard`` (``torch.utils.tensorboard``) and/or ``mlflow`` (a
     #: local file store); each needs its extra, e.g. ``pip install 'vaelab[tensorboard]'``
@@ -334,3 +340,32 @@ def dump_toml(cfg: RunConfig) -> str:
         return d
 
     return tomli_w.dumps(strip_none(to_dict(cfg)))
+
+
+def json_safe(v: Any) -> Any:
+    """NaN and ±inf as ``null`` (recursively): what vaelab writes stays valid JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override's right-hand side: TOML/JSON/Python literal, else a bare string."""
+    text = text.strip()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import ast
 import copy
 import tomllib
 from pathlib import Path
@@ -46,6 +45,7 @@ from vaelab.config import (
     ModelConfig,
     RunConfig,
     dump_toml,
+    parse_value,
     to_dict,
 )
 from vaelab.inference.proposals import parse_proposal
@@ -79,24 +79,6 @@ CHANGED_DEFAULTS: list[tuple[int, str, Any]] = [
     # before 2, only a non-finite loss stopped a run
     (2, "train.divergence", 0.0),
 ]
-
-
-def parse_value(text: str) -> Any:
-    """Parse an override's right-hand side: TOML/JSON/Python literal, else a bare string."""
-    text = text.strip()
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        pass
-    low = text.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

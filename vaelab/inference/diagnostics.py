@@ -59,8 +59,7 @@ from dataclasses import asdict, dataclass, field
 import pyro
 import torch
 
-from vaelab.config import ObjectiveConfig
-from vaelab.inference.checkpoint import json_safe
+from vaelab.config import ObjectiveConfig, json_safe, parse_value
 from vaelab.registry import ConfigError
 
 __all__ = [
@@ -113,8 +112,6 @@ class ObjectiveDiagnostics:
 def parse_objective_spec(spec: str) -> ObjectiveConfig:
     """``name[:K][:key=value...]`` → :class:`ObjectiveConfig`, e.g. ``iwae:50``,
     ``renyi:10:alpha=0.5``, ``mean_field:1:jit=true``."""
-    from vaelab.resolve import parse_value as _parse_value
-
     parts = [p.strip() for p in spec.split(":") if p.strip()]
     if not parts:
         raise ConfigError(f"objective spec {spec!r}: expected NAME[:K][:key=value], e.g. iwae:50")
@@ -122,7 +119,7 @@ def parse_objective_spec(spec: str) -> ObjectiveConfig:
     for part in parts[1:]:
         if "=" in part:
             key, text = part.split("=", 1)
-            values[key.strip()] = _parse_value(text)
+            values[key.strip()] = parse_value(text)
         else:
             try:
                 values["num_particles"] = int(part)

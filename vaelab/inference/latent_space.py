@@ -1,6 +1,6 @@
 r"""What the posterior does with the latent space: posterior means, active units, KL per unit,
 a PCA embedding and latent traversals — the numbers behind the report's latent-space pictures
-(:mod:`vaelab.report`).
+(:mod:`vaelab.runs.report`).
 
 A *unit* is one coordinate of a Gaussian latent :math:`z \in \mathbb{R}^d`, or one variable
 :math:`z_n` of a categorical latent (N variables of K classes), whose posterior mean is the

@@ -19,7 +19,7 @@ sample size ESS = (Σw)² / Σw², the delta-method Monte Carlo standard error o
 (:mod:`vaelab.inference.psis`): points with k̂ > 0.7 are flagged, since there the variance of
 the weights is likely infinite and both log p̂ and its standard error are unreliable. The
 convergence curve of log p̂ against K is read from prefixes of the same K draws (plotted by
-:func:`vaelab.plots.save_convergence_plot`).
+:func:`vaelab.runs.plots.save_convergence_plot`).
 
 .. note:: The standard error is a first-order (delta-method) figure; it is itself estimated from
    the weights and understates the error exactly when k̂ is large.

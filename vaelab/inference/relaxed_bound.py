@@ -9,7 +9,7 @@ r"""The test metric of Jang et al. (2017) for a categorical VAE trained with a r
 (the paper averages 1000 draws per test image). The decoder reads each draw as in training:
 the soft point :math:`e^y`, or its one-hot argmax for straight-through (``hard = true``), where
 the bound is exactly the ELBO of the discrete model. It bounds neither model otherwise: compare
-it with the discrete model's ELBO and log p(x) that :func:`vaelab.run.evaluate` reports.
+it with the discrete model's ELBO and log p(x) that :func:`vaelab.runs.run.evaluate` reports.
 """
 
 from __future__ import annotations

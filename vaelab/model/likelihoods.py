@@ -15,7 +15,8 @@ log-probabilities ``(K, B)``). Each declares
   categorical, discretized logistic, the count likelihoods) or a density (normal, Laplace,
   Student-t, beta, continuous Bernoulli) — densities on *dequantized* or *standardized* data
   convert to the units of the data with
-  :meth:`vaelab.data.Preprocessor.log_jacobian_per_point` (added by :func:`vaelab.run.evaluate`);
+  :meth:`vaelab.data.Preprocessor.log_jacobian_per_point` (added by
+  :func:`vaelab.runs.run.evaluate`);
 * :meth:`Likelihood.check_data`, which refuses data outside its domain with a
   :class:`~vaelab.registry.ConfigError` before a run writes anything, in one line naming the
   key, the offending values and the likelihoods of the registry whose domain holds the data

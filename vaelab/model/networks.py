@@ -33,7 +33,7 @@ zero biases.
 
 Every network declares :attr:`Network.activations_per_row`, the floats its weight layers output
 for one input row: particle chunks of importance sampling are sized from it
-(:func:`vaelab.run.bytes_per_particle`).
+(:func:`vaelab.runs.run.bytes_per_particle`).
 
 References:
   1. J. Tomczak, M. Welling. *VAE with a VampPrior*. AISTATS 2018 (gated dense layers).

@@ -1,7 +1,7 @@
 r"""Training objectives, one module each, selected by ``objective.name``.
 
 Every objective is a :class:`pyro.infer.ELBO` (Pyro's own or a vaelab subclass) and is driven the
-same way by :func:`vaelab.inference.train.train`::
+same way by :func:`vaelab.runs.train.train`::
 
     loss = objective.loss_and_grads(vae.model, vae.guide, x, beta, temperature)
 

@@ -1,0 +1,347 @@
+"""Runs that survive anything, tested with real faults (issue 10): real ``vaelab train``
+processes killed with SIGKILL / SIGINT / SIGTERM at seeded random moments and at the exact
+dangerous points of an epoch's commit, two real trainers on one folder, a real full (tmpfs)
+disk, a read-only filesystem, and flipped bytes in real checkpoint files.
+
+Every interrupted run is resumed and compared with one uninterrupted reference run of the same
+config (trained once per session): parameters, optimizer and RNG states, ``best.pt``,
+``metrics.jsonl`` and ``report.md`` must be equal (timing fields aside), and no temporary file
+may remain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+[data]
+name = "synthetic"
+[model]
+latent_dim = 4
+hidden_sizes = [32]
+[train]
+epochs = 4
+batch_size = 20
+num_threads = 1
+progress = false
+[eval]
+num_samples = 20
+limit = 20
+"""
+#: about 0.4 s an epoch (200 steps of IWAE-16 on a 256-256 network): signals land mid-epoch
+SLOW_CONFIG = (CONFIG.replace("hidden_sizes = [32]", "hidden_sizes = [256, 256]")
+               .replace("batch_size = 20", "batch_size = 2")
+               + '\n[objective]\nname = "iwae"\nnum_particles = 16\n')
+#: the dangerous points of a commit (vaelab.runs.folder.commit), in order
+FAULT_POINTS = ["before-commit", "between-renames", "after-commit", "after-best"]
+
+
+def vaelab(*args, env=None, timeout=120, **popen) -> subprocess.CompletedProcess:
+    """Run ``python -m vaelab ARGS`` in a real child process."""
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vaelab", *args], env=e, capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+def start(*args, env=None) -> subprocess.Popen:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "vaelab", *args], env=e, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def train_args(cfg: Path, out: Path, resume: bool = False) -> list[str]:
+    return ["train", str(cfg), "--out", str(out), *(["--resume"] if resume else [])]
+
+
+def resume_to_the_end(cfg: Path, out: Path) -> subprocess.CompletedProcess:
+    r = vaelab(*train_args(out / "config.toml" if (out / "config.toml").exists() else cfg, out,
+                           resume=(out / "checkpoints" / "last.pt").exists()))
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "epoch_time"} for r in rows]
+
+
+def _report_without_timing(text: str) -> str:
+    return re.sub(r"\| [0-9.]+ \|\n", "|\n", text)  # the s/epoch column
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """``b`` ended exactly where the uninterrupted ``a`` did."""
+    la = torch.load(a / "checkpoints" / "last.pt", weights_only=True)
+    lb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)
+    for key in ("model", "best_model"):
+        assert la[key].keys() == lb[key].keys()
+        for name in la[key]:
+            assert torch.equal(la[key][name], lb[key][name]), (key, name)
+    assert repr(la["optimizer"]) == repr(lb["optimizer"])
+    assert torch.equal(la["rng"]["torch"], lb["rng"]["torch"])
+    for key in ("epoch", "step", "best_epoch", "best_valid_elbo", "stale_epochs"):
+        assert la[key] == lb[key], key
+    ba = torch.load(a / "checkpoints" / "best.pt", weights_only=True)
+    bb = torch.load(b / "checkpoints" / "best.pt", weights_only=True)
+    assert ba["epoch"] == bb["epoch"]
+    assert all(torch.equal(ba["model"][k], bb["model"][k]) for k in ba["model"])
+    rows = [_without_timing([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()])
+            for d in (a, b)]
+    assert rows[0] == rows[1]
+    assert (_report_without_timing((a / "report.md").read_text())
+            == _report_without_timing((b / "report.md").read_text()))
+    assert not list(b.rglob("*.tmp")), list(b.rglob("*.tmp"))
+
+
+def _config_file(factory, name: str, text: str) -> Path:
+    path = factory.mktemp("cfg") / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def _uninterrupted(factory, cfg: Path) -> Path:
+    """One uninterrupted run of ``cfg``, trained once for the whole module."""
+    out = factory.mktemp(f"ref_{cfg.stem}") / "run"
+    r = vaelab(*train_args(cfg, out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfg_file(tmp_path_factory) -> Path:
+    return _config_file(tmp_path_factory, "tiny", CONFIG)
+
+
+@pytest.fixture(scope="module")
+def reference(cfg_file, tmp_path_factory) -> Path:
+    return _uninterrupted(tmp_path_factory, cfg_file)
+
+
+@pytest.fixture(scope="module")
+def slow_cfg_file(tmp_path_factory) -> Path:
+    return _config_file(tmp_path_factory, "slow", SLOW_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def slow_reference(slow_cfg_file, tmp_path_factory) -> Path:
+    return _uninterrupted(tmp_path_factory, slow_cfg_file)
+
+
+@pytest.mark.parametrize("point", FAULT_POINTS)
+@pytest.mark.parametrize("epoch", [1, 3])
+def test_sigkill_at_each_dangerous_point_then_resume(point, epoch, cfg_file, reference,
+                                                     tmp_path):
+    out = tmp_path / "run"
+    r = vaelab(*train_args(cfg_file, out), env={"VAELAB_FAULT": f"{point}@{epoch}"})
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    if point == "before-commit" and epoch == 1:
+        # killed before its first commit: the folder has a config and a partial checkpoint
+        assert not (out / "checkpoints" / "last.pt").exists()
+        assert list(out.rglob("*.tmp"))  # the real partial write, cleaned below
+        r = vaelab(*train_args(cfg_file, out))
+        assert r.returncode == 0, r.stderr
+    else:
+        r = vaelab(*train_args(out / "config.toml", out, resume=True))
+        assert r.returncode == 0, r.stderr
+    assert_same_run(reference, out)
+
+
+def test_sigkill_at_seeded_random_moments(slow_cfg_file, slow_reference, tmp_path):
+    rng = random.Random(1234)
+    out = tmp_path / "run"
+    kills = 0
+    for _ in range(4):
+        resume = (out / "checkpoints" / "last.pt").exists()
+        p = start(*train_args(out / "config.toml" if resume else slow_cfg_file, out, resume))
+        time.sleep(rng.uniform(2.0, 5.0))  # start-up takes about 3 s, each epoch about 0.4 s
+        if p.poll() is not None:
+            p.communicate()
+            break
+        p.send_signal(signal.SIGKILL)
+        p.communicate()  # reap it and close its pipes
+        kills += 1
+    assert kills >= 1
+    resume_to_the_end(slow_cfg_file, out)
+    assert_same_run(slow_reference, out)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_stop_cleanly_with_one_line(sig, code, slow_cfg_file, slow_reference,
+                                                        tmp_path):
+    out = tmp_path / "run"
+    p = start(*train_args(slow_cfg_file, out))
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)  # wait for the first commit, then signal during epoch 2
+    time.sleep(0.2)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert signal.Signals(sig).name in lines[0] and "--resume" in lines[0]
+    assert not list(out.rglob("*.tmp"))
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+    r = vaelab(*train_args(out / "config.toml", out, resume=True))
+    assert r.returncode == 0, r.stderr
+    assert_same_run(slow_reference, out)
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_on_resume(cfg_file, reference,
+                                                                  tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    junk = [out / "checkpoints" / ".last.pt.x1y2.tmp", out / ".metrics.jsonl.abc.tmp"]
+    for p in junk:
+        p.write_bytes(b"\0" * 1000)
+    r = vaelab(*train_args(out / "config.toml", out, resume=True))
+    assert r.returncode == 0, r.stderr
+    assert not any(p.exists() for p in junk) and "removed" in r.stderr
+
+
+def test_two_trainers_on_one_folder(slow_cfg_file, cfg_file, tmp_path):
+    out = tmp_path / "run"
+    long = slow_cfg_file.parent / "long.toml"
+    long.write_text(SLOW_CONFIG.replace("epochs = 4", "epochs = 30"))
+    first = start(*train_args(long, out))
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / ".lock").is_file() or \
+            not (out / ".lock").read_text().strip():
+        time.sleep(0.05)
+    second = vaelab(*train_args(cfg_file, out))
+    assert second.returncode == 2
+    err = second.stderr.strip()
+    assert len(err.splitlines()) == 1 and "in use by pid" in err and str(first.pid) in err
+    # a reader may read while the writer trains
+    while not (out / "checkpoints" / "best.pt").exists():
+        time.sleep(0.05)
+    ev = vaelab("evaluate", str(out), "--json", "--no-progress", "-K", "10", "--limit", "10")
+    assert ev.returncode == 0, ev.stderr
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert "epochs = 30" in (out / "config.toml").read_text()  # nothing of the second run
+
+
+def test_a_stale_lock_is_taken_over(cfg_file, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("pid 99999999 on host gone since 2026-01-01 00:00:00\n")
+    r = vaelab(*train_args(cfg_file, out))
+    assert r.returncode == 0, r.stderr
+    assert "took over the lock of pid 99999999" in r.stderr
+
+
+def _flip(path: Path, seed: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    rng = random.Random(seed)
+    for i in rng.sample(range(len(data) // 3, 2 * len(data) // 3), 8):  # inside the tensors
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_last_pt_fall_back_to_prev_pt(cfg_file, reference, tmp_path):
+    out = tmp_path / "run"
+    r = vaelab(*train_args(cfg_file, out), env={"VAELAB_FAULT": "before-commit@4"})
+    assert r.returncode == -signal.SIGKILL
+    _flip(out / "checkpoints" / "last.pt")  # epoch 3's commit; prev.pt holds epoch 2
+    r = vaelab(*train_args(out / "config.toml", out, resume=True))
+    assert r.returncode == 0, r.stderr
+    assert "corrupt" in r.stderr and "resuming from prev.pt (epoch 2)" in r.stderr
+    assert_same_run(reference, out)
+
+
+def test_flipped_bytes_in_best_pt_are_named_and_not_scored(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    _flip(out / "checkpoints" / "best.pt")
+    ev = vaelab("evaluate", str(out), "--json", "--no-progress", "-K", "20", "--limit", "20")
+    ref = vaelab("evaluate", str(reference), "--json", "--no-progress", "-K", "20", "--limit",
+                 "20")
+    assert ev.returncode == 0 and ref.returncode == 0, ev.stderr
+    assert "best.pt" in ev.stderr and "corrupt" in ev.stderr
+    assert json.loads(ev.stdout)["log_likelihood"] == json.loads(ref.stdout)["log_likelihood"]
+    shutil.copy(out / "checkpoints" / "best.pt", out / "checkpoints" / "last.pt")
+    (out / "checkpoints" / "prev.pt").unlink()
+    ev = vaelab("evaluate", str(out), "--checkpoint", "last")
+    assert ev.returncode == 2 and "corrupt" in ev.stderr and "Traceback" not in ev.stderr
+
+
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    if not _mount_tmpfs(mnt, "size=4m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount rights): no real full disk")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_keeps_the_last_commit_and_resumes(cfg_file, reference, small_disk):
+    out = small_disk / "run"
+    r = vaelab(*train_args(cfg_file, out), env={"VAELAB_FAULT": "after-best@2"})
+    assert r.returncode == -signal.SIGKILL  # epoch 2 committed; now fill the disk
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: the disk is full
+        pass
+    finally:
+        os.close(fd)
+    r = vaelab(*train_args(out / "config.toml", out, resume=True))
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert "No space left on device" in err[-1] and str(out) in err[-1], r.stderr
+    assert "Traceback" not in r.stderr and not list(out.rglob("*.tmp"))
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] + 1 == 2  # the last commit is intact
+    filler.unlink()
+    r = vaelab(*train_args(out / "config.toml", out, resume=True))
+    assert r.returncode == 0, r.stderr
+    assert_same_run(reference, out)
+
+
+def test_a_full_disk_before_the_first_commit_leaves_nothing(cfg_file, tmp_path):
+    mnt = tmp_path / "tiny"
+    if not _mount_tmpfs(mnt, "size=16k"):
+        pytest.skip("cannot mount a tmpfs here: no real full disk")
+    try:
+        out = mnt / "run"
+        r = vaelab(*train_args(cfg_file, out))
+        assert r.returncode == 2 and "No space left on device" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert not out.exists() or not any(out.iterdir()), list(out.rglob("*"))
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_an_unwritable_place_is_one_line(cfg_file, tmp_path):
+    mnt = tmp_path / "ro"
+    if not _mount_tmpfs(mnt, "ro,size=1m"):
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        r = vaelab(*train_args(cfg_file, mnt / "run"))
+        assert r.returncode == 2 and "Read-only file system" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

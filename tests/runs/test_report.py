@@ -1,0 +1,290 @@
+"""Run reports and the latent-space pictures: PCA, active units and KL per unit against hand
+computations and closed forms (the PPCA model of tests/ground_truth.py has an exact posterior),
+``vaelab report DIR --html`` on tiny trained runs, and the HTML page rendered by a real
+headless Chromium (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from ground_truth import SIGMA, exact_posterior, make_ppca, sample_ppca
+from vaelab.cli import main
+from vaelab.inference.latent_space import (
+    LatentStats,
+    activity,
+    kl_per_unit,
+    latent_stats,
+    pca,
+    posterior_means,
+    traverse,
+)
+
+LATENT_PNGS = ("latent_embedding.png", "latent_traversals.png", "latent_kl.png")
+
+
+# --------------------------------------------------------------------------------------------
+# the numbers behind the pictures
+
+
+def test_pca_of_four_points_matches_the_hand_computation():
+    # (±2, 0), (0, ±1): mean 0, covariance diag(8/3, 2/3) with divisor B − 1 = 3, so PC1 = e1
+    # with variance 8/3 (80 % of the total 10/3), PC2 = e2 with 2/3, coordinates = the points
+    x = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, -1.0], [0.0, 1.0]]) + torch.tensor([5.0, -3])
+    emb = pca(x, 2)
+    torch.testing.assert_close(emb.components, torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(emb.variance, torch.tensor([8 / 3, 2 / 3], dtype=torch.float64))
+    torch.testing.assert_close(emb.explained, torch.tensor([0.8, 0.2], dtype=torch.float64))
+    torch.testing.assert_close(emb.coords, (x - x.mean(0)).double())
+
+
+def test_pca_recovers_the_principal_axes_of_a_known_covariance():
+    # n = 20000 draws of N(0, R diag(9, 4, 1, 0.25) Rᵀ), R a seeded random rotation. The sampling
+    # error of the leading axis (angle to the true one) has sd ≈ sqrt(λ1 λ2 / (n (λ1 − λ2)²))
+    # = 0.0085 rad; of the second ≈ 0.011 rad: tolerance 0.05 rad (> 4 sd). A sample variance
+    # has relative sd sqrt(2 / n) = 1 %: tolerance 5 %.
+    g = torch.Generator().manual_seed(0)
+    R, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    lam = torch.tensor([9.0, 4.0, 1.0, 0.25], dtype=torch.float64)
+    x = (torch.randn(20000, 4, generator=g, dtype=torch.float64) * lam.sqrt()) @ R.T + 3.0
+    emb = pca(x, 2)
+    for i in range(2):
+        cos = float((emb.components[i] @ R[:, i]).abs())
+        assert math.acos(min(cos, 1.0)) < 0.05, (i, cos)
+        assert abs(float(emb.variance[i]) / float(lam[i]) - 1) < 0.05
+    torch.testing.assert_close(emb.explained, lam[:2] / lam.sum(), atol=0.01, rtol=0)
+    # the embedding is the centred data projected on the axes
+    torch.testing.assert_close(emb.coords, (x - x.mean(0)) @ emb.components.T)
+
+
+def test_active_units_on_a_constructed_case():
+    # B = 1000 alternating ±a: Var (divisor B − 1) = a² B / (B − 1); a = 1 → 1.001,
+    # a = 0.05 → 0.0025 (inactive), a = 0.1 → 0.01001 (just active), constant → 0
+    sign = torch.tensor([1.0, -1.0]).repeat(500)  # (1000,)
+    means = torch.stack([sign, 0.05 * sign, 0.1 * sign, torch.full_like(sign, 0.7)], 1)
+    a = activity(means)
+    expected = torch.tensor([1.0, 0.0025, 0.01, 0.0], dtype=torch.float64) * 1000 / 999
+    torch.testing.assert_close(a, expected)
+    stats = LatentStats(means, a, None, "")
+    assert stats.active.tolist() == [True, False, True, False] and stats.num_active == 2
+    assert stats.ranked(2) == [0, 2]
+    # categorical: the K class variances of a variable are summed: q(z_1 | x) alternates
+    # between (1, 0) and (0, 1) → 2 × 1000/4/999; variable 2 is fixed at (0.5, 0.5) → 0
+    q1 = torch.stack([(1 + sign) / 2, (1 - sign) / 2], 1)  # (1000, 2)
+    probs = torch.stack([q1, torch.full_like(q1, 0.5)], 1)  # (1000, 2 variables, 2 classes)
+    torch.testing.assert_close(activity(probs),
+                               torch.tensor([0.5 * 1000 / 999, 0.0], dtype=torch.float64))
+
+
+def _ppca_points(n=500):
+    vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)
+    return vae, W, b, sample_ppca(n, W, b, SIGMA, seed=1)
+
+
+def test_posterior_means_and_kl_per_dimension_match_the_closed_form():
+    """PPCA with the guide at the exact posterior q(z | x) = N(A x + c, diag s²): the means
+    are A x + c, and the mean KL per dimension against N(0, 1) is
+    ½ mean_x(μ_u² + s_u² − 1 − log s_u²), computed here by hand (float64)."""
+    vae, W, b, x = _ppca_points()
+    A, c, s = exact_posterior(W, b, SIGMA)
+    mu = x @ A.T + c  # (500, 2)
+    torch.testing.assert_close(posterior_means(vae, x, batch_size=128), mu)
+    kl, how = kl_per_unit(vae, x, batch_size=128)
+    assert how == "closed form"
+    expected = 0.5 * (mu**2 + s**2 - 1 - torch.log(s**2)).mean(0)  # (2,)
+    torch.testing.assert_close(kl, expected, rtol=1e-10, atol=1e-12)
+    # summed over dimensions it is the KL of the whole posterior (torch's own formula)
+    q, p = vae.inference.posterior_dist(x), vae.generative.prior()
+    total = torch.distributions.kl_divergence(q, p).mean()
+    torch.testing.assert_close(kl.sum(), total, rtol=1e-10, atol=1e-12)
+
+    # a unit whose posterior mean ignores x carries no information: inactive, and it is the
+    # one the activity ranks last
+    enc = vae.inference.encoder.linear_layers[0]
+    with torch.no_grad():
+        enc.weight[1].zero_()  # μ_2 = c_2 for every x
+    stats = latent_stats(vae, x)
+    assert stats.activity[1] == 0 and stats.active.tolist() == [True, False]
+    torch.testing.assert_close(stats.activity[0], mu[:, 0].var(), rtol=1e-10, atol=0)
+
+
+def test_traversals_of_a_linear_decoder_move_along_its_columns():
+    """E[x | z] = W z + b, so setting unit u to t (a standard normal prior: centre 0, scale 1)
+    moves the decoded mean by W[:, u] (t − t') between two columns, and column t holds
+    W z' + b with z'_u = t."""
+    vae, W, b, x = _ppca_points(50)
+    z0 = posterior_means(vae, x)[3]  # (2,)
+    decoded, t = traverse(vae, z0, [1, 0], steps=5)  # (2, 5, 6)
+    torch.testing.assert_close(t, torch.linspace(-3, 3, 5))
+    for row, u in enumerate([1, 0]):
+        for j in range(5):
+            z = z0.clone()
+            z[u] = t[j]
+            torch.testing.assert_close(decoded[row, j], W @ z + b)
+
+
+def test_monte_carlo_means_of_a_flow_guide_do_not_turn_noise_into_activity():
+    """An IAF guide has no closed-form mean: 64 draws are averaged. With an encoder whose
+    output ignores x, q(z | x) is the same for every x, so every unit is inactive; shared base
+    noise gives every point the same average (activity 0), where independent draws would show
+    Var(mean of 64) = Var_q(z_u) / 64, above 1e-3 here."""
+    from vaelab.resolve import load_config
+    from vaelab.vae import build_vae
+
+    vae = build_vae(load_config(None, ["data.name=synthetic", "model.latent_dim=3",
+                                       "guide.family=iaf"]), 64)
+    with torch.no_grad():
+        vae.inference.encoder.linear_layers[-1].weight.zero_()  # h(x) = the bias, for all x
+    x = torch.rand(200, 64).round()
+    assert float(activity(posterior_means(vae, x)).max()) < 1e-10
+    q = vae.inference.posterior_dist(x)
+    naive = activity(q.sample((64,)).mean(0))  # (3,) independent draws per point
+    assert float(naive.min()) > 1e-3
+
+
+def test_kl_per_unit_of_a_categorical_latent_and_a_prior_that_does_not_factorize():
+    from vaelab.resolve import load_config
+    from vaelab.vae import build_vae
+
+    cat = load_config(None, [
+        "data.name=synthetic", "model.prior=categorical", "model.hidden_sizes=[8]",
+        'model.latent={name = "categorical", num_variables = 3, num_classes = 4, '
+        'prior = "learned"}'])
+    vae = build_vae(cat, 64)
+    with torch.no_grad():
+        vae.generative.prior.logits.normal_()  # a non-uniform prior
+    x = torch.rand(40, 64).round()
+    kl, how = kl_per_unit(vae, x, batch_size=16)
+    # torch's own categorical KL, variable by variable
+    q = torch.distributions.Categorical(logits=vae.inference.logits(x))  # batch (40, 3)
+    p = torch.distributions.Categorical(logits=vae.generative.prior.logits)  # batch (3,)
+    expected = torch.distributions.kl_divergence(q, p).double().mean(0)  # (3,)
+    assert how == "closed form"
+    torch.testing.assert_close(kl, expected, rtol=1e-5, atol=1e-6)
+    assert posterior_means(vae, x).shape == (40, 3, 4)
+
+    mog = build_vae(load_config(None, ["data.name=synthetic", "model.latent_dim=3",
+                                       "model.prior=mog"]), 64)
+    kl, how = kl_per_unit(mog, x)
+    assert kl is None and "does not factorize" in how
+
+
+# --------------------------------------------------------------------------------------------
+# vaelab report DIR [--html]
+
+
+def _train(tmp_path, overrides, name="run"):
+    out = tmp_path / name
+    cfg = tmp_path / "empty.toml"
+    cfg.write_text("")
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["train", str(cfg), "--out", str(out), *sets]) == 0
+    return out
+
+
+def _check_html(page: str, pngs) -> None:
+    """Self-contained: every image an inline PNG, no external URL or file reference."""
+    imgs = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert len(imgs) >= len(pngs) and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    assert "<link" not in page and "<script" not in page and "<table>" in page
+
+
+def test_report_command_rebuilds_the_pictures_and_the_html(tmp_path, capsys,
+                                                           tiny_cfg_overrides):
+    out = _train(tmp_path, tiny_cfg_overrides)
+    for f in (*LATENT_PNGS, "report.html", "eval.json"):
+        (out / f).unlink(missing_ok=True)
+    (out / "eval.json").write_text(json.dumps({"log_likelihood": -12.5, "ess": {"median": 3.0}}))
+    capsys.readouterr()
+    assert main(["report", str(out), "--html"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.html")
+    for f in LATENT_PNGS:
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+    md = (out / "report.md").read_text()
+    for f in LATENT_PNGS:
+        assert f"]({f})" in md
+    # the existing evaluation results are tabled, not recomputed
+    assert "| log_likelihood | -12.5000 |" in md and "| ess.median | 3.0000 |" in md
+    assert "synthetic` carries no labels" in md and "active units" in md
+    page = (out / "report.html").read_text()
+    _check_html(page, ["curves", "reconstructions", "samples", *LATENT_PNGS])
+    assert "-12.5000" in page and "latent_usage" not in page
+
+
+def test_report_of_a_categorical_latent_has_the_usage_heat_map(tmp_path, tiny_cfg_overrides):
+    out = _train(tmp_path, [*tiny_cfg_overrides, "model.prior=categorical",
+                            'model.latent={name = "categorical", num_variables = 3, '
+                            "num_classes = 4}"])
+    assert main(["report", str(out), "--html"]) == 0
+    md = (out / "report.md").read_text()
+    assert "](latent_usage.png)" in md and "variables active" in md
+    assert "posterior class probabilities" in md
+    assert (out / "latent_usage.png").is_file()
+    _check_html((out / "report.html").read_text(), [*LATENT_PNGS, "latent_usage.png"])
+
+
+def test_report_of_table_data_with_labels(tmp_path, tiny_cfg_overrides):
+    pytest.importorskip("sklearn")
+    out = _train(tmp_path, [*tiny_cfg_overrides, "data.name=breast_cancer",
+                            "data.standardize=true", "model.likelihood=normal"])
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "coloured by the 2 class labels" in md and "Table data: one panel per unit" in md
+    assert not (out / "report.html").exists()
+
+
+def test_report_on_a_folder_that_is_not_a_run_is_one_line(tmp_path, error_line):
+    (tmp_path / "notes.txt").write_text("not a run")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no checkpoint 'best'" in error_line()
+    assert main(["report", str(tmp_path / "missing"), "--html"]) == 2
+    assert "is not a run folder" in error_line()
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "report.html").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the HTML page in a real browser
+
+CHROMIUM = next((b for b in ("chromium", "chromium-browser", "google-chrome", "chrome")
+                 if shutil.which(b)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get "
+                    "install chromium)")
+def test_report_html_renders_in_headless_chromium(tmp_path, tiny_cfg_overrides):
+    """Screenshot report.html with headless Chromium; the PNG must show the page's pictures:
+    not blank (pixel values vary), and saturated pixels (matplotlib's blue and orange lines;
+    the page's own text is black on white) that the same page with its <img> tags removed
+    does not have, so the inlined images were decoded and drawn."""
+    import matplotlib.image
+
+    out = _train(tmp_path, tiny_cfg_overrides)
+    assert main(["report", str(out), "--html"]) == 0
+    page = (out / "report.html").read_text()
+    (tmp_path / "text_only.html").write_text(re.sub(r"<img [^>]*>", "", page))
+
+    def screenshot(html) -> torch.Tensor:
+        shot = html.with_suffix(".png")
+        subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+             "--window-size=1200,3000", html.as_uri()],
+            check=True, timeout=120, capture_output=True,
+        )
+        return torch.from_numpy(matplotlib.image.imread(shot)[..., :3].copy())  # (H, W, 3)
+
+    pixels, text_only = screenshot(out / "report.html"), screenshot(tmp_path / "text_only.html")
+    assert pixels.shape[:2] == (3000, 1200)
+    assert float(pixels.std()) > 0.05  # not blank
+    saturated = [float(((p.amax(-1) - p.amin(-1)) > 0.2).double().mean())
+                 for p in (pixels, text_only)]
+    # measured: 1.2e-3 of the report's pixels, none of the text-only page's
+    assert saturated[0] > 2e-4 and saturated[1] < 1e-5, saturated

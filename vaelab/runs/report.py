@@ -1,0 +1,422 @@
+"""Run reports: training curves, reconstructions beside inputs, prior samples, pictures of the
+latent space, ``report.md`` and (optionally) a self-contained ``report.html``.
+
+The report is a list of blocks (headings, paragraphs, :class:`Table`, :class:`Figure`) rendered
+twice from the same list: as Markdown (``report.md``, PNGs beside it) and as one HTML page
+(:func:`render_html`: the PNGs inlined as base64 ``data:`` URIs, the tables as HTML tables, no
+external resource), so the two never disagree.
+
+The latent-space section (:func:`latent_section`, numbers from
+:mod:`vaelab.inference.latent_space`):
+
+* ``latent_embedding.png``: the posterior means of up to 2000 test points, in 2-D (PCA, or z
+  itself when it is 2-D), coloured by class label where the data set has labels;
+* ``latent_traversals.png``: a typical point decoded while one of its most active units moves
+  over ±3 prior scales (a categorical variable: over its K classes); an image grid for image
+  data, line plots of the features for tables;
+* ``latent_kl.png``: the mean KL per unit and its activity, Burda et al.'s active units marked;
+* ``latent_usage.png`` (categorical latents): the aggregate posterior, variables × classes.
+
+Example::
+
+    run = load_run("runs/g")
+    write_report(run, html=True)          # runs/g/report.md, runs/g/report.html and the PNGs
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from vaelab.data.subsets import spread_indices  # noqa: E402
+from vaelab.runs.checkpoint import read_metrics  # noqa: E402
+
+__all__ = [
+    "Figure",
+    "Table",
+    "image_grid",
+    "image_shape_of",
+    "latent_section",
+    "plot_curves",
+    "render_html",
+    "render_markdown",
+    "save_grid",
+    "write_report",
+]
+
+
+def image_shape_of(shape: tuple[int, ...] | None, D: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` to lay out a point of D values: the data's own ``(C, H, W)`` (or ``(H, W)``,
+    one channel); for a table ``(D,)`` (or ``None``) a square when D is one, else a 1×D strip."""
+    if shape is not None and len(shape) == 3:
+        c, h, w = shape
+        return int(c), int(h), int(w)
+    if shape is not None and len(shape) == 2:
+        return 1, int(shape[0]), int(shape[1])
+    side = int(math.isqrt(D))
+    return (1, side, D // side) if side * (D // side) == D else (1, 1, D)
+
+
+def image_grid(
+    images: torch.Tensor, image_shape: tuple[int, ...] | None, ncol: int = 8
+) -> np.ndarray:
+    """``(n, D)`` → one array of ``rows × ncol`` images with 1-pixel gaps, each image in its own
+    shape: ``(rows·(H+1)−1, ncol·(W+1)−1)`` for one channel, ``(…, …, 3)`` RGB for three; other
+    channel counts are laid side by side, one grey panel per channel.
+
+    :param image_shape: the data's shape (:attr:`~vaelab.data.DataSplits.shape`, ``(C, H, W)``
+        or ``(D,)``), an ``(H, W)`` image shape, or ``None``.
+    """
+    images = images.detach().float().cpu().clamp(0, 1)
+    n, D = images.shape
+    c, h, w = image_shape_of(image_shape, D)
+    if c * h * w != D:
+        raise ValueError(f"image_grid: shape {(c, h, w)} does not hold D = {D} values")
+    pics = images.reshape(n, c, h, w)
+    if c == 3:
+        pics = pics.permute(0, 2, 3, 1)  # (n, H, W, 3) RGB
+    elif c != 1:
+        pics = pics.permute(0, 2, 1, 3).reshape(n, h, c * w)  # channels side by side
+    else:
+        pics = pics[:, 0]  # (n, H, W)
+    h, w = pics.shape[1], pics.shape[2]
+    rows = math.ceil(n / ncol)
+    grid = np.ones((rows * (h + 1) - 1, ncol * (w + 1) - 1, *pics.shape[3:]), dtype=np.float32)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        grid[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = pics[i].numpy()
+    return grid
+
+
+def save_grid(
+    path: Path, images: torch.Tensor, image_shape, ncol: int = 8, title: str = ""
+) -> Path:
+    grid = image_grid(images, image_shape, ncol)
+    fig, ax = plt.subplots(figsize=(max(3, grid.shape[1] / 25), max(3, grid.shape[0] / 25)))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, bbox_inches="tight", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(history: list[dict], path: Path) -> Path:
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [-r["train_loss"] for r in history], "o-", label="train ELBO")
+    ax.plot(epochs, [r["valid_elbo"] for r in history], "s-", label="valid ELBO")
+    if any("valid_bound" in r for r in history):  # train.valid_particles > 1
+        ax.plot([r["epoch"] for r in history if "valid_bound" in r],
+                [r["valid_bound"] for r in history if "valid_bound" in r], "^-",
+                label="valid K-sample bound")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per data point")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _history_table(history: list[dict]) -> Table:
+    """One row per epoch; a column for the K-sample validation bound where the run has one."""
+    bound = any("valid_bound" in r for r in history)
+    header = (["epoch", "train loss", "valid ELBO"] + (["valid bound"] if bound else [])
+              + ["s/epoch"])
+    rows = [[str(r["epoch"]), f"{r['train_loss']:.2f}", f"{r['valid_elbo']:.2f}"]
+            + ([_fmt(r.get("valid_bound"))] if bound else []) + [f"{r['epoch_time']:.1f}"]
+            for r in history]
+    return Table(header, rows, "r" * len(header))
+
+
+def _flatten(metrics: dict, prefix: str = "") -> dict:
+    """``{"ess": {"median": 3.0}}`` → ``{"ess.median": 3.0}``; lists (curves) are left out."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif not isinstance(v, (list, tuple)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+@dataclass
+class Table:
+    """A table block: ``align`` holds one of ``"l"``, ``"r"`` per column."""
+
+    header: list[str]
+    rows: list[list[str]]
+    align: str
+
+
+@dataclass
+class Figure:
+    """A PNG in the run folder, with its alt text and a caption (Markdown inline code allowed)."""
+
+    file: str
+    alt: str
+    caption: str = ""
+
+
+#: a report block: a heading (``"# ..."``, ``"## ..."``), a paragraph, a table or a figure
+Block = str | Table | Figure
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    """The blocks as Markdown, one blank line between blocks."""
+    lines: list[str] = []
+    for b in blocks:
+        if isinstance(b, Table):
+            lines.append("| " + " | ".join(b.header) + " |")
+            lines.append("|" + "".join("---:|" if a == "r" else "---|" for a in b.align))
+            lines += ["| " + " | ".join(r) + " |" for r in b.rows]
+        elif isinstance(b, Figure):
+            lines.append(f"![{b.alt}]({b.file})")
+            if b.caption:
+                lines += ["", f"*{b.caption}*"]
+        else:
+            lines.append(b)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """Markdown inline code and emphasis → HTML, everything else escaped."""
+    parts = re.split(r"(`[^`]*`)", text)
+    out = []
+    for p in parts:
+        if p.startswith("`") and p.endswith("`") and len(p) >= 2:
+            out.append(f"<code>{_html.escape(p[1:-1])}</code>")
+        else:
+            out.append(re.sub(r"\*([^*]+)\*", r"<em>\1</em>", _html.escape(p, quote=False)))
+    return "".join(out)
+
+
+_CSS = """body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .6em}
+th{background:#f2f2f2}td.r{text-align:right}figure{margin:1.5em 0}
+img{max-width:100%;height:auto}figcaption{font-size:90%;color:#444}code{background:#f4f4f4}"""
+
+
+def render_html(blocks: list[Block], folder: Path, title: str) -> str:
+    """One self-contained HTML page: every :class:`Figure` read from ``folder`` and inlined as
+    a ``data:image/png;base64`` URI; no external stylesheet, script or image."""
+    body = []
+    for b in blocks:
+        if isinstance(b, Table):
+            head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
+            rows = "".join(
+                "<tr>" + "".join(f'<td class="{a}">{_inline(c)}</td>' for a, c in zip(b.align, r))
+                + "</tr>" for r in b.rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(b, Figure):
+            data = base64.b64encode((folder / b.file).read_bytes()).decode("ascii")
+            cap = f"<figcaption>{_inline(b.caption)}</figcaption>" if b.caption else ""
+            body.append(f'<figure><img alt="{_html.escape(b.alt)}" '
+                        f'src="data:image/png;base64,{data}">{cap}</figure>')
+        elif b.startswith("#"):
+            level = len(b) - len(b.lstrip("#"))
+            body.append(f"<h{level}>{_inline(b[level:].strip())}</h{level}>")
+        else:
+            body.append(f"<p>{_inline(b)}</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def _eval_points(run, limit: int) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """``limit`` points spread over the test split (valid when test is empty), preprocessed
+    with the fixed draw 0, their labels (``None`` when the split has none) and the split."""
+    split = "test" if run.data.test.shape[0] else "valid"
+    n = run.data.split(split).shape[0]
+    idx = spread_indices(n, limit)
+    labels = run.data.labels.get(split)
+    labels = labels[idx] if labels is not None and labels.shape[0] == n else None
+    return run.pre.eval_split(run.split(split, limit), 0), labels, split
+
+
+def _embedding(run, stats, labels, split: str, out: Path) -> Figure:
+    from vaelab.inference.latent_space import pca
+    from vaelab.runs.plots import save_embedding
+
+    means = stats.means.flatten(1)  # (B, d) or (B, N K)
+    B, m = means.shape
+    if run.vae.latent.continuous and m <= 2:
+        coords, names = means.double(), ("z1", "z2")
+        how = f"the posterior means E_q[z | x] of {B} {split} points (z is {m}-D: drawn as is)"
+    else:
+        emb = pca(means, 2)
+        coords = emb.coords
+        names = (f"PC1 ({100 * float(emb.explained[0]):.0f}% of variance)",
+                 f"PC2 ({100 * float(emb.explained[1]):.0f}%)")
+        what = ("posterior means E_q[z | x]" if run.vae.latent.continuous else
+                "posterior class probabilities q(z_n = k | x), flattened to N·K")
+        how = f"PCA of the {what} of {B} {split} points"
+    colour = (f"coloured by the {int(labels.unique().numel())} class labels" if labels is not None
+              else f"uncoloured: the data set `{run.cfg.data.name}` carries no labels")
+    save_embedding(coords.numpy(), out / "latent_embedding.png",
+                   None if labels is None else labels.numpy(), "latent embedding", names)
+    return Figure("latent_embedding.png", "latent embedding", f"{how}, {colour}.")
+
+
+def _unit_label(stats, u: int, name: str) -> str:
+    kl = "" if stats.kl is None else f", KL {float(stats.kl[u]):.2f}"
+    return f"{name}{u} (A {float(stats.activity[u]):.2g}{kl})"
+
+
+def _traversals(run, stats, out: Path, max_units: int = 8) -> Figure:
+    from vaelab.inference.latent_space import prior_loc_scale, traverse
+    from vaelab.runs.plots import save_traversal_grid, save_traversal_lines
+
+    latent, means = run.vae.latent, stats.means
+    flat = means.flatten(1).double()  # (B, m)
+    point = int(((flat - flat.mean(0)) ** 2).sum(1).argmin())  # the most typical point
+    units = stats.ranked(min(max_units, stats.activity.numel()))
+    if latent.continuous:
+        z0 = means[point]  # (d,)
+        _, _, scale_how = prior_loc_scale(run.vae.generative.prior)
+        name, xlabel = "z", f"prior centre + t × prior scale ({scale_how})"
+        what = (f"z_u set to the prior's centre + t × its scale ({scale_how}), t = −3…3; the "
+                "other units at the posterior mean of the most typical point")
+    else:
+        z0 = torch.nn.functional.one_hot(means[point].argmax(-1), latent.num_classes).float()
+        name, xlabel = "variable ", "class k"
+        what = ("variable n set to each class k; the other variables at the most typical "
+                "point's most probable classes")
+    decoded, values = traverse(run.vae, z0, units)  # (U, T, D), (T,)
+    rows = [_unit_label(stats, u, name) for u in units]
+    cols = [f"{float(v):+.1f}" if latent.continuous else str(int(v)) for v in values]
+    caption = (f"Traversals of the {len(units)} most active units (rows, by activity A = "
+               f"Var_x E_q[z_u]): {what}; decoded means E[x | z].")
+    path = out / "latent_traversals.png"
+    U, T, D = decoded.shape
+    if len(run.data.shape) == 3:
+        shape = run.data.shape
+        if float(decoded.min()) < 0 or float(decoded.max()) > 1:  # counts, standardized
+            q = torch.quantile(decoded.flatten().double(), torch.tensor([0.01, 0.99]).double())
+            lo, hi = float(q[0]), float(q[1])
+            decoded = (decoded - lo) / max(hi - lo, 1e-12)  # clamped to [0, 1] by image_grid
+            caption += (f" Grey levels: black to white over [{lo:.3g}, {hi:.3g}], the 1st to "
+                        "99th percentile of the decoded values.")
+        grid = image_grid(decoded.reshape(U * T, D), shape, ncol=T)
+        _, h, w = image_shape_of(shape, D)
+        save_traversal_grid(path, grid, rows, cols, (h, w), title=xlabel)
+    else:
+        save_traversal_lines(path, decoded, values, rows, xlabel, title="latent traversals")
+        caption += " Table data: one panel per unit, the 8 features that move most."
+    return Figure("latent_traversals.png", "latent traversals", caption)
+
+
+def latent_section(run, out: Path, limit: int = 2000) -> list[Block]:
+    """The latent-space blocks of a report, its PNGs written to ``out`` (see the module
+    docstring): embedding, traversals, KL per unit with active units, and the class-usage heat
+    map of a categorical latent, computed on ``limit`` points spread over the test split."""
+    from vaelab.inference.latent_space import latent_stats
+    from vaelab.runs.plots import save_kl_bars
+
+    x, labels, split = _eval_points(run, limit)
+    stats = latent_stats(run.vae, x)
+    continuous = run.vae.latent.continuous
+    unit = "dimension" if continuous else "variable"
+    U, A = stats.activity.numel(), stats.num_active
+    blocks: list[Block] = ["## Latent space", _embedding(run, stats, labels, split, out)]
+    blocks.append(_traversals(run, stats, out))
+    save_kl_bars(out / "latent_kl.png", stats.activity.numpy(),
+                 None if stats.kl is None else stats.kl.numpy(), stats.threshold, unit)
+    summed = "" if continuous else " (summed over the K class probabilities)"
+    marked = (f"{A} of {U} {unit}s active (A_u ≥ {stats.threshold:g}, Burda et al. 2016), in "
+              f"colour; {x.shape[0]} {split} points.")
+    if stats.kl is not None:
+        caption = (f"Top: mean KL(q(z_u | x) ‖ p(z_u)) per {unit} ({stats.kl_method}; sum "
+                   f"{float(stats.kl.sum()):.2f} nats). Bottom: activity A_u = Var_x E_q[z_u] "
+                   f"on a log axis{summed}; {marked}")
+    else:
+        caption = (f"Activity A_u = Var_x E_q[z_u] on a log axis; no KL per {unit}: "
+                   f"{stats.kl_method}. {marked}")
+    blocks.append(Figure("latent_kl.png", "KL per unit", caption))
+    rows = [["active units", f"{A} of {U}"]]
+    if stats.kl is not None:
+        rows.append([f"KL summed over {unit}s (nats)", f"{float(stats.kl.sum()):.3f}"])
+    if not continuous:
+        from vaelab.inference.diagnostics import category_usage
+        from vaelab.runs.plots import save_usage_heatmap
+
+        usage = category_usage(run.vae, x)
+        save_usage_heatmap(out / "latent_usage.png", usage.aggregate.numpy(),
+                           usage.classes_used.numpy())
+        rows += [[k.replace("_", " "), _fmt(v)] for k, v in usage.summary().items()]
+        blocks.append(Figure(
+            "latent_usage.png", "class usage",
+            f"Aggregate posterior q̄(z_n = k) = mean over {x.shape[0]} {split} points of "
+            "q(z_n = k | x); per row, the classes that are some point's most probable."))
+    blocks.insert(1, Table(["latent statistic", "value"], rows, "lr"))
+    return blocks
+
+
+def write_report(run, metrics: dict | None = None, n: int = 32, html: bool = False) -> Path:
+    """Write ``run.dir/report.md`` and its PNGs (and ``report.html`` with ``html``); returns
+    the path of ``report.md``.
+
+    :param metrics: evaluation results (``est.summary()``), tabled and saved as ``eval.json``.
+    :param n: points whose reconstructions are shown.
+    :param html: also write the self-contained ``report.html`` (:func:`render_html`).
+    """
+    out = Path(run.dir)
+    history = read_metrics(out)
+    shape = run.data.shape  # (C, H, W) for images, (D,) for tables
+    plot_curves(history, out / "curves.png")
+    # n points spread over the split (the binarized MNIST test file is sorted by digit)
+    x = run.pre.eval_split(run.split("test" if run.data.test.shape[0] else "valid", n), 0)
+    torch.manual_seed(0)
+    recon = run.vae.reconstruct(x)
+    pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[1])  # input, reconstruction, ...
+    save_grid(out / "reconstructions.png", pairs, shape, ncol=16, title="input | reconstruction")
+    samples = run.vae.generative.sample(64)
+    save_grid(out / "samples.png", samples, shape, ncol=8, title="prior samples")
+    c = run.cfg
+    blocks: list[Block] = [
+        f"# vaelab run `{out.name}`",
+        f"data `{c.data.name}`, latent `{c.model.latent.name}` (dim {c.model.latent_dim}), "
+        f"prior `{c.model.prior.name}`, likelihood `{c.model.likelihood.name}`, "
+        f"decoder `{c.model.decoder.name}`, encoder `{c.guide.encoder.name}`, "
+        f"guide `{c.guide.family.name}`, hidden {c.model.hidden_sizes}, "
+        f"objective `{c.objective.name}` "
+        f"(particles {c.objective.num_particles}), {len(history)} epochs of batch "
+        f"{c.train.batch_size}, lr {c.train.lr}, seed {c.train.seed}.",
+        _history_table(history),
+    ]
+    if metrics:
+        blocks += ["## Evaluation", Table(["metric", "value"],
+                                          [[k, _fmt(v)] for k, v in _flatten(metrics).items()],
+                                          "lr")]
+    blocks += [Figure("curves.png", "training curves"),
+               Figure("reconstructions.png", "reconstructions"),
+               Figure("samples.png", "samples")]
+    torch.manual_seed(0)
+    blocks += latent_section(run, out)
+    (out / "report.md").write_text(render_markdown(blocks))
+    if html:
+        (out / "report.html").write_text(render_html(blocks, out, f"vaelab run {out.name}"))
+    if metrics:
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+    return out / "report.md"
