@@ -114,7 +114,8 @@ def objective_step(s: Sizes, overrides: list[str], device: str | torch.device = 
     """One training step of the default path (jit auto, torch driver) for ``overrides``, the
     VAE on ``device``."""
     from vaelab.data import DataSplits, Preprocessor
-    from vaelab.runs.train import Stepper, choose_objective
+    from vaelab.runs.stepper import Stepper
+    from vaelab.runs.train import choose_objective
 
     cfg = load_config(None, [f"model.latent_dim={s.Z}", f"model.hidden_sizes=[{s.H}]",
                              "data.name=synthetic", f"train.batch_size={s.B}", *overrides])

@@ -17,8 +17,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vaelab.runs.reproduce import AIS_BLOCK, ais_minus_is, evaluate_in_blocks, reproduce
+from vaelab.runs.reproduce import reproduce
 from vaelab.runs.run import eval_config, load_run
+from vaelab.runs.stages import AIS_BLOCK, ais_minus_is, evaluate_in_blocks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runner import run_parser, write_markdown  # noqa: E402

@@ -284,7 +284,8 @@ def table(rows: list[dict], saved: dict) -> list[str]:
             "for the decoder; they hold once K is large enough for the self-normalized weights to "
             "be nearly uniform, which the test ESS column above (mean ESS over K = 5000 weights) "
             "says this checkpoint is far from. The same comparison on the linear-Gaussian model "
-            "(`tests/inference/test_diagnostics.py::test_snr_scaling_iwae_falls_dreg_does_not`, weights "
+            "(`tests/inference/test_diagnostics.py::test_snr_scaling_iwae_falls_dreg_does_not`, "
+            "weights "
             "close to uniform) shows the predicted behaviour: IWAE encoder snr 0.58 → 0.08, DReG "
             "0.99 → 3.1 from K = 1 to 100.",
             "",

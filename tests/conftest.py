@@ -44,7 +44,8 @@ def tiny_cfg_overrides():
 @pytest.fixture
 def ppca():
     """Probabilistic PCA (D=6, d=2, σ=0.5) with its guide at the exact posterior, 20 points drawn
-    from it, and their closed-form log p(x): ``(vae, W, b, x, log_px)`` (see tests/ground_truth.py)."""
+    from it, and their closed-form log p(x): ``(vae, W, b, x, log_px)``
+    (see tests/ground_truth.py)."""
     from ground_truth import SIGMA, exact_log_px, make_ppca, sample_ppca
 
     vae, W, b = make_ppca(D=6, d=2, sigma=SIGMA, seed=0)

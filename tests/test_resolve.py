@@ -1,7 +1,8 @@
 """Configs that age well: run folders saved by vaelab 0.1.0 (``tests/fixtures/run_v1_*``, no
 ``version`` in their config) load, evaluate and resume under today's code, to the result an
 uninterrupted run under the old code reached (``expected_epoch3.json``, recorded by vaelab 0.1.0
-training the same config for 3 epochs)."""
+training the same config for 3 epochs); configs of version 2 upgrade to version 3 (networks'
+widths in one place, one training driver) with the same meaning."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tomli_w
 import torch
 
+import vaelab.resolve
 from vaelab.cli import main
-from vaelab.config import CONFIG_VERSION, RunConfig
+from vaelab.config import CONFIG_VERSION, RunConfig, to_dict
 from vaelab.registry import ConfigError
 from vaelab.resolve import CHANGED_DEFAULTS, load_config, migrate, resolve
+from vaelab.runs.recipes import load_recipe
 from vaelab.runs.run import evaluate, load_run
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -88,3 +92,151 @@ def test_changed_defaults_name_real_keys_and_differ_from_today():
         assert today[section][name] != old, key
         assert migrate({"version": version - 1})[section][name] == old
         assert name not in migrate({"version": version}).get(section, {})
+
+
+# --------------------------------------------------------------------------------------------
+# version 3: one home for a network's widths, one training driver (issue 23, items 3 and 4)
+
+
+def _as_saved_by_version_2(cfg: RunConfig) -> dict:
+    """``cfg`` as vaelab's version 2 saved it: the same keys, ``version = 2`` and the removed
+    ``train.driver = "torch"`` (checked against the version-2 code's own dumps of every variant
+    of the recipes below: equal), i.e. ``model.hidden_sizes`` / ``guide.hidden_sizes`` beside
+    the networks' widths."""
+    raw = to_dict(cfg)
+    return {**raw, "version": 2, "train": {**raw["train"], "driver": "torch"}}
+
+
+@pytest.mark.parametrize("recipe", ["iwae_static", "gumbel_softmax"])
+def test_a_version_2_recipe_run_upgrades_to_the_new_resolution_of_its_recipe(recipe):
+    """Long runs of these recipes started before version 3 resume under it: their saved config,
+    upgraded, equals the recipe's config resolved today (what ``--resume`` compares)."""
+    r = load_recipe(recipe)
+    for variant in r.variants:
+        today = r.config(variant)
+        upgraded = resolve(_as_saved_by_version_2(today), saved=True)
+        assert upgraded == today and to_dict(upgraded) == to_dict(today), variant
+
+
+def test_an_old_configs_widths_become_the_networks_on_upgrade():
+    """Before version 3 ``model.hidden_sizes`` / ``guide.hidden_sizes`` were an MLP's widths;
+    the upgrade moves them into the networks they meant."""
+    old = {"version": 2, "model": {"latent_dim": 2, "hidden_sizes": [30, 20],
+                                   "activation": "tanh"},
+           "guide": {"hidden_sizes": [5]}}
+    up = migrate(old)
+    assert "hidden_sizes" not in up["model"] and "hidden_sizes" not in up["guide"]
+    assert up["model"]["decoder"] == {"name": "mlp", "hidden_sizes": [30, 20]}
+    assert up["guide"]["encoder"] == {"hidden_sizes": [5]}  # the decoder mirrored, these widths
+    cfg = resolve(old, saved=True)
+    assert cfg.model.decoder.model_dump() == {"name": "mlp", "init": "default",
+                                              "hidden_sizes": [30, 20], "activation": "tanh"}
+    assert cfg.guide.encoder.model_dump() == {"name": "mlp", "init": "default",
+                                              "hidden_sizes": [5], "activation": "tanh"}
+    # beside another decoder, guide.hidden_sizes made an MLP encoder (today: that network's)
+    cfg = resolve({"version": 2, "model": {"decoder": "gated"}, "guide": {"hidden_sizes": [9]}},
+                  saved=True)
+    assert (cfg.guide.encoder.name, cfg.guide.encoder.hidden_sizes) == ("mlp", [9])
+    # a named MLP encoder without widths took model.hidden_sizes reversed (today: its default)
+    cfg = resolve({"version": 2, "model": {"hidden_sizes": [30, 20]},
+                   "guide": {"encoder": "mlp"}}, saved=True)
+    assert cfg.guide.encoder.hidden_sizes == [20, 30]
+    # for another network the width keys changed nothing (they had to agree): dropped
+    cfg = resolve({"version": 2, "model": {"hidden_sizes": [], "decoder": "conv"},
+                   "guide": {"hidden_sizes": [], "encoder": "conv"}}, saved=True)
+    assert cfg.model.decoder.hidden_sizes == [] and cfg.guide.encoder.hidden_sizes == []
+
+
+def test_an_old_svi_config_trains_with_the_one_driver_and_one_note(tiny_cfg_overrides, tmp_path,
+                                                                   capsys):
+    """``train.driver = "svi"`` is gone (pyro.infer.SVI reaches the one driver's parameters,
+    tests/test_vae.py); a config saved with it loads, trains, and says so in one note."""
+    raw = _as_saved_by_version_2(load_config(None, tiny_cfg_overrides))
+    raw["train"]["driver"] = "svi"
+    path = tmp_path / "old.toml"
+    path.write_text(tomli_w.dumps(json.loads(json.dumps(raw), object_hook=_no_nulls)))
+    vaelab.resolve._NOTED.clear()  # notes said by earlier tests in this process
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "train.driver" in line]
+    assert len(notes) == 1 and notes[0].startswith("vaelab: note: "), err
+    assert "driver" not in (tmp_path / "run" / "config.toml").read_text()
+    with pytest.raises(ConfigError, match=r"train\.driver: unknown key"):
+        resolve({"train": {"driver": "torch"}})  # a config written today has no driver
+
+
+def _no_nulls(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+# --------------------------------------------------------------------------------------------
+# run folders written by the code before the redesign (issue 23, item 7): config version 2,
+# written by vaelab at commit 3abc8f2 with 1 thread (tests/fixtures/*_v2_*)
+
+V2_RUN = FIXTURES / "run_v2_trained"
+V2_REPRODUCE = FIXTURES / "reproduce_v2_half"
+
+
+def _sums(path: Path) -> dict[str, float]:
+    state = torch.load(path, weights_only=True)
+    return {k: float(v.double().sum()) for k, v in state["model"].items()}
+
+
+def test_a_version_2_trained_run_scores_and_resumes_as_the_old_code_did(tmp_path, capsys):
+    """The fixture's parameters after 2 epochs, its IS of 10 test points (K = 100, seed 0) and
+    its resume to epoch 3 equal what the old code computed (``expected.json``), up to float32
+    summation order (recorded with 1 thread)."""
+    expected = json.loads((V2_RUN / "expected.json").read_text())
+    out = tmp_path / "run"
+    shutil.copytree(V2_RUN, out)
+    assert _sums(out / "checkpoints" / "last.pt") == expected["epoch2_param_sums"]
+    run = load_run(out, checkpoint="last")
+    spec = expected["epoch2_is"]
+    est = evaluate(run, run.cfg.eval.model_copy(update={
+        "num_samples": spec["num_samples"], "limit": spec["limit"], "seed": spec["seed"]}))
+    assert est.log_px.tolist() == pytest.approx(spec["log_px"], rel=1e-5, abs=1e-5)
+    argv = ["train", str(out / "config.toml"), "--out", str(out), "--resume", "--set",
+            "train.epochs=3"]
+    assert main(argv) == 0, capsys.readouterr().err
+    for key, total in expected["epoch3_param_sums"].items():
+        assert _sums(out / "checkpoints" / "last.pt")[key] == pytest.approx(total, rel=1e-4,
+                                                                           abs=1e-4), key
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("epoch", "step", "train_loss", "valid_elbo", "beta", "temperature"):
+        want = expected["epoch3_metrics"][key]
+        assert row[key] == (want if want is None else pytest.approx(want, rel=1e-5)), key
+
+
+def _without_timing(d: dict) -> dict:
+    return {k: _without_timing(v) if isinstance(v, dict) else v for k, v in d.items()
+            if not k.endswith("_s")}
+
+
+def test_a_version_2_reproduce_folder_with_half_its_blocks_finishes_to_the_old_numbers(
+        tmp_path, capsys):
+    """A ``vaelab reproduce`` folder the old code left with 2 of its 3 IS blocks done: the same
+    command finishes it (the stamped blocks are reused, training is not rerun) to the numbers of
+    the old code's uninterrupted run (``expected_result.json``): IS, AIS, AIS − IS, BDMC."""
+    out = tmp_path / "repro"
+    shutil.copytree(V2_REPRODUCE, out)
+    blocks = sorted((out / "iwae_k5" / "seed0" / "reproduce" / "is").iterdir())
+    kept = {p.name: p.read_bytes() for p in blocks}
+    assert list(kept) == ["block_0000.pt", "block_0001.pt"]
+    overrides = (V2_REPRODUCE / "overrides.txt").read_text().split()
+    argv = ["reproduce", "iwae_static", "--out", str(out), "--variant", "iwae_k5",
+            "--no-progress", *overrides]
+    assert main(argv) == 0, capsys.readouterr().err
+    run_dir = out / "iwae_k5" / "seed0"
+    for name, data in kept.items():  # reused as they were
+        assert (run_dir / "reproduce" / "is" / name).read_bytes() == data
+    assert len(run_dir.joinpath("metrics.jsonl").read_text().splitlines()) == 2
+    got = json.loads((run_dir / "reproduce" / "result.json").read_text())
+    want = json.loads((V2_REPRODUCE / "expected_result.json").read_text())
+    for key in ("is", "ais", "ais_vs_is", "bdmc", "budget"):
+        g, w = _without_timing(got[key]), _without_timing(want[key])
+        assert g.keys() == w.keys(), key
+        for k in w:
+            if isinstance(w[k], float):
+                assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (key, k)
+            else:
+                assert g[k] == w[k], (key, k)

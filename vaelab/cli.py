@@ -1,14 +1,25 @@
-"""The ``vaelab`` command line: train, evaluate, sample, config show, bdmc, diagnose.
+"""The ``vaelab`` command line, eleven commands: train, evaluate, sample, report, list, config
+show, diagnose, bdmc, reproduce, sweep, compare.
 
 ::
 
     vaelab train experiments/configs/gaussian_mnist.toml --out runs/g --set train.epochs=5
     vaelab evaluate runs/g --num-samples 5000 --json
-    vaelab sample runs/g -n 64 --out samples.png
-    vaelab config show experiments/configs/gaussian_mnist.toml --set model.prior=vamp
     vaelab evaluate runs/g --method ais --steps 1000 --chains 16 --limit 100
-    vaelab bdmc runs/g --num-points 100 --steps 1000 --json
+    vaelab sample runs/g -n 64 --out samples.png
+    vaelab report runs/g --html
+    vaelab list priors
+    vaelab config show experiments/configs/gaussian_mnist.toml --set model.prior=vamp
     vaelab diagnose runs/g --objectives iwae:5,iwae:50,iwae_dreg:50 --draws 100
+    vaelab bdmc runs/g --num-points 100 --steps 1000 --json
+    vaelab reproduce --list-recipes
+    vaelab sweep experiments/configs/gaussian_mnist.toml --out runs/s --grid 'train.lr=[1e-3, 3e-4]'
+    vaelab compare runs/s --metric best_valid_elbo
+
+The command-line page of the documentation site (``docs/cli.md``) says what each one prints.
+
+One topic: the command line, a parser and a short function per command, kept in one module
+so that every command and its options are read in one place.
 """
 
 from __future__ import annotations
@@ -101,7 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(train, evaluate, sample, config show, list, bdmc, diagnose, reproduce)")
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_evaluate, _add_sample_report, _add_list_config,
+                _add_diagnose, _add_bdmc, _add_reproduce, _add_sweep_compare):
+        add(sub)  # in this order: the order of ``vaelab --help``
+    return parser
 
+
+def _add_train(sub) -> None:
+    """The ``train`` subcommand (:mod:`vaelab.runs.train`)."""
     p = sub.add_parser("train", help="train a VAE from a TOML config")
     p.add_argument("config", help="TOML config file")
     p.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints, report)")
@@ -110,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--evaluate", action="store_true", help="evaluate (IS) after training")
 
+
+def _add_evaluate(sub) -> None:
+    """The ``evaluate`` subcommand: ELBO and log p(x) of a trained run."""
     p = sub.add_parser(
         "evaluate", help="ELBO and log p(x) (IS with diagnostics, or AIS) of a trained run"
     )
@@ -133,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_marginal_args(p)
 
+
+def _add_sample_report(sub) -> None:
+    """The ``sample`` and ``report`` subcommands: pictures of a trained run."""
     p = sub.add_parser("sample", help="decode prior samples into an image grid")
     p.add_argument("run_dir")
     p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
@@ -147,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write RUN_DIR/report.html (images inlined, no external files)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
 
+
+def _add_list_config(sub) -> None:
+    """The ``list`` and ``config show`` subcommands: components and configs."""
     p = sub.add_parser("list", help="registered components (plugins included) and their options")
     p.add_argument("kind", nargs="?", default=None,
                    help="priors, likelihoods, latents, families, networks, objectives, datasets, "
@@ -160,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("config", nargs="?", default=None, help="TOML file (default: all defaults)")
     _add_set(cs)
 
+
+def _add_diagnose(sub) -> None:
+    """The ``diagnose`` subcommand: gradient statistics of objectives at a run."""
     p = sub.add_parser(
         "diagnose", help="gradient variance / SNR, bound, time and memory of objectives at a run"
     )
@@ -177,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", nargs="?", const="-", default=None, metavar="PATH",
         help="write the results as JSON to PATH (bare --json: print JSON instead of the table)",
     )
+
+
+def _add_bdmc(sub) -> None:
+    """The ``bdmc`` subcommand: bidirectional Monte Carlo on simulated data."""
     p = sub.add_parser(
         "bdmc", help="bidirectional Monte Carlo: bounds on log p(x) of data simulated from a run"
     )
@@ -203,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true")
 
+
+def _add_reproduce(sub) -> None:
+    """The ``reproduce`` subcommand: a paper recipe end to end."""
     p = sub.add_parser(
         "reproduce", help="run a paper recipe end to end (train, evaluate, its table row); "
         "resumable")
@@ -220,8 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --table: also draw it as a chart (PNG) at PATH")
     p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes")
     p.add_argument("--no-progress", action="store_true")
-    _add_sweep_compare(sub)
-    return parser
 
 
 def _add_sweep_compare(sub) -> None:

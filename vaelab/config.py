@@ -3,8 +3,8 @@
 A run is described by seven sections whose key names are the contract of the CLI::
 
     [data]      name, path, binarize, dequantize, limit, subset, ...
-    [model]     latent, latent_dim, hidden_sizes, likelihood, prior, ...
-    [guide]     hidden_sizes, family
+    [model]     latent, latent_dim, decoder, likelihood, prior, ...
+    [guide]     family, encoder
     [objective] name, num_particles, ...
     [train]     epochs, batch_size, lr, seed, ...
     [eval]      num_samples, method, proposal, ais_steps, ...
@@ -17,8 +17,11 @@ Components (``model.prior``, ``model.likelihood``, ``model.latent``, ``guide.fam
 ``eval.proposal``) are a name or a table ``{name = "...", option = value}`` as written; after
 resolution (:func:`vaelab.resolve.resolve`, the only place names are looked up) each holds its
 typed, frozen :class:`~vaelab.registry.Options`, and building it is one ``.build(...)`` call on
-the registry. This module imports nothing from vaelab but :mod:`vaelab.registry`: loading,
-overrides and resolution live in :mod:`vaelab.resolve`.
+the registry. The sections whose ``name`` picks a builder that reads the whole section
+(``[data]``, ``[objective]``) carry the registry entry their name resolved to
+(:attr:`NamedSection.entry`), so that nothing is looked up again either. This module imports
+nothing from vaelab but :mod:`vaelab.registry`: loading, overrides and resolution live in
+:mod:`vaelab.resolve`.
 
 Example::
 
@@ -35,9 +38,9 @@ import tomllib
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
 
-from vaelab.registry import ConfigError, Options
+from vaelab.registry import ConfigError, Entry, Options
 
 __all__ = [
     "CONFIG_VERSION",
@@ -49,6 +52,7 @@ __all__ = [
     "GuideConfig",
     "LogConfig",
     "ModelConfig",
+    "NamedSection",
     "ObjectiveConfig",
     "RunConfig",
     "SECTIONS",
@@ -56,8 +60,9 @@ __all__ = [
     "to_dict",
 ]
 
-#: the schema version written into every saved config (see :data:`vaelab.resolve.CHANGED_DEFAULTS`)
-CONFIG_VERSION = 2
+#: the schema version written into every saved config (what each version changed:
+#: :func:`vaelab.resolve.migrate`)
+CONFIG_VERSION = 3
 
 #: a component as written (a name or a table) or, once resolved, its typed options
 Component = str | dict[str, Any] | SerializeAsAny[Options]
@@ -78,6 +83,29 @@ class _Section(BaseModel):
         return v
 
 
+class NamedSection(_Section):
+    """A section whose ``name`` picks a registered builder that reads the whole section (a data
+    set, an objective). Resolution (:func:`vaelab.resolve.resolve`) binds the registry entry of
+    ``name`` once; inner layers build from :attr:`entry` without looking the name up. The entry
+    is not part of the saved config (it is ``name`` again when read back)."""
+
+    name: str
+    _entry: Entry | None = PrivateAttr(None)
+
+    @property
+    def entry(self) -> Entry | None:
+        """The registry entry ``name`` resolved to; ``None`` for a section written by hand (or
+        renamed since it was resolved), which its builder's caller looks up itself."""
+        entry = self._entry
+        return entry if entry is not None and entry.name == self.name else None
+
+    def bound(self, entry: Entry) -> Any:
+        """A copy of this section that carries ``entry`` (resolution's job)."""
+        copy = self.model_copy()
+        copy._entry = entry
+        return copy
+
+
 def _is_number(annotation: Any) -> bool:
     """``int``, ``float`` or an optional one (``int | None``)."""
     args = getattr(annotation, "__args__", None)
@@ -86,7 +114,7 @@ def _is_number(annotation: Any) -> bool:
     return annotation in (int, float)
 
 
-class DataConfig(_Section):
+class DataConfig(NamedSection):
     """Which data set, and how each batch is preprocessed."""
 
     name: str = "binarized_mnist"
@@ -119,13 +147,18 @@ class ModelConfig(_Section):
 
     latent: Component = "gaussian"
     latent_dim: int = Field(20, gt=0)
-    #: decoder hidden widths, first layer after z; ``[]`` gives a linear decoder
-    hidden_sizes: list[int] = Field(default_factory=lambda: [400])
+    #: the decoder's hidden widths, first layer after z (``[]``: a linear MLP decoder): another
+    #: spelling of ``decoder.hidden_sizes``, the one home of the widths, for whichever network
+    #: the decoder is (given both ways, they must agree). ``None``: the network's own default
+    #: (``[400]`` for ``mlp``). A resolved config echoes the decoder's widths here
+    hidden_sizes: list[int] | None = None
+    #: the activation of a decoder (and encoder) that has one and whose table gives none
     activation: Literal["relu", "tanh", "softplus", "elu", "gelu"] = "relu"
     likelihood: Component = "bernoulli"
     #: ``None``: the latent type's default (``standard_normal`` for ``gaussian``)
     prior: Component | None = None
-    #: the decoder network; ``None``: an MLP of ``hidden_sizes`` and ``activation``
+    #: the decoder network (a name or a table, e.g. ``{name = "conv", channels = [32, 64]}``);
+    #: ``None``: ``mlp``
     decoder: Component | None = None
     #: the decoder's output bias at initialisation: ``default`` (the network's own), or
     #: ``data_mean``, the Bernoulli logit of the training mean per pixel, clipped to [0.001,
@@ -134,24 +167,36 @@ class ModelConfig(_Section):
 
     @field_validator("hidden_sizes")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(h <= 0 for h in v):
-            raise ValueError(f"every hidden size must be positive, got {v}")
-        return v
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        return _positive_widths(v)
+
+
+def _positive_widths(v: list[int] | None) -> list[int] | None:
+    if v is not None and any(h <= 0 for h in v):
+        raise ValueError(f"every hidden size must be positive, got {v}")
+    return v
 
 
 class GuideConfig(_Section):
     """The amortized guide q_φ(z|x)."""
 
-    #: encoder hidden widths, first layer after x; ``None`` mirrors ``model.hidden_sizes``
+    #: the encoder's hidden widths, first layer after x: another spelling of
+    #: ``encoder.hidden_sizes`` (given both ways, they must agree). ``None``: the encoder's own
+    #: (the decoder's, reversed, when the encoder mirrors it). A resolved config echoes them here
     hidden_sizes: list[int] | None = None
     #: ``None``: the latent type's default (``normal`` for ``gaussian``)
     family: Component | None = None
-    #: the encoder network; ``None``: an MLP of ``hidden_sizes`` and ``model.activation``
+    #: the encoder network; ``None`` (or a table without ``name``, whose keys are put on top):
+    #: the decoder's network mirrored, widths reversed
     encoder: Component | None = None
 
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        return _positive_widths(v)
 
-class ObjectiveConfig(_Section):
+
+class ObjectiveConfig(NamedSection):
     """The training objective, see :mod:`vaelab.inference.objectives`."""
 
     name: str = "trace"
@@ -202,8 +247,6 @@ class TrainConfig(_Section):
     #: exponential moving average of the loss per point, floored at 1 nat); 0 = off. A
     #: non-finite loss, gradient, parameter or validation ELBO always stops the run.
     divergence: float = Field(100.0, ge=0.0)
-    #: ``torch``: objective.loss_and_grads + one torch Adam; ``svi``: pyro.infer.SVI + pyro.optim
-    driver: Literal["torch", "svi"] = "torch"
     #: Pyro's argument/support validation: on in tests, off in production training
     pyro_validation: bool = False
     #: points of the validation split scored each epoch (``None``: all)

@@ -9,9 +9,15 @@ and never consult a registry again.
 **Versions.** Every saved config carries ``version`` (:data:`~vaelab.config.CONFIG_VERSION`). A
 config read back from a run folder or a checkpoint (``saved=True``) whose version is older means
 what it meant when it was saved: each key whose default changed since is filled with its old
-default (:data:`CHANGED_DEFAULTS`), so a long run started under an older vaelab resumes
-unchanged under a newer one. A config without ``version`` that a run saved is version 1 (vaelab
-0.1.0); one a user writes means the current version.
+default (:data:`CHANGED_DEFAULTS`), and each key that moved or went away since is upgraded
+(:func:`migrate`), so a long run started under an older vaelab resumes unchanged under a newer
+one. A config without ``version`` that a run saved is version 1 (vaelab 0.1.0); one a user writes
+means the current version.
+
+**Networks** (``model.decoder``, ``guide.encoder``) hold their widths in one place, their own
+``hidden_sizes``; ``model.hidden_sizes`` and ``guide.hidden_sizes`` are the short spelling of
+the same widths (given both ways, they must agree), for whichever network it is, and a resolved
+config echoes the networks' widths there. An encoder that is not named mirrors the decoder.
 
 Example::
 
@@ -41,6 +47,7 @@ from vaelab.catalog import (
 from vaelab.config import (
     CONFIG_VERSION,
     SECTIONS,
+    EvalConfig,
     GuideConfig,
     ModelConfig,
     RunConfig,
@@ -49,7 +56,7 @@ from vaelab.config import (
     to_dict,
 )
 from vaelab.inference.proposals import parse_proposal
-from vaelab.model.networks import MLP
+from vaelab.notes import note
 from vaelab.registry import (
     ConfigError,
     Options,
@@ -68,6 +75,7 @@ __all__ = [
     "migrate",
     "parse_value",
     "resolve",
+    "resolve_eval",
     "to_dict",
 ]
 
@@ -79,6 +87,9 @@ CHANGED_DEFAULTS: list[tuple[int, str, Any]] = [
     # before 2, only a non-finite loss stopped a run
     (2, "train.divergence", 0.0),
 ]
+
+#: what :func:`migrate` said already in this process (a resumed run reads its config twice)
+_NOTED: set[str] = set()
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -141,7 +152,9 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
 
     A missing ``version`` is 1 (vaelab 0.1.0 saved none). Each key whose default changed after
     the config's version and that the config lacks gets its old default
-    (:data:`CHANGED_DEFAULTS`).
+    (:data:`CHANGED_DEFAULTS`). Version 3 (:func:`_upgrade_to_3`) moved the width shortcuts
+    ``model.hidden_sizes`` / ``guide.hidden_sizes`` into the networks they meant, and removed
+    ``train.driver``.
 
     :raises ConfigError: the config is newer than this vaelab.
     """
@@ -158,8 +171,63 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         section, name = key.split(".")
         if version < changed_in and name not in raw.get(section, {}):
             raw.setdefault(section, {})[name] = old
+    if version < 3:
+        _upgrade_to_3(raw)
     raw["version"] = CONFIG_VERSION
     return raw
+
+
+def _upgrade_to_3(raw: dict[str, Any]) -> None:
+    """Version 2 → 3, in place: the same networks and the same training, said differently.
+
+    * ``train.driver`` is gone: ``"torch"`` was the default; ``"svi"`` (``pyro.infer.SVI`` with
+      ``pyro.optim.Adam``) reached the same parameters as the one driver within float error
+      (``tests/test_vae.py``), which now trains it, and one note says so.
+    * ``model.hidden_sizes`` became the decoder's ``hidden_sizes``: before 3 it filled in the
+      widths of an MLP decoder (``mlp``, or no decoder) whose table gave none, and for another
+      network it changed nothing (it had to agree with the network's own widths).
+    * ``guide.hidden_sizes`` became the encoder's: before 3 it gave the widths of an encoder that
+      mirrors an MLP decoder, an MLP of those widths beside any other decoder, and those of a
+      named MLP encoder without its own (which otherwise took ``model.hidden_sizes``, reversed).
+
+    An MLP is recognised by its name ``mlp``, as every network config saved so far names it.
+    """
+    train = raw.get("train")
+    if isinstance(train, dict) and train.pop("driver", "torch") == "svi":
+        _note_once("train.driver = 'svi' (a config saved before version 3): vaelab has one "
+                   "driver, the objective's loss_and_grads and one torch Adam, which reaches "
+                   "the parameters pyro.infer.SVI with pyro.optim.Adam reached, within float "
+                   "error; the run trains with it")
+    model, guide = raw.setdefault("model", {}), raw.setdefault("guide", {})
+    if not isinstance(model, dict) or not isinstance(guide, dict):
+        return  # not tables: validation names the key
+    widths, guide_widths = model.pop("hidden_sizes", None), guide.pop("hidden_sizes", None)
+    decoder = model.get("decoder")
+    dec_mlp = decoder is None or _name_of(decoder, "mlp") == "mlp"
+    if widths is not None and dec_mlp:
+        table = _table(_with_default(decoder, "mlp"))
+        model["decoder"] = {**table, "hidden_sizes": table.get("hidden_sizes", widths)}
+    encoder = guide.get("encoder")
+    if encoder is None or (isinstance(encoder, dict) and "name" not in encoder):
+        if guide_widths is not None:  # a table without name: its keys on top, as before
+            base = {} if dec_mlp else {"name": "mlp"}
+            guide["encoder"] = {**base, "hidden_sizes": guide_widths, **(encoder or {})}
+    elif _name_of(encoder, "") == "mlp":
+        table = _table(encoder)
+        mirror = (widths if widths is not None else [400])[::-1]
+        own = guide_widths if guide_widths is not None else mirror
+        guide["encoder"] = {**table, "hidden_sizes": table.get("hidden_sizes", own)}
+
+
+def _name_of(spec: Any, default: str) -> Any:
+    """The name a component spec gives (a name, or a table's ``name``), else ``default``."""
+    return spec if isinstance(spec, str) else (spec or {}).get("name", default)
+
+
+def _note_once(message: str) -> None:
+    if message not in _NOTED:
+        _NOTED.add(message)
+        note(message)
 
 
 def _with_default(spec: Any, default: str) -> Any:
@@ -191,69 +259,49 @@ def _mirrored(opts: Options) -> dict[str, Any]:
     return d
 
 
-def _network(spec: Any, key: str, hidden: list[int], hidden_key: str, hidden_given: bool,
+def _network(spec: Any, key: str, widths: list[int] | None, widths_key: str,
              activation: str) -> Options:
-    """Parse a network, with the MLP shortcut keys (``hidden_key``, ``*.activation``) filling
-    the options a table leaves out.
+    """Parse a network, ``widths`` (the value of ``widths_key``, its short spelling) filling
+    its ``hidden_sizes`` and ``activation`` its activation, where its table gives none.
 
-    An MLP table without ``hidden_sizes`` takes ``hidden``; one with other widths than a
-    ``hidden_key`` that was set is refused. Another network refuses a ``hidden_key`` that was set
-    to other widths than its own (a saved config holds the network's widths there). A network
-    with an ``activation`` option takes ``activation`` unless its table gives one.
+    :raises ConfigError: ``widths`` and the table's ``hidden_sizes`` disagree, or the network
+        has no widths to set.
     """
-    spec = _table(spec)
-    opts = NETWORKS.parse(spec, key)
-    given = set(spec) if isinstance(spec, dict) else set()
+    table = _table(spec)
+    opts = NETWORKS.parse(table, key)
     fields = type(opts).model_fields
-    is_mlp = isinstance(opts.component, type) and issubclass(opts.component, MLP)
     fill: dict[str, Any] = {}
-    own = getattr(opts, "hidden_sizes", None)
-    if is_mlp and "hidden_sizes" not in given:
-        fill["hidden_sizes"] = hidden
-    elif hidden_given and list(hidden) != (own if own is not None else _default_widths(key)):
-        clash = (f"and {key}.hidden_sizes = {own} disagree" if is_mlp else
-                 f"is the width shortcut of an MLP, but {key} = {opts.name!r} is set too (its "
-                 f"widths are {key}.hidden_sizes)")
-        raise ConfigError(
-            f"{hidden_key} = {list(hidden)} {clash}; give the widths once, as "
-            f"{key}.hidden_sizes (or drop {hidden_key})"
-        )
-    if "activation" in fields and "activation" not in given:
+    if widths is not None:
+        own = table.get("hidden_sizes") if isinstance(table, dict) else None
+        if "hidden_sizes" not in fields:
+            raise ConfigError(f"{widths_key} = {list(widths)}: network {opts.name!r} ({key}) "
+                              f"has no hidden_sizes; drop {widths_key}")
+        if own is not None and list(own) != list(widths):
+            raise ConfigError(
+                f"{widths_key} = {list(widths)} and {key}.hidden_sizes = {list(own)} disagree; "
+                f"give the widths once, as {key}.hidden_sizes (or {widths_key})")
+        fill["hidden_sizes"] = list(widths)
+    if "activation" in fields and "activation" not in table:
         fill["activation"] = activation
     return NETWORKS.parse({**opts.model_dump(), **fill}, key) if fill else opts
 
 
-def _default_widths(key: str) -> list[int] | None:
-    """What resolution leaves in the width shortcut of a network without ``hidden_sizes``."""
-    if key == "model.decoder":
-        return ModelConfig.model_fields["hidden_sizes"].get_default(call_default_factory=True)
-    return GuideConfig.model_fields["hidden_sizes"].default
-
-
 def _resolve_networks(m: ModelConfig, g: GuideConfig) -> tuple[Options, Options]:
-    """``model.decoder`` and ``guide.encoder`` as full options.
+    """``model.decoder`` (default ``mlp``) and ``guide.encoder`` as full options.
 
-    No ``model.decoder``: the MLP of ``model.hidden_sizes`` and ``model.activation`` (what every
-    config before networks were components meant). No ``guide.encoder`` (or a table without a
-    name): the decoder mirrored (:meth:`~vaelab.model.networks.NetworkOptions.mirrored`), an
-    MLP of ``guide.hidden_sizes`` when those are given, the table's keys on top.
+    No ``guide.encoder`` (or a table without a name): the decoder mirrored
+    (:meth:`~vaelab.model.networks.NetworkOptions.mirrored`), the table's keys on top.
     """
-    decoder = _network(
-        "mlp" if m.decoder is None else _with_default(m.decoder, "mlp"), "model.decoder",
-        m.hidden_sizes, "model.hidden_sizes", "hidden_sizes" in m.model_fields_set,
-        m.activation,
-    )
-    dec_is_mlp = isinstance(decoder.component, type) and issubclass(decoder.component, MLP)
+    decoder = _network(_with_default(m.decoder, "mlp"), "model.decoder", m.hidden_sizes,
+                       "model.hidden_sizes", m.activation)
     spec = g.encoder
     if spec is None or (isinstance(spec, dict) and "name" not in spec):
         base = _mirrored(decoder)
         if g.hidden_sizes is not None:
-            base = ({**base, "hidden_sizes": g.hidden_sizes} if dec_is_mlp
-                    else {"name": "mlp", "hidden_sizes": g.hidden_sizes})
+            base.pop("hidden_sizes", None)  # the mirror's widths give way to the ones given
         spec = {**base, **(spec or {})}
-    hidden = g.hidden_sizes if g.hidden_sizes is not None else m.hidden_sizes[::-1]
-    encoder = _network(spec, "guide.encoder", hidden, "guide.hidden_sizes",
-                       g.hidden_sizes is not None, m.activation)
+    encoder = _network(spec, "guide.encoder", g.hidden_sizes, "guide.hidden_sizes",
+                       m.activation)
     return decoder, encoder
 
 
@@ -269,9 +317,8 @@ def _resolve_components(cfg: RunConfig) -> RunConfig:
         _with_default(m.likelihood, ModelConfig.model_fields["likelihood"].default),
         "model.likelihood",
     )
-    DATASETS.entry(cfg.data.name, key="data.name")
-    OBJECTIVES.entry(cfg.objective.name, key="objective.name")
-    proposal = parse_proposal(cfg.eval.proposal, "eval.proposal")
+    data = cfg.data.bound(DATASETS.entry(cfg.data.name, key="data.name"))
+    objective = cfg.objective.bound(OBJECTIVES.entry(cfg.objective.name, key="objective.name"))
     if not fits(prior, latent.name, kind.priors):
         raise ConfigError(
             f"model.prior: {prior.name!r} does not fit latent type {latent.name!r}"
@@ -283,17 +330,37 @@ def _resolve_components(cfg: RunConfig) -> RunConfig:
             f"families for it: {', '.join(kind.families)}"
         )
     decoder, encoder = _resolve_networks(m, g)
-    # the shortcut keys say what the networks are (so that a saved config re-resolves to itself)
-    shortcut = {"hidden_sizes": getattr(decoder, "hidden_sizes", m.hidden_sizes)}
+    # the short keys echo the networks (a saved config re-resolves to itself)
+    echo = {"hidden_sizes": getattr(decoder, "hidden_sizes", None)}
     if "activation" in type(decoder).model_fields:
-        shortcut["activation"] = decoder.activation
+        echo["activation"] = decoder.activation
     return cfg.model_copy(update={
+        "data": data,
         "model": m.model_copy(update={"latent": latent, "prior": prior, "likelihood": likelihood,
-                                      "decoder": decoder, **shortcut}),
+                                      "decoder": decoder, **echo}),
         "guide": g.model_copy(update={"family": family, "encoder": encoder,
                                       "hidden_sizes": getattr(encoder, "hidden_sizes", None)}),
-        "eval": cfg.eval.model_copy(update={"proposal": proposal}),
+        "objective": objective,
+        "eval": _parsed_eval(cfg.eval),
     })
+
+
+def _parsed_eval(ec: EvalConfig) -> EvalConfig:
+    return ec.model_copy(update={"proposal": parse_proposal(ec.proposal, "eval.proposal")})
+
+
+def resolve_eval(raw: dict[str, Any]) -> EvalConfig:
+    """Validate and resolve an ``[eval]`` section alone (its proposal parsed), e.g. a run's
+    saved ``[eval]`` with ``eval.KEY=VALUE`` overrides (:func:`vaelab.runs.run.eval_config`):
+    the other sections were resolved when the run was loaded.
+
+    :raises ConfigError: one line naming the ``eval.`` key.
+    """
+    try:
+        ec = EvalConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error("eval", err, EvalConfig)) from None
+    return _parsed_eval(ec)
 
 
 def resolve(raw: dict[str, Any] | RunConfig, *, saved: bool = False) -> RunConfig:

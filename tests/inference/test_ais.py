@@ -1,7 +1,7 @@
 """Annealed importance sampling and BDMC against the closed form of probabilistic PCA.
 
-Model: tests/ground_truth.py with D=6, d=2, σ=0.5; 20 data points. Every statistical assertion states
-T (steps), C (chains), L (leapfrog steps) and its tolerance; seeds are fixed."""
+Model: tests/ground_truth.py (PPCA) with D=6, d=2, σ=0.5; 20 data points. Every statistical
+assertion states T (steps), C (chains), L (leapfrog steps) and its tolerance; seeds are fixed."""
 
 import json
 

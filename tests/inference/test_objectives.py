@@ -575,7 +575,7 @@ TRAINABLE = [
     ["objective.name=iwae_dreg", "objective.num_particles=3", "guide.family=student_t"],
     ["objective.name=renyi", "objective.num_particles=3", "objective.alpha=0.5"],
     ["objective.name=stl"],
-    ["objective.name=stl", "objective.num_particles=2", "model.prior=vamp", "train.driver=svi"],
+    ["objective.name=stl", "objective.num_particles=2", "model.prior=vamp"],
 ]
 
 

@@ -1,8 +1,8 @@
 """Importance-sampling diagnostics (Pareto k̂, ESS, standard error, convergence curve),
 proposals and the exact linear-Gaussian log p(x), against closed forms (probabilistic PCA).
 
-Model: tests/ground_truth.py with D=6, d=2, σ=0.5, 20 points; every statistical assertion states K and
-its tolerance; seeds are fixed (conftest seeds 0, tests reseed where they repeat)."""
+Model: tests/ground_truth.py (PPCA) with D=6, d=2, σ=0.5, 20 points; every statistical assertion
+states K and its tolerance; seeds are fixed (conftest seeds 0, tests reseed where they repeat)."""
 
 import json
 import math

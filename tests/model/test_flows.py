@@ -250,7 +250,8 @@ def test_is_and_ais_with_a_flow_prior_converge_to_quadrature(float64):
     standard-normal model's) and a perturbed IAF guide; truth by quadrature (0.02 grid over
     [−8, 8]²; the prior alone sums to 1 within 1e-6 there). IS with K = 5000: every point
     within 4 MC standard errors + 0.02, the mean within 0.02 nats (measured |mean| ≤ 0.01 over
-    3 seeds). AIS from the prior (T=300, C=16, L=5, as in tests/inference/test_ais.py): the mean over 20
+    3 seeds). AIS from the prior (T=300, C=16, L=5, as in
+    tests/inference/test_ais.py): the mean over 20
     points within 0.1 nats (measured −0.012), every point within 4 standard errors + 0.1."""
     vae, W, b, x = iaf_ppca(flow_scale=0.03, prior=FLOW_PRIOR)
     perturb(vae.generative.prior, 0.2, seed=4)

@@ -1,10 +1,13 @@
 """Networks as components (issue 11, item 3): ``model.decoder`` / ``guide.encoder`` = ``mlp``,
-``gated`` or ``conv``; resolution of the MLP shortcut keys; traces on image-shaped data; one
-training step and one IS evaluation for every network × likelihood domain; bad configs."""
+``gated`` or ``conv``; one home for a network's widths (issue 23, item 4: ``model.hidden_sizes``
+/ ``guide.hidden_sizes`` spell the networks' own); traces on image-shaped data; one training step
+and one IS evaluation for every network × likelihood domain; bad configs."""
 
 from __future__ import annotations
 
 import math
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -99,18 +102,57 @@ def test_the_encoder_mirrors_the_decoder_and_a_table_without_name_adds_to_it():
     enc = cfg.guide.encoder
     assert enc.name == "conv" and enc.channels == [8, 16] and enc.hidden_sizes == [64, 32]
     assert enc.init == "he" and cfg.model.decoder.init == "default"
+    # guide.hidden_sizes are the mirrored encoder's widths, whatever network the decoder is
+    # (before version 3 they made an MLP beside a non-MLP decoder: test_resolve's upgrade test)
     cfg = load_config(None, ["model.decoder=gated", "guide.hidden_sizes=[9]"])
-    assert cfg.guide.encoder.name == "mlp" and cfg.guide.encoder.hidden_sizes == [9]
+    assert cfg.guide.encoder.name == "gated" and cfg.guide.encoder.hidden_sizes == [9]
+
+
+@pytest.mark.parametrize("overrides,decoder,encoder", [
+    (["model.hidden_sizes=[50]", "model.decoder=conv"], ("conv", [50]), ("conv", [50])),
+    (["model.hidden_sizes=[50]", "model.decoder=gated"], ("gated", [50]), ("gated", [50])),
+    (["guide.hidden_sizes=[50]", "guide.encoder=conv"], ("mlp", [400]), ("conv", [50])),
+    (["model.hidden_sizes=[50]", "guide.encoder=conv"], ("mlp", [50]), ("conv", [])),
+])
+def test_the_width_keys_spell_the_widths_of_whichever_network(overrides, decoder, encoder):
+    """One home: ``model.hidden_sizes`` is ``model.decoder.hidden_sizes`` (likewise for the
+    guide) for any network, echoed back after resolution; before version 3 the keys were an
+    MLP's and these configs were refused."""
+    cfg = load_config(None, overrides)
+    dec, enc = cfg.model.decoder, cfg.guide.encoder
+    assert (dec.name, dec.hidden_sizes) == decoder and (enc.name, enc.hidden_sizes) == encoder
+    assert cfg.model.hidden_sizes == dec.hidden_sizes and cfg.guide.hidden_sizes == enc.hidden_sizes
+    assert resolve(to_dict(cfg)) == cfg
+
+
+def test_the_shipped_config_takes_conv_networks_by_name(capsys):
+    """``vaelab config show experiments/configs/gaussian_mnist.toml --set model.decoder=conv
+    --set guide.encoder=conv`` (refused before version 3: the file sets ``model.hidden_sizes``,
+    then an MLP's widths): the file's widths are the conv decoder's dense widths, the named
+    encoder takes its own defaults."""
+    path = Path(__file__).parents[2] / "experiments" / "configs" / "gaussian_mnist.toml"
+    assert main(["config", "show", str(path), "--set", "model.decoder=conv", "--set",
+                 "guide.encoder=conv"]) == 0
+    shown = capsys.readouterr().out
+    cfg = resolve(tomllib.loads(shown))
+    assert cfg == load_config(path, ["model.decoder=conv", "guide.encoder=conv"])
+    assert cfg.model.decoder.model_dump() == {"name": "conv", "init": "default",
+                                              "channels": [32, 64], "hidden_sizes": [300, 300],
+                                              "activation": "relu"}
+    assert cfg.guide.encoder.model_dump() == {"name": "conv", "init": "default",
+                                              "channels": [32, 64], "hidden_sizes": [],
+                                              "activation": "relu"}
 
 
 @pytest.mark.parametrize("overrides,keys", [
-    (["model.hidden_sizes=[50]", "model.decoder=conv"], ["model.hidden_sizes", "model.decoder"]),
-    (["model.hidden_sizes=[50]", "model.decoder=gated"], ["model.hidden_sizes", "model.decoder"]),
-    (["guide.hidden_sizes=[50]", "guide.encoder=conv"], ["guide.hidden_sizes", "guide.encoder"]),
     (["model.hidden_sizes=[50]", 'model.decoder={name = "mlp", hidden_sizes = [10]}'],
      ["model.hidden_sizes", "model.decoder.hidden_sizes"]),
+    (["model.hidden_sizes=[50]", 'model.decoder={name = "conv", hidden_sizes = [10]}'],
+     ["model.hidden_sizes", "model.decoder.hidden_sizes"]),
+    (["guide.hidden_sizes=[50]", 'guide.encoder={name = "gated", hidden_sizes = [10]}'],
+     ["guide.hidden_sizes", "guide.encoder.hidden_sizes"]),
 ])
-def test_width_shortcut_with_another_network_is_one_error_naming_both_keys(overrides, keys):
+def test_widths_given_twice_and_different_are_one_error_naming_both_keys(overrides, keys):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     msg = str(err.value)
@@ -375,9 +417,10 @@ def test_conv_on_tabular_data_is_refused_before_anything_is_written(tmp_path, ca
     assert "model.decoder" in line and "image shape" in line and "5 features" in line, line
 
 
-def test_hidden_sizes_with_conv_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_widths_given_twice_are_refused_before_anything_is_written(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[data]\nname = "synthetic"\n[model]\nhidden_sizes = [64]\ndecoder = "conv"\n')
+    cfg.write_text('[data]\nname = "synthetic"\n[model]\nhidden_sizes = [64]\n'
+                   'decoder = {name = "conv", hidden_sizes = [32]}\n')
     out = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(out), *_sets(TINY)]) == 2
     line = _one_line(capsys)

@@ -21,8 +21,9 @@ import pytest
 from vaelab.cli import main
 from vaelab.registry import ConfigError
 from vaelab.resolve import parse_value
-from vaelab.runs.compare import compare, format_number, stat
-from vaelab.runs.sweep import cell_name, expand, parse_grid, plan, toml_literal
+from vaelab.runs.compare import compare, format_number
+from vaelab.runs.grid import cell_name, expand, parse_grid, plan, toml_literal
+from vaelab.runs.stats import stat
 
 SAFE = re.compile(r"[A-Za-z0-9._+=,-]+")
 
@@ -376,7 +377,7 @@ def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch):
     """Without a cluster: stand-in ``srun``/``sbatch`` on PATH let submitit build its Slurm
     executor, whose sbatch file carries each ``--slurm-*`` option."""
     pytest.importorskip("submitit", reason="the [submitit] extra is not installed")
-    from vaelab.runs.sweep import SlurmOptions, parse_minutes, submitit_executor
+    from vaelab.runs.executors import SlurmOptions, parse_minutes, submitit_executor
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

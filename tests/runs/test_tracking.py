@@ -18,8 +18,9 @@ from vaelab.config import LogConfig
 from vaelab.registry import ConfigError
 from vaelab.resolve import load_config, resolve
 from vaelab.runs.checkpoint import read_metrics
+from vaelab.runs.resume import _config_changes
 from vaelab.runs.tracking import RUN_ID_FILE, Tracker, Tracking
-from vaelab.runs.train import _config_changes, train
+from vaelab.runs.train import train
 
 BACKENDS = ["tensorboard", "mlflow"]
 STEPS_PER_EPOCH = 13  # 400 synthetic training points in batches of 32

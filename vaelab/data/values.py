@@ -84,6 +84,55 @@ def _check_numbers(arrays: dict[str, np.ndarray], where: dict[str, str]) -> None
                                 f"float32), e.g. at {_first_bad(a, bad)}; remove or impute them")
 
 
+def _auto_kind(first: str, dtypes: set[np.dtype], stats: tuple[float, float, bool, bool],
+               say: bool) -> str:
+    """The kind ``data.values = "auto"`` reads (see the module docstring), with a note saying
+    what it decided when ``say``."""
+    lo, hi, integral, binary = stats
+    is_bool = dtypes == {np.dtype(np.bool_)}
+    is_u8 = dtypes == {np.dtype(np.uint8)}
+    dtype = "/".join(sorted(str(d) for d in dtypes))
+    others = "set data.values = 'levels', 'counts' or 'real' to read them otherwise"
+    if is_bool or binary:
+        if say:
+            extra = ", not as 8-bit grey levels" if is_u8 else ""
+            note(f"{first}: {dtype} values are all 0 or 1: read as binary data{extra} "
+                 f"(data.values = 'auto'; {others})")
+        return "binary"
+    if is_u8:
+        if say:
+            note(f"{first}: uint8 values read as 8-bit grey levels k/255 in [0, 1] "
+                 f"(data.values = 'auto'; {others})")
+        return "levels"
+    if integral and lo >= 0:
+        if say:
+            note(f"{first}: {dtype} values read as counts 0..{hi:.0f} (data.values = "
+                 f"'auto'; 'levels' reads them as {hi + 1:.0f} levels k/{hi:.0f}, 'real' as "
+                 "real numbers)")
+        return "counts"
+    if say:
+        note(f"{first}: {dtype} values read as real numbers in [{lo:.4g}, {hi:.4g}] "
+             f"(data.values = 'auto'; {others})")
+    return "real"
+
+
+def _check_kind(first: str, values: str, kind: str,
+                stats: tuple[float, float, bool, bool]) -> None:
+    """Refuse data that ``kind`` cannot read: negative or non-integer levels or counts, counts
+    beyond float32's exact integers."""
+    lo, hi, integral, _ = stats
+    if kind in ("levels", "counts", "binary") and not (integral and lo >= 0):
+        what = "negative values" if lo < 0 else "non-integer values"
+        hint = ("choose data.values = 'real'" if kind != "levels" else
+                "levels are integers 0..L-1 (data already in [0, 1] are read with "
+                "data.values = 'real')")
+        raise DataError(f"{first}: data.values = {values!r} reads non-negative integers, but the "
+                        f"data has {what} (the data span [{lo:.4g}, {hi:.4g}]); {hint}")
+    if kind == "counts" and hi > _MAX_COUNT:
+        raise DataError(f"{first}: counts up to {hi:.0f} exceed 2^24, the largest integer "
+                        "float32 holds exactly")
+
+
 def read_values(
     arrays: dict[str, np.ndarray],
     values: str,
@@ -105,45 +154,12 @@ def read_values(
     dtypes = {a.dtype for a in arrays.values()}
     is_bool = dtypes == {np.dtype(np.bool_)}
     is_u8 = dtypes == {np.dtype(np.uint8)}
-    lo, hi, integral, binary = _stats(arrays)
+    stats = _stats(arrays)  # (lo, hi, integral, binary)
+    hi = stats[1]
     dtype = "/".join(sorted(str(d) for d in dtypes))
-    others = "set data.values = 'levels', 'counts' or 'real' to read them otherwise"
 
-    if values == "auto":
-        if is_bool or binary:
-            kind = "binary"
-            if say:
-                extra = ", not as 8-bit grey levels" if is_u8 else ""
-                note(f"{first}: {dtype} values are all 0 or 1: read as binary data{extra} "
-                     f"(data.values = 'auto'; {others})")
-        elif is_u8:
-            kind = "levels"
-            if say:
-                note(f"{first}: uint8 values read as 8-bit grey levels k/255 in [0, 1] "
-                     f"(data.values = 'auto'; {others})")
-        elif integral and lo >= 0:
-            kind = "counts"
-            if say:
-                note(f"{first}: {dtype} values read as counts 0..{hi:.0f} (data.values = "
-                     f"'auto'; 'levels' reads them as {hi + 1:.0f} levels k/{hi:.0f}, 'real' as "
-                     "real numbers)")
-        else:
-            kind = "real"
-            if say:
-                note(f"{first}: {dtype} values read as real numbers in [{lo:.4g}, {hi:.4g}] "
-                     f"(data.values = 'auto'; {others})")
-    else:
-        kind = values
-    if kind in ("levels", "counts", "binary") and not (integral and lo >= 0):
-        what = "negative values" if lo < 0 else "non-integer values"
-        hint = ("choose data.values = 'real'" if kind != "levels" else
-                "levels are integers 0..L-1 (data already in [0, 1] are read with "
-                "data.values = 'real')")
-        raise DataError(f"{first}: data.values = {values!r} reads non-negative integers, but the "
-                        f"data has {what} (the data span [{lo:.4g}, {hi:.4g}]); {hint}")
-    if kind == "counts" and hi > _MAX_COUNT:
-        raise DataError(f"{first}: counts up to {hi:.0f} exceed 2^24, the largest integer "
-                        "float32 holds exactly")
+    kind = _auto_kind(first, dtypes, stats, say) if values == "auto" else values
+    _check_kind(first, values, kind, stats)
 
     levels: int | None = None
     divide = 1.0  # level k → k / (L - 1)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import pyro
@@ -184,6 +184,27 @@ def _peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
 
 
+def _memory_of_one_step(step: Callable[[], float], params: Sequence[torch.Tensor],
+                        device: torch.device) -> tuple[float, str]:
+    """Run ``step`` once (the warm-up: JIT compilation, lazy parameters) and return its memory
+    in MiB and how it was measured: the CUDA peak above what was allocated before on a GPU, the
+    bytes autograd saved for backward (activations, not ``params``) on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize()
+        memory = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return memory, ("torch.cuda.max_memory_allocated during one step, minus what was "
+                        "allocated before")
+    saved = _SavedBytes(params)
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        step()
+    return (saved.total / 2**20,
+            "CPU: bytes of tensors saved by autograd for backward in one step (activations)")
+
+
 def gradient_diagnostics(
     vae,
     objective,
@@ -214,20 +235,7 @@ def gradient_diagnostics(
 
     # warm-up (JIT compilation, lazy parameters) and the memory of one step
     cuda = x.is_cuda
-    saved = _SavedBytes(params)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(x.device)
-        base = torch.cuda.memory_allocated(x.device)
-        step()
-        torch.cuda.synchronize()
-        memory = (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
-        method = "torch.cuda.max_memory_allocated during one step, minus what was allocated before"
-    else:
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-            step()
-        memory = saved.total / 2**20
-        method = "CPU: bytes of tensors saved by autograd for backward in one step (activations)"
+    memory, method = _memory_of_one_step(step, params, x.device)
 
     grads: dict[str, list[torch.Tensor]] = {name: [] for name in groups}
     bounds, elapsed = [], 0.0

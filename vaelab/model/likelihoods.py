@@ -42,6 +42,9 @@ The count likelihoods take ``library_size = true`` to model the row's proportion
 its means: μ = softmax(ℓ) · Σ_d x_d, the observed total (single-cell VAEs [4];
 :class:`~vaelab.model.distributions.LibraryScaledCounts`).
 
+One topic: the registry of likelihoods, each a short class on the shared :class:`Likelihood`
+base, kept in one module so that their domains and parameter shapes are read side by side.
+
 References:
   1. G. Loaiza-Ganem, J. Cunningham. *The continuous Bernoulli: fixing a pervasive error in
      variational autoencoders*. NeurIPS 2019.

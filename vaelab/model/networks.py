@@ -18,9 +18,11 @@ Leading dimensions are batch dimensions: the decoder sees ``(K, B, ·)`` under a
             each halving the image) and their transposed mirror, for data with an image shape
 ==========  ================================================================================
 
-``model.hidden_sizes`` / ``guide.hidden_sizes`` and ``model.activation`` are the shortcut for an
-MLP (:func:`vaelab.resolve.resolve` fills ``model.decoder`` / ``guide.encoder`` with the full
-options, so a saved config names its networks). ``hidden_sizes`` of ``mlp`` and ``gated``, and the
+A network's widths have one home, its own ``hidden_sizes``: ``model.hidden_sizes`` /
+``guide.hidden_sizes`` are their short spelling, for whichever network it is, and
+``model.activation`` fills an ``activation`` a table leaves out (:func:`vaelab.resolve.resolve`
+fills ``model.decoder`` / ``guide.encoder`` with the full options, so a saved config names its
+networks). ``hidden_sizes`` of ``mlp`` and ``gated``, and the
 dense ``hidden_sizes`` of ``conv``, are listed from the network's input (the decoder's from z, the
 encoder's from x); the encoder that is not configured mirrors the decoder
 (:meth:`NetworkOptions.mirrored`). The ``channels`` of ``conv`` are listed from the data side in
@@ -34,6 +36,9 @@ zero biases.
 Every network declares :attr:`Network.activations_per_row`, the floats its weight layers output
 for one input row: particle chunks of importance sampling are sized from it
 (:func:`vaelab.runs.run.bytes_per_particle`).
+
+One topic: the registry of networks (MLP, gated, conv), kept in one module with the shape
+rules that let each serve as encoder and as decoder.
 
 References:
   1. J. Tomczak, M. Welling. *VAE with a VampPrior*. AISTATS 2018 (gated dense layers).
@@ -54,6 +59,7 @@ from typing import Literal
 import pyro
 import torch
 from pydantic import Field, field_validator
+from pyro.params import param_with_module_name
 from torch import nn
 
 from vaelab.registry import ConfigError, Options, Registry
@@ -497,18 +503,28 @@ def _conv(opts: ConvOptions, io: NetworkIO) -> Network:
 
 
 def register_module(name: str, module: nn.Module) -> nn.Module:
-    """``pyro.module(name, module)``, robust to Pyro's process-global param store.
+    """``pyro.module(name, module)`` with this module's own tensors under its names: the one way
+    vaelab's model and guide declare their parameters, in every run.
 
-    Another model built in the same process (a second VAE, a test, a benchmark) may have left
-    tensors under the same names; plain ``pyro.module`` would then put *those* tensors in the
-    trace (and SVI or the JIT would optimize or trace the wrong ones). Stale entries are dropped
-    first, so the trace always holds this module's own parameters.
+    **The regime.** Pyro 1.9.2 has two: ``pyro.module`` puts a module's parameters into the
+    param store of the moment under ``name$$$param`` (a plain ``nn.Module``'s way; without
+    ``update_module_params`` it never swaps a parameter object); ``PyroModule`` keeps them in
+    the module when ``pyro.settings`` ``module_local_params`` is on. That setting is read by
+    ``PyroModule`` only, never by ``pyro.module``, so vaelab's networks (plain modules) behave
+    the same under either value, and nothing in vaelab sets it. The store route is the one
+    every Pyro consumer reads: ``SVI`` and ``pyro.optim`` collect the param sites of the trace,
+    Pyro's JIT objectives fetch the parameters by name from the store, and a score-function
+    baseline trains only once registered (PYRO_NOTES).
+
+    **The one care.** The store is process-global: another model built in the same process (a
+    second VAE, a test, a benchmark) may have left its tensors under the same names, and plain
+    ``pyro.module`` would then put *those* in the trace (SVI or the JIT would step or trace the
+    wrong tensors). A name that the store maps to another tensor is released first (the store's
+    own ``param_name`` and ``del``), so the trace always holds this module's parameters.
     """
     store = pyro.get_param_store()
-    params = store._params  # unconstrained values; the identity map for real parameters
     for pname, p in module.named_parameters():
-        full = f"{name}$$${pname}"
-        old = params.get(full)
-        if old is not None and old is not p:
-            del store[full]
+        full = param_with_module_name(name, pname)
+        if store.param_name(p) != full and full in store:
+            del store[full]  # another model's tensor under this name
     return pyro.module(name, module)

@@ -46,6 +46,9 @@ closed-form KL with anything, so ``mean_field`` refuses it ("refused") instead o
 silently; the VampPrior mixes the guide's own posteriors, which for an IAF guide vaelab does not
 score (—: refused when the VAE is built, whatever the objective).
 
+One topic: the registry of priors, each a short class on the shared :class:`Prior` base, kept
+in one module with the table of pairs whose KL is analytic (:data:`ANALYTIC_KL`).
+
 References:
   1. J. Tomczak, M. Welling. *VAE with a VampPrior*. AISTATS 2018.
   2. D. Kingma, M. Welling. *Auto-Encoding Variational Bayes*. ICLR 2014.

@@ -4,16 +4,22 @@ Every file is written to a temporary file in the same folder, flushed, fsynced a
 place, so a crash never leaves a truncated file under the real name. Every checkpoint carries a
 SHA-256 of its content (tensors byte for byte, plain data by value, :func:`content_digest`),
 verified on load: a file with flipped bytes is named as corrupt instead of loading silently.
+
+Damage is told from hostility by the checksums, first: ``torch.save`` writes a zip archive
+whose every member (the pickle stream ``data.pkl`` included) carries a CRC-32, checked before
+anything is unpickled. A file whose bytes fail a CRC is *corrupt* (a reader falls back to an
+older commit); only an intact file whose pickle asks for Python objects is *refused* as one
+that loading would have to run code for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +139,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    damaged = _failed_crc(path)
+    if damaged:
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its member {damaged!r} fails its CRC-32")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -154,6 +164,18 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"checkpoint {str(path)!r} is corrupt: its content fails its SHA-256 checksum"
         )
     return state
+
+
+def _failed_crc(path: Path) -> str | None:
+    """The first member of the zip archive ``torch.save`` wrote whose bytes fail their CRC-32,
+    or None (intact; or not a zip archive at all, which ``torch.load`` then judges)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except zipfile.BadZipFile:
+        return None
+    except Exception as err:  # noqa: BLE001 - a damaged directory or header: a damaged file
+        return f"(archive: {str(err).splitlines()[0] if str(err) else type(err).__name__})"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

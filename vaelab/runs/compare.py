@@ -15,9 +15,9 @@ Per run, the metrics are
   --report``: ``log_likelihood``, ``elbo``, ``ess_mean``, ``num_flagged``, ...; nested tables
   flattened as ``ess.median``), scored on the run's ``[eval]`` split.
 
-Per cell and metric: the mean over the runs that have it, the standard deviation
-:math:`s = \sqrt{\sum_i (x_i - \bar x)^2 / (n - 1)}`, the standard error :math:`s / \sqrt n`
-and :math:`n` (sd and se need :math:`n \ge 2`).
+Per cell and metric (:func:`vaelab.runs.stats.stat`): the mean over the runs that have it, the
+standard deviation :math:`s = \sqrt{\sum_i (x_i - \bar x)^2 / (n - 1)}`, the standard error
+:math:`s / \sqrt n` and :math:`n` (sd and se need :math:`n \ge 2`).
 
 Example::
 
@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaelab.runs.stats import Stat, stat
+
+# Stat and stat (vaelab.runs.stats, shared with vaelab reproduce's tables) are named here too
 __all__ = [
     "DEFAULT_METRICS",
     "IGNORED_KEYS",
@@ -147,29 +150,6 @@ def read_run(run_dir: Path) -> RunRecord:
             if _number(v) is not None and k not in metrics:
                 metrics[k] = _number(v)  # type: ignore[assignment]
     return RunRecord(run_dir, config, history, metrics)
-
-
-@dataclass
-class Stat:
-    """Mean, standard deviation (ddof = 1), standard error and count of a metric over seeds
-    (``sd`` and ``se`` are None for one value)."""
-
-    mean: float | None
-    sd: float | None
-    se: float | None
-    n: int
-
-
-def stat(values: list[float]) -> Stat:
-    """:class:`Stat` of ``values``."""
-    n = len(values)
-    if n == 0:
-        return Stat(None, None, None, 0)
-    mean = sum(values) / n
-    if n == 1:
-        return Stat(mean, None, None, 1)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return Stat(mean, sd, sd / math.sqrt(n), n)
 
 
 def format_number(v: float | int | None) -> str:
@@ -315,6 +295,7 @@ class Comparison:
                 if not vals:
                     continue
                 s = stat(vals)
+                assert s.mean is not None  # vals is not empty
                 xs.append(e + 1)
                 mean.append(s.mean)
                 lo.append(s.mean - (s.sd or 0.0))

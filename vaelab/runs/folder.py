@@ -27,6 +27,7 @@ taken over (its previous owner is reported). A second writer is refused with one
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vaelab.notes import note
 from vaelab.runs.checkpoint import (
     TMP_SUFFIX,
     CorruptCheckpointError,
@@ -44,10 +46,10 @@ from vaelab.runs.checkpoint import (
     save_checkpoint,
     write_jsonl,
 )
-from vaelab.notes import note
 
 __all__ = [
     "Interrupted",
+    "LinkInRunFolder",
     "RunFolderBusy",
     "RunLock",
     "StopSignals",
@@ -55,6 +57,7 @@ __all__ = [
     "commit",
     "fault_point",
     "latest_commit",
+    "refuse_link",
     "remove_temporaries",
     "repair",
 ]
@@ -114,7 +117,13 @@ class RunLock:
         self.stale_owner: str | None = None
 
     def acquire(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        refuse_link(self.path)
+        try:  # never through a link: one placed here would truncate its target
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                refuse_link(self.path, force=True)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -157,6 +166,25 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class LinkInRunFolder(ValueError):
+    """A file vaelab would write inside a run folder is a symbolic link: writing through it
+    would change a file outside the folder (an archive unpacked from elsewhere can hold one)."""
+
+
+def refuse_link(path: Path, force: bool = False) -> None:
+    """Raise :class:`LinkInRunFolder` if ``path`` is a symbolic link (``force``: it was one
+    when it was opened), naming the link and its target."""
+    path = Path(path)
+    if force or path.is_symlink():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        raise LinkInRunFolder(
+            f"{str(path)!r} is a symbolic link (to {target!r}); vaelab never writes through a "
+            "link inside a run folder: remove the link, or copy the folder without links")
 
 
 def _busy(lock_path: Path, owner: str) -> RunFolderBusy:
@@ -220,22 +248,24 @@ def _paths(run_dir: Path) -> tuple[Path, Path, Path]:
     return ck / "last.pt", ck / "prev.pt", ck / "best.pt"
 
 
+#: the name of a commit written in full but not yet renamed into place as ``last.pt``
+PENDING_NAME = f".last.pt.commit{TMP_SUFFIX}"
+
+
 def commit(run_dir: Path, state: dict, best_changed: bool) -> None:
-    """Commit one epoch: ``state`` (everything resume needs, ``best_model`` included) becomes
-    ``last.pt`` by one rename, the previous commit ``prev.pt``; then the views."""
+    """Commit one epoch: ``state`` (everything resume needs, ``best_model`` included) is written
+    in full as :data:`PENDING_NAME`, the commit before it is renamed ``prev.pt``, and the new one
+    ``last.pt``; then the views. ``prev.pt`` and ``last.pt`` are always two files (never two
+    names of one), so damage to one leaves the other; a crash between the two renames leaves
+    ``prev.pt`` and the complete pending commit."""
     last, prev, best = _paths(run_dir)
-    tmp = last.with_name(f".last.pt.commit{TMP_SUFFIX}")
-    save_checkpoint(tmp, state)
+    pending = last.with_name(PENDING_NAME)
+    save_checkpoint(pending, state)
     fault_point("before-commit")
     if last.exists():
-        link = prev.with_name(f".prev.pt.link{TMP_SUFFIX}")
-        if link.exists():
-            link.unlink()
-        os.link(last, link)
-        os.replace(link, prev)  # a no-op when prev.pt already is last.pt (rename(2) on links)
-        link.unlink(missing_ok=True)
+        os.replace(last, prev)
         fault_point("between-renames")
-    os.replace(tmp, last)
+    os.replace(pending, last)
     fsync_dir(last.parent)
     fault_point("after-commit")
     write_views(run_dir, state, best_changed)
@@ -273,13 +303,40 @@ def latest_commit(run_dir: Path) -> Commit | None:
             return Commit(path, load_checkpoint(path), skipped)
         except CorruptCheckpointError as err:
             skipped.append(str(err))
+    pending = last.with_name(PENDING_NAME)
+    if skipped and pending.is_file():  # every commit file is damaged: a complete, checksummed
+        try:                           # commit that was never renamed into place is the newest
+            return Commit(pending, load_checkpoint(pending), skipped)
+        except CorruptCheckpointError as err:
+            skipped.append(str(err))
     if skipped:
         raise CorruptCheckpointError("; ".join(skipped) + "; no intact checkpoint is left")
     return None
 
 
+def _recover_pending(run_dir: Path) -> None:
+    """Rename an intact pending commit into place as ``last.pt`` when it is the only intact
+    commit left (call it holding the lock, before temporaries are deleted)."""
+    last, _, _ = _paths(run_dir)
+    pending = last.with_name(PENDING_NAME)
+    if not pending.is_file():
+        return
+    try:
+        c = latest_commit(run_dir)
+    except CorruptCheckpointError:
+        return
+    if c is not None and c.path == pending:
+        os.replace(pending, last)
+        fsync_dir(last.parent)
+        note(f"{'; '.join(c.skipped)}; recovered last.pt (epoch {c.state['epoch'] + 1}) from "
+             f"{PENDING_NAME}, a complete commit a crash left before its rename")
+
+
 def remove_temporaries(run_dir: Path) -> list[Path]:
-    """Delete ``.*.tmp`` files a killed writer left in the folder (call it holding the lock)."""
+    """Delete ``.*.tmp`` files a killed writer left in the folder (call it holding the lock),
+    after recovering a complete pending commit when it is the only intact one
+    (:func:`latest_commit`)."""
+    _recover_pending(run_dir)
     removed = []
     for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
         if folder.is_dir():

@@ -25,8 +25,8 @@ from vaelab.inference.fused import fused_log_weights
 from vaelab.inference.marginal import MarginalEstimate, cache_rows, estimate_marginal
 from vaelab.inference.numerics import flush_denormals
 from vaelab.inference.proposals import make_proposal, proposal_name
+from vaelab.resolve import apply_overrides, resolve, resolve_eval
 from vaelab.runs.folder import best_state, latest_commit
-from vaelab.resolve import apply_overrides, resolve
 from vaelab.seed import seed_all
 from vaelab.vae import VAE, build_vae
 
@@ -74,11 +74,14 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", data: DataSplits | N
 
 
 def eval_config(cfg: RunConfig, overrides: list[str]) -> EvalConfig:
-    """``cfg.eval`` with ``eval.KEY=VALUE`` overrides, validated and resolved like any config."""
+    """``cfg.eval`` with ``eval.KEY=VALUE`` overrides: the ``[eval]`` section alone validated
+    and its proposal parsed (:func:`~vaelab.resolve.resolve_eval`); the rest of ``cfg`` was
+    resolved when the run was loaded."""
     bad = [o for o in overrides if not o.strip().startswith("eval.")]
     if bad:
         raise ValueError(f"evaluation overrides set [eval] keys only, got {bad[0]!r}")
-    return resolve(apply_overrides(cfg.model_dump(mode="json"), overrides)).eval
+    raw = apply_overrides({"eval": cfg.eval.model_dump(mode="json")}, overrides)
+    return resolve_eval(raw["eval"])
 
 
 def bytes_per_particle(vae, data_dim: int) -> int:
@@ -157,7 +160,7 @@ def evaluate(
     :param curve_ks: K values of the IS convergence curve (prefixes of the same draws).
     :param points: score only this slice of the ``limit`` points (after their preprocessing
         draw, so a slice sees the noise it sees in a whole pass): blocks of a resumable
-        evaluation (:func:`vaelab.runs.reproduce.evaluate_in_blocks`).
+        evaluation (:func:`vaelab.runs.stages.evaluate_in_blocks`).
     :param seed: the seed of the estimator's draws (default ``ec.seed``).
     :returns: :class:`~vaelab.inference.marginal.MarginalEstimate` in nats of the data (the
         dequantization Jacobian included; ``exact_log_px`` where a closed form applies).

@@ -26,7 +26,7 @@ the committed step + 1, so points an interrupted process logged after its last c
 hidden; MLflow continues the run named in ``DIR/mlflow_run_id`` (written atomically). Its
 points past the last commit stay, and the resumed run logs the same (step, value) pairs again
 (resume is exact). MLflow params cannot change: a ``--resume`` that changes a key (only
-:data:`~vaelab.runs.train.RESUMABLE_KEYS` may) records the new value as a tag of that name.
+:data:`~vaelab.runs.resume.RESUMABLE_KEYS` may) records the new value as a tag of that name.
 A fresh run that fails before its first commit removes what it logged, like the rest of its
 folder.
 
@@ -61,10 +61,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vaelab.config import LogConfig, RunConfig, to_dict
-from vaelab.runs.checkpoint import atomic_write_text, read_metrics
-from vaelab.runs.folder import Interrupted
 from vaelab.notes import note
 from vaelab.registry import ConfigError
+from vaelab.runs.checkpoint import atomic_write_text, read_metrics
+from vaelab.runs.folder import Interrupted
 
 if TYPE_CHECKING:
     from vaelab.runs.folder import Commit

@@ -7,10 +7,10 @@ loop can call every objective the same way: ``loss_and_grads(model, guide, x, be
 its ``loss_and_grads_deferred`` leaves the loss on the device (no per-step host synchronisation).
 
 ``objective.jit = "auto"`` compiles only what is known to trace correctly: the components in
-:data:`JIT_ALLOWLIST`, each of which ``tests/inference/test_jit.py`` trains compiled and eager to the same
-parameters (a user's component class may declare ``jit_safe = True``); :func:`jit_blockers` lists
-the components that are not, and :func:`compiled_matches_eager` checks the first batch before
-training relies on the graph.
+:data:`JIT_ALLOWLIST`, each of which ``tests/inference/test_jit.py`` trains compiled and eager to
+the same parameters (a user's component class may declare ``jit_safe = True``);
+:func:`jit_blockers` lists the components that are not, and :func:`compiled_matches_eager`
+checks the first batch before training relies on the graph.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from pyro.infer import ELBO
 
 from vaelab.inference.objectives._jit import jit_blockers
 from vaelab.notes import note
-from vaelab.registry import Registry
+from vaelab.registry import Entry, Registry
 
-__all__ = ["OBJECTIVES", "build_objective", "compiles", "jit_fallback_reason"]
+__all__ = ["OBJECTIVES", "build_objective", "compiles", "jit_fallback_reason", "objective_entry"]
 
 OBJECTIVES: Registry[ELBO] = Registry("objective")
 
@@ -28,9 +28,25 @@ def compiles(builder):
     return builder
 
 
-def jit_fallback_reason(cfg: Any, vae: Any, world_size: int = 1) -> str | None:
-    """Why ``objective.jit = "auto"`` must run eager, or None when it may compile."""
-    if not getattr(OBJECTIVES.entry(cfg.name, key="objective.name").builder, "has_jit", False):
+def objective_entry(cfg: Any) -> Entry:
+    """The registry entry of ``cfg.name``: the one resolution bound to the section
+    (:attr:`~vaelab.config.NamedSection.entry`, no lookup), or, for an ``[objective]`` section
+    written by hand (``ObjectiveConfig(name="iwae")``), looked up here, once.
+
+    :raises ConfigError: an unknown name (with the choices).
+    """
+    entry = getattr(cfg, "entry", None)
+    return entry if entry is not None else OBJECTIVES.entry(cfg.name, key="objective.name")
+
+
+def jit_fallback_reason(cfg: Any, vae: Any, world_size: int = 1,
+                        entry: Entry | None = None) -> str | None:
+    """Why ``objective.jit = "auto"`` must run eager, or None when it may compile.
+
+    :param entry: the objective's entry (default: :func:`objective_entry`).
+    """
+    entry = entry if entry is not None else objective_entry(cfg)
+    if not getattr(entry.builder, "has_jit", False):
         return f"objective {cfg.name!r} has no compiled variant"
     if world_size > 1:
         return f"{world_size} processes train (the JIT and DistributedDataParallel do not mix)"
@@ -41,7 +57,8 @@ def jit_fallback_reason(cfg: Any, vae: Any, world_size: int = 1) -> str | None:
 
 
 def build_objective(cfg: Any, vae: Any, world_size: int = 1) -> ELBO:
-    """The objective named by ``cfg.name``, configured from ``cfg``, checked against ``vae``.
+    """The objective ``cfg`` names, configured from ``cfg``, checked against ``vae``: built by
+    its resolved entry (:func:`objective_entry`; a section written by hand is looked up once).
 
     ``cfg.jit = "auto"`` becomes true or false here (:func:`jit_fallback_reason`; a fallback is
     said in one note).
@@ -50,9 +67,10 @@ def build_objective(cfg: Any, vae: Any, world_size: int = 1) -> ELBO:
     :param vae: the :class:`~vaelab.vae.VAE` it will train.
     :param world_size: processes training together.
     """
+    entry = objective_entry(cfg)
     if cfg.jit == "auto":
-        why = jit_fallback_reason(cfg, vae, world_size)
-        if why is not None and getattr(OBJECTIVES.entry(cfg.name).builder, "has_jit", False):
+        why = jit_fallback_reason(cfg, vae, world_size, entry)
+        if why is not None and getattr(entry.builder, "has_jit", False):
             note(f"objective.jit = 'auto': eager, {why}")
         cfg = cfg.model_copy(update={"jit": why is None})
-    return OBJECTIVES.entry(cfg.name, key="objective.name").builder(cfg, vae)
+    return entry.builder(cfg, vae)

@@ -1,0 +1,115 @@
+"""The VAE as a user's script sees it (issue 23, item 3): ``vae.model`` and ``vae.guide`` are Pyro
+functions that Pyro's own ``SVI`` trains, whatever ``pyro.settings`` ``module_local_params`` says,
+to the parameters of vaelab's one training driver."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+from vaelab import build_vae, load_config
+from vaelab.config import RunConfig
+from vaelab.inference.objectives import build_objective
+from vaelab.runs.stepper import Stepper
+from vaelab.vae import VAE
+
+D, STEPS, BATCH = 12, 8, 16
+#: the tiny VAE: 12 binary pixels, one hidden layer of 16, 3 latent dimensions. The eager
+#: objective (``objective.jit = false``): the compiled one is tested equal to it in
+#: tests/inference/test_jit.py, and compiling draws random numbers of its own on the first step
+TINY = ["model.latent_dim=3", "model.hidden_sizes=[16]", "objective.name=trace",
+        "objective.jit=false", "train.lr=0.01", "train.adam_betas=[0.8, 0.99]",
+        "train.adam_eps=1e-6"]
+
+
+def _batches() -> list[torch.Tensor]:
+    """The same STEPS batches ``(BATCH, D)`` of binary data for both drivers."""
+    g = torch.Generator().manual_seed(7)
+    return [torch.bernoulli(torch.full((BATCH, D), 0.3), generator=g) for _ in range(STEPS)]
+
+
+def _built(cfg: RunConfig) -> VAE:
+    pyro.set_rng_seed(0)  # the same initial parameters for both drivers
+    return build_vae(cfg, D)
+
+
+def _vaelab_steps(cfg: RunConfig) -> VAE:
+    """vaelab's training step (:class:`~vaelab.runs.stepper.Stepper`): the ``[objective]``'s
+    ``loss_and_grads``, then one fused ``torch.optim.Adam`` over every parameter."""
+    vae = _built(cfg)
+    stepper = Stepper(cfg.train, vae, build_objective(cfg.objective, vae))
+    pyro.set_rng_seed(1)  # the same draws for both drivers
+    for x in _batches():
+        stepper.step(x, 1.0, None)
+    return vae
+
+
+def _svi_steps(cfg: RunConfig) -> VAE:
+    """What a user's script writes: Pyro's ``SVI`` with ``pyro.optim.Adam`` at the same rate,
+    betas and eps, and ``Trace_ELBO``."""
+    vae = _built(cfg)
+    tc = cfg.train
+    adam = pyro.optim.Adam({"lr": tc.lr, "betas": tuple(tc.adam_betas), "eps": tc.adam_eps})
+    svi = SVI(vae.model, vae.guide, adam, Trace_ELBO())
+    pyro.set_rng_seed(1)
+    for x in _batches():
+        svi.step(x)
+    return vae
+
+
+@pytest.mark.parametrize("module_local", [False, True])
+def test_pyro_svi_reaches_the_parameters_of_vaelabs_training_step(module_local):
+    """``SVI(vae.model, vae.guide, pyro.optim.Adam(...), Trace_ELBO())`` on a built VAE and
+    vaelab's step reach the same parameters, within 1e-5 after 8 steps, with Pyro's global
+    ``module_local_params`` off or on.
+
+    Why they match: both start from the same initial parameters (the build under one seed) and
+    take the same steps on the same batches; the objective is the same ``Trace_ELBO`` with one
+    particle, and the draws z ~ q(z|x) come from the global generator in the same order under
+    the same seed, so each step has the same loss and the same gradients. ``pyro.optim.Adam``
+    is one ``torch.optim.Adam`` per parameter tensor, vaelab's one fused Adam over all of them:
+    the same update rule per parameter, different kernels, equal up to float rounding (≈1e-7
+    per step here). The setting is read by ``PyroModule`` only; vaelab's networks are plain
+    modules declared with ``pyro.module`` (:func:`~vaelab.model.networks.register_module`), so
+    it changes nothing. The reference run leaves its tensors in Pyro's global param store under
+    the same names: the SVI run must still step its own VAE's parameters, not those.
+    """
+    cfg = load_config(None, TINY)
+    with pyro.settings.context(module_local_params=module_local):
+        want = _vaelab_steps(cfg)
+        got = _svi_steps(cfg)
+        assert pyro.settings.get("module_local_params") is module_local
+    moved = [float((a - b).abs().max().detach()) for a, b in
+             zip(want.parameters(), _built(cfg).parameters())]
+    assert min(moved) > 1e-3  # every parameter tensor trained
+    for (name, a), b in zip(want.named_parameters(), got.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), name
+
+
+def test_the_trace_holds_this_vaes_parameters_after_another_vae():
+    """Two VAEs built in one process share parameter names in Pyro's global store; each model
+    and guide puts its own tensors in the trace (what SVI steps and Pyro's JIT reads back)."""
+    cfg = load_config(None, TINY)
+    x = _batches()[0]
+    for vae in (_built(cfg), _built(cfg)):
+        with pyro.poutine.trace(param_only=True) as tr:
+            vae.guide(x)
+            vae.model(x)
+        params = {site["value"] for site in tr.trace.nodes.values()}
+        assert {id(p) for p in params} == {id(p) for p in vae.parameters()}
+        store = pyro.get_param_store()
+        assert all(store[store.param_name(p)] is p for p in vae.parameters())
+
+
+def test_nothing_in_vaelab_sets_pyros_global_module_local_params():
+    """One parameter regime for every run: vaelab never switches ``module_local_params`` (a
+    global setting a user's script may rely on), under torchrun included."""
+    root = Path(__file__).parents[1] / "vaelab"
+    setter = re.compile(r"settings\.set\([^)]*module_local_params")
+    assert not [p for p in root.rglob("*.py") if setter.search(p.read_text())]
