@@ -10,7 +10,7 @@ RUN_DIR ?= runs/gaussian_mnist
 CONFIG  ?= experiments/configs/gaussian_mnist.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install bench clean docs dist
+.PHONY: run test lint install bench clean docs dist results
 
 install: $(STAMP)
 
@@ -58,7 +58,7 @@ dist: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check vaelab tests experiments benchmarks examples
-	$(BIN)/mypy vaelab/model vaelab/guide vaelab/inference
+	$(BIN)/mypy vaelab/model vaelab/guide vaelab/inference vaelab/runs
 
 # Every benchmark, its tables gathered into benchmarks/results.md (ratios measured in one run).
 BENCHMARKS := startup train_step epoch marginal
@@ -70,6 +70,12 @@ bench: $(TEST_STAMP)
 	  echo "" >> $$tmp; echo "## benchmarks/$$b.py" >> $$tmp; echo "" >> $$tmp; \
 	  $(BIN)/python benchmarks/$$b.py | tee -a $$tmp; \
 	done; mv $$tmp $$out; echo "wrote $$out"
+
+# The table block and the chart of experiments/results/reproduce.md, from the committed per-run
+# files under experiments/results/reproduce/ alone (no run folder, no checkpoint)
+results: $(STAMP)
+	$(BIN)/python -m vaelab.runs.tables --into experiments/results/reproduce.md \
+	  --plot experiments/results/reproduce.png experiments/results/reproduce
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info docs/_build docs/_generated docs/_autosummary

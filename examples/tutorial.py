@@ -66,6 +66,7 @@ TINY = [
     "train.lr=3e-3",
     "train.progress=false",
     "eval.num_samples=500",  # K importance samples per test point
+    "objective.name=trace",  # Pyro's Trace_ELBO (the default would be mean_field here)
 ]
 cfg = load_config(None, TINY)
 print(cfg.model.prior)  # the resolved, typed options of the prior
@@ -98,8 +99,10 @@ assert s["elbo"] <= s["log_likelihood"] + 1e-6  # the ELBO is a lower bound of l
 # %%
 run = result.run("best")
 x = run.split("test", limit=20)  # (20, 64): 20 test points spread over the split
-elbo = -pyro.infer.Trace_ELBO(num_particles=100, vectorize_particles=True).loss(
-    run.vae.model, run.vae.guide, x) / x.shape[0]
+# max_plate_nesting = 1: the data plate (else Pyro guesses it, and says so on stderr)
+pyro_elbo = pyro.infer.Trace_ELBO(num_particles=100, vectorize_particles=True,
+                                  max_plate_nesting=1)
+elbo = -pyro_elbo.loss(run.vae.model, run.vae.guide, x) / x.shape[0]
 print(f"Pyro's Trace_ELBO on 20 test images: {elbo:.2f} nats per image")
 
 # %% [markdown]

@@ -27,9 +27,10 @@ def test_train_evaluate_sample(tmp_path, capsys, tiny_cfg_overrides):
     # standard errors of the mean paired difference. A log p̂ that lost its −log K (4.2 nats) or
     # took a mean instead of a logsumexp would fall below it.
     from vaelab.runs.run import eval_config, evaluate, load_run
+    from vaelab.runs.sharded import evaluate_sharded
 
-    run = load_run(out)
-    is64 = evaluate(run, eval_config(run.cfg, ["eval.num_samples=64", "eval.limit=30"]))
+    run = load_run(out)  # the CLI's estimator: blocks of eval.batch_size, the same on any W
+    is64 = evaluate_sharded(run, eval_config(run.cfg, ["eval.num_samples=64", "eval.limit=30"]))
     assert abs(float(is64.log_px.mean()) - res["log_likelihood"]) < 1e-6  # the CLI's number
     elbo = sum(evaluate(run, eval_config(run.cfg, ["eval.num_samples=1", "eval.limit=30",
                                                    f"eval.seed={s}"])).log_px

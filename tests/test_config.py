@@ -266,3 +266,151 @@ def test_eval_section_holds_the_estimator_options():
     assert cfg.eval.proposal.model_dump() == {"name": "inflated", "factor": 2.0}
     with pytest.raises(ConfigError, match="eval.proposal"):
         load_config(None, ["eval.proposal=inflatd:2"])
+
+
+# --------------------------------------------------------------------------------------------
+# issue 28, item 14: configs that failed badly fail in one line, exit 2, naming the key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line_naming_the_key(tmp_path, empty_cfg, error_line):
+    out = tmp_path / "run"
+    argv = ["train", str(empty_cfg), "--out", str(out), *sets([*TINY, "train.device=cuda"])]
+    assert main(argv) == 2
+    line = error_line()
+    assert "train.device = 'cuda'" in line and "no CUDA device" in line, line
+    assert not out.exists()
+
+
+DEEP = "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize("where", ["file", "set"])
+def test_a_3000_deep_array_is_one_line(where, tmp_path, error_line):
+    path = tmp_path / "deep.toml"
+    path.write_text(f"[model]\nhidden_sizes = {DEEP}\n")
+    argv = (["config", "show", str(path)] if where == "file"
+            else ["config", "show", "--set", f"model.hidden_sizes={DEEP}"])
+    assert main(argv) == 2
+    line = error_line()
+    assert "nested more than 32 deep" in line, line
+    assert where == "file" and "deep.toml" in line or "model.hidden_sizes" in line, line
+    # a 33-deep value that parses is refused too; shallow nesting still parses
+    with pytest.raises(ConfigError, match="model.hidden_sizes: .*nested more than"):
+        apply_overrides({}, ["model.hidden_sizes=" + "[" * 33 + "]" * 33])
+    assert apply_overrides({}, ["model.hidden_sizes=[[[1]]]"])["model"]["hidden_sizes"] == [[[1]]]
+
+
+SEEDS = ["train.seed", "eval.seed", "data.split_seed"]
+
+
+@pytest.mark.parametrize("key", SEEDS)
+@pytest.mark.parametrize("value", [-1, 2**32, 10**30])
+def test_seeds_outside_0_to_2_32_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}={value}"])
+    assert key in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_every_seed_field_is_bounded_and_the_bounds_are_accepted():
+    from vaelab.config import MAX_SEED, RunConfig
+    found = [f"{section}.{name}" for section, fields in RunConfig().model_dump().items()
+             if isinstance(fields, dict) for name in fields if "seed" in name]
+    assert sorted(found) == sorted(SEEDS)
+    cfg = load_config(None, [f"{key}={MAX_SEED}" for key in SEEDS])
+    assert (cfg.train.seed, cfg.eval.seed, cfg.data.split_seed) == (MAX_SEED,) * 3
+    assert load_config(None, [f"{key}=0" for key in SEEDS]).train.seed == 0
+
+
+def test_dev_zero_and_a_huge_file_are_refused_in_one_line(tmp_path, error_line):
+    assert main(["config", "show", "/dev/zero"]) == 2
+    line = error_line()
+    assert "'/dev/zero'" in line and "over 1 MiB" in line, line
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * (2**20 // 10 + 1))
+    assert main(["train", str(big), "--out", str(tmp_path / "run")]) == 2
+    assert "over 1 MiB" in error_line()
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# issue 29, item 6: data.path is never ignored silently
+
+
+def test_data_path_without_a_name_means_the_array_data_set(tmp_path, grey_npy):
+    cfg = load_config(None, [f"data.path={grey_npy}"])
+    assert (cfg.data.name, cfg.data.path) == ("array", str(grey_npy))
+    path = tmp_path / "c.toml"
+    path.write_text(f"[data]\npath = '{grey_npy}'\n")
+    assert load_config(path).data.name == "array"
+
+
+@pytest.mark.parametrize("name", ["binarized_mnist", "synthetic", "digits"])
+def test_data_path_beside_a_data_set_that_reads_no_file_is_refused(name, tmp_path, error_line):
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *sets([f"data.name={name}", "data.path=x.npy"])]
+    assert main(argv) == 2
+    assert error_line().endswith(
+        f"data.path is set but data.name is {name!r}, which reads no file; did you mean "
+        'data.name = "array"?')
+    assert not out.exists()
+
+
+def test_a_saved_config_whose_data_path_was_ignored_loads_as_it_trained():
+    """Before version 4 the path was ignored: the upgrade drops it, the run means what it did."""
+    from vaelab.resolve import resolve
+    saved = {"version": 3, "data": {"name": "synthetic", "path": "gone.npy"}}
+    cfg = resolve(saved, saved=True)
+    assert (cfg.data.name, cfg.data.path) == ("synthetic", None)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 29, item 9 and item 8: what resolution chose is said in `config show`
+
+
+def test_config_show_says_which_objective_and_encoder_input_were_chosen_and_why(capsys):
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert ('name = "mean_field"  # default: analytic KL for normal guide vs standard_normal '
+            "prior") in out.splitlines()
+    assert 'input_transform = "none"  # default: bernoulli does not score counts' in out
+    assert tomllib.loads(out)["objective"]["name"] == "mean_field"
+    assert main(["config", "show", "--set", "model.prior=vamp", "--set",
+                 "model.likelihood=negative_binomial"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ('name = "trace"  # default: Monte Carlo KL, no closed form for normal guide vs vamp '
+            "prior") in lines
+    assert any(line.startswith('input_transform = "log1p"  # default: the encoder reads '
+                               "log(1 + x)") for line in lines)
+    # trace is one --set away, and a choice the user made carries no "default" comment
+    assert main(["config", "show", "--set", "objective.name=trace"]) == 0
+    out = capsys.readouterr().out
+    assert 'name = "trace"\n' in out and "Monte Carlo KL" not in out
+
+
+def test_a_resolved_config_with_chosen_keys_round_trips(tmp_path):
+    """The comments are on the resolved values: a dumped config reloads to an equal config and
+    dumps to the same text (what a run folder's config.toml relies on)."""
+    cfg = load_config(None, ["model.likelihood=poisson", "data.values=counts"])
+    assert cfg.chosen.keys() == {"objective.name", "guide.input_transform"}
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(cfg))
+    again = load_config(path)
+    assert again == cfg and dump_toml(again) == dump_toml(cfg)
+    assert (again.objective.name, again.guide.input_transform) == ("mean_field", "log1p")
+
+
+# --------------------------------------------------------------------------------------------
+# issue 24, item 2: train.optimizer = "sgd" with train.momentum
+
+
+def test_sgd_with_momentum_is_an_option_shown_by_config_show(capsys):
+    assert main(["config", "show", "--set", "train.optimizer=sgd",
+                 "--set", "train.momentum=0.9"]) == 0
+    train = tomllib.loads(capsys.readouterr().out)["train"]
+    assert (train["optimizer"], train["momentum"]) == ("sgd", 0.9)
+    assert load_config(None).train.momentum == 0.0  # today's meaning: Adam, no momentum
+    with pytest.raises(ConfigError, match="train.*momentum.*SGD's"):
+        load_config(None, ["train.momentum=0.9"])  # with Adam it would be ignored
+    with pytest.raises(ConfigError, match="train.momentum"):
+        load_config(None, ["train.optimizer=sgd", "train.momentum=1.0"])

@@ -371,7 +371,7 @@ def test_the_configuration_reference_covers_the_schema_and_every_component():
     assert "importance samples K per data point" in page
     assert "number of mixture components K" in page
     # a field without a comment still gets its name, type and default
-    assert "- `split_seed` (int, default `0`)" in page
+    assert "- `split_seed` (int, default `0`, ≥ 0, ≤ 4294967295)" in page
 
 
 def test_field_comments_are_read_from_the_source():

@@ -101,9 +101,10 @@ LIBRARY = ("vaelab.model", "vaelab.guide", "vaelab.data", "vaelab.inference", "v
            "vaelab.config", "vaelab.devices", "vaelab.seed", "vaelab.notes", "vaelab.vae")
 #: the lab: everything that writes a run folder
 LAB = ("vaelab.runs",)
-#: the edge: configs turned into objects (resolve, with the catalog of every component). The lab
-#: loads saved run folders through it, so it stands above the library and below the lab.
-EDGE = ("vaelab.resolve", "vaelab.catalog")
+#: the edge: configs turned into objects (resolve, with the catalog of every component, and the
+#: upgrade of saved configs by version). The lab loads saved run folders through it, so it stands
+#: above the library and below the lab.
+EDGE = ("vaelab.resolve", "vaelab.catalog", "vaelab.versions")
 
 
 def _within(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -156,6 +157,7 @@ LONG_MODULES = {
     "vaelab.model.networks": "one registry of networks (MLP, conv, gated) and their shapes",
     "vaelab.data.datasets": "one registry of data sets, each its download, checksum and split",
     "vaelab.cli": "one command line: a parser and a short function per command",
+    "vaelab.config": "one schema: the seven sections of a run configuration, each a short model",
 }
 
 

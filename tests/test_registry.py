@@ -174,7 +174,10 @@ def test_example_trains_and_evaluates_from_its_config(config, tmp_path, monkeypa
     )
     assert proc.returncode == 0, proc.stderr
     fresh = json.loads(proc.stdout)
-    here = evaluate(run, eval_config(run.cfg, ["eval.num_samples=64", "eval.limit=20"]))
+    # `vaelab evaluate` scores in blocks, each seeded by its index (vaelab.runs.sharded)
+    from vaelab.runs.sharded import evaluate_sharded
+
+    here = evaluate_sharded(run, eval_config(run.cfg, ["eval.num_samples=64", "eval.limit=20"]))
     assert fresh["log_likelihood"] == pytest.approx(float(here.log_px.mean()), abs=1e-6)
 
 

@@ -14,7 +14,7 @@ import pytest
 import tomli_w
 import torch
 
-import vaelab.resolve
+import vaelab.versions
 from vaelab.cli import main
 from vaelab.config import CONFIG_VERSION, RunConfig, to_dict
 from vaelab.registry import ConfigError
@@ -98,23 +98,35 @@ def test_changed_defaults_name_real_keys_and_differ_from_today():
 # version 3: one home for a network's widths, one training driver (issue 23, items 3 and 4)
 
 
-def _as_saved_by_version_2(cfg: RunConfig) -> dict:
-    """``cfg`` as vaelab's version 2 saved it: the same keys, ``version = 2`` and the removed
-    ``train.driver = "torch"`` (checked against the version-2 code's own dumps of every variant
-    of the recipes below: equal), i.e. ``model.hidden_sizes`` / ``guide.hidden_sizes`` beside
-    the networks' widths."""
+def _as_saved_by_version_3(cfg: RunConfig) -> dict:
+    """``cfg`` as vaelab's version 3 saved it: the same keys without those version 4 added
+    (``guide.input_transform``, ``train.momentum``), ``version = 3``."""
     raw = to_dict(cfg)
+    guide = {k: v for k, v in raw["guide"].items() if k != "input_transform"}
+    train = {k: v for k, v in raw["train"].items() if k != "momentum"}
+    return {**raw, "version": 3, "guide": guide, "train": train}
+
+
+def _as_saved_by_version_2(cfg: RunConfig) -> dict:
+    """``cfg`` as vaelab's version 2 saved it: the keys of version 3, ``version = 2`` and the
+    removed ``train.driver = "torch"`` (checked against the version-2 code's own dumps of every
+    variant of the recipes below: equal), i.e. ``model.hidden_sizes`` / ``guide.hidden_sizes``
+    beside the networks' widths."""
+    raw = _as_saved_by_version_3(cfg)
     return {**raw, "version": 2, "train": {**raw["train"], "driver": "torch"}}
 
 
+@pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("recipe", ["iwae_static", "gumbel_softmax"])
-def test_a_version_2_recipe_run_upgrades_to_the_new_resolution_of_its_recipe(recipe):
-    """Long runs of these recipes started before version 3 resume under it: their saved config,
-    upgraded, equals the recipe's config resolved today (what ``--resume`` compares)."""
+def test_a_version_2_recipe_run_upgrades_to_the_new_resolution_of_its_recipe(recipe, version):
+    """Long runs of these recipes started before version 3 (or 4) resume under today's: their
+    saved config, upgraded, equals the recipe's config resolved today (what ``--resume``
+    compares)."""
+    saved_by = {2: _as_saved_by_version_2, 3: _as_saved_by_version_3}[version]
     r = load_recipe(recipe)
     for variant in r.variants:
         today = r.config(variant)
-        upgraded = resolve(_as_saved_by_version_2(today), saved=True)
+        upgraded = resolve(saved_by(today), saved=True)
         assert upgraded == today and to_dict(upgraded) == to_dict(today), variant
 
 
@@ -155,7 +167,7 @@ def test_an_old_svi_config_trains_with_the_one_driver_and_one_note(tiny_cfg_over
     raw["train"]["driver"] = "svi"
     path = tmp_path / "old.toml"
     path.write_text(tomli_w.dumps(json.loads(json.dumps(raw), object_hook=_no_nulls)))
-    vaelab.resolve._NOTED.clear()  # notes said by earlier tests in this process
+    vaelab.versions._NOTED.clear()  # notes said by earlier tests in this process
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if "train.driver" in line]
@@ -240,3 +252,90 @@ def test_a_version_2_reproduce_folder_with_half_its_blocks_finishes_to_the_old_n
                 assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (key, k)
             else:
                 assert g[k] == w[k], (key, k)
+
+
+# --------------------------------------------------------------------------------------------
+# version 4: the analytic KL where one exists (issue 29, item 9); log1p for counts (item 8)
+
+
+def test_every_recipe_names_its_objective():
+    """A recipe that relied on the default would change meaning with it (before version 4 the
+    default was trace): every recipe names its objective, so its runs keep their meaning."""
+    import tomllib
+    from importlib import resources
+
+    for path in resources.files("vaelab.recipes").iterdir():
+        if path.name.endswith(".toml"):
+            raw = tomllib.loads(path.read_text())
+            assert "name" in raw.get("objective", {}), path.name
+
+
+def test_a_version_3_config_without_an_objective_still_trains_trace():
+    """Before version 4 the default objective was trace and the encoder read raw counts."""
+    old = {"version": 3, "model": {"likelihood": "poisson"}}
+    cfg = resolve(old, saved=True)
+    assert (cfg.objective.name, cfg.guide.input_transform) == ("trace", "none")
+    cfg = resolve({"model": {"likelihood": "poisson"}})  # written today
+    assert (cfg.objective.name, cfg.guide.input_transform) == ("mean_field", "log1p")
+
+
+CASES = {  # overrides → the objective the rule picks
+    "normal/standard_normal": ([], "mean_field"),
+    "normal/normal": (["model.prior=normal"], "mean_field"),
+    "normal/laplace": (["model.prior=laplace"], "mean_field"),
+    "normal/student_t": (["model.prior=student_t"], "trace"),
+    "normal/mog": (["model.prior=mog"], "trace"),
+    "normal/vamp": (["model.prior=vamp"], "trace"),
+    "normal/flow": (["model.prior=flow"], "trace"),
+    "student_t/standard_normal": (["guide.family=student_t"], "trace"),
+    "iaf/standard_normal": (["guide.family=iaf"], "trace"),
+    "relaxed/categorical": (["model.latent={name='categorical', num_variables=2, "
+                             "num_classes=3}"], "trace"),
+    "relaxed(kl=categorical)/categorical": (
+        ["model.latent={name='categorical', num_variables=2, num_classes=3}",
+         "guide.family={name='relaxed', kl='categorical'}"], "trace"),
+    "categorical/categorical": (["model.latent={name='categorical', num_variables=2, "
+                                 "num_classes=3}", "guide.family=categorical"], "trace"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_default_objective_is_mean_field_exactly_where_torch_has_the_kl(case):
+    """Ground truth: the built guide's q(z|x) and prior p(z) (expanded over the data plate, as
+    the model samples it) have a closed-form ``kl_divergence`` registered in torch, and the guide
+    is reparameterized (TraceMeanField_ELBO has no score-function term), exactly when
+    ``objective.name = "auto"`` resolves to ``mean_field``; and the objective builds."""
+    from pyro.distributions.torch_distribution import MaskedDistribution
+
+    from vaelab.inference.objectives import build_objective
+    from vaelab.model.priors import has_analytic_kl
+    from vaelab.vae import build_vae
+
+    overrides, expected = CASES[case]
+    cfg = load_config(None, ["model.latent_dim=2", "model.hidden_sizes=[4]", *overrides])
+    assert cfg.objective.name == expected
+    vae = build_vae(cfg, data_dim=6)
+    x = torch.rand(3, 6).round()  # (B, D)
+    q = vae.inference.posterior_dist(x)  # batch (3,)
+    p = vae.generative.prior().expand((3,))
+    # a site masked out of the ELBO (Jang et al.'s relaxed guide, whose categorical KL is a
+    # closed-form guide term under any objective) has no KL of its own to compute
+    scored = not isinstance(q, MaskedDistribution) or q._mask is not False
+    analytic = scored and has_analytic_kl(q, p) and vae.inference.posterior.reparameterized
+    assert analytic == (expected == "mean_field"), case
+    assert cfg.chosen["objective.name"].startswith("default: ")
+    build_objective(cfg.objective, vae)  # the default always fits the model
+    # and trace is one --set away
+    assert load_config(None, [*overrides, "objective.name=trace"]).objective.name == "trace"
+
+
+@pytest.mark.parametrize("likelihood,transform", [
+    ("poisson", "log1p"), ("negative_binomial", "log1p"),
+    ("zero_inflated_negative_binomial", "log1p"), ("bernoulli", "none"), ("normal", "none"),
+    ("discretized_logistic", "none"),
+])
+def test_the_encoder_reads_log1p_of_counts_by_default(likelihood, transform):
+    cfg = load_config(None, [f"model.likelihood={likelihood}"])
+    assert cfg.guide.input_transform == transform
+    assert load_config(None, [f"model.likelihood={likelihood}",
+                              "guide.input_transform=none"]).guide.input_transform == "none"

@@ -27,7 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -104,12 +107,22 @@ def plain(text: str) -> str:
     return text.replace("``", "").replace("`", "")
 
 
+#: every command, in the order of ``vaelab --help``
+COMMAND_NAMES = ("train", "evaluate", "sample", "report", "list", "config show", "diagnose",
+                 "bdmc", "reproduce", "sweep", "compare")
+
+#: the help of ``--no-progress``: what it hides, and what it does not
+NO_PROGRESS_HELP = ("no progress bars (drawn only on a terminal anyway); the plain lines, one "
+                    "per epoch and per evaluation stage, are still printed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vaelab import __version__
 
     parser = argparse.ArgumentParser(
         prog="vaelab", description="vaelab: variational autoencoders as Pyro models and guides "
-        "(train, evaluate, sample, config show, list, bdmc, diagnose, reproduce)")
+        f"({', '.join(COMMAND_NAMES)}). Progress bars are drawn on a terminal only; off one (a "
+        "pipe, a log file) or with --no-progress, each command prints plain lines instead.")
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_evaluate, _add_sample_report, _add_list_config,
@@ -120,13 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(sub) -> None:
     """The ``train`` subcommand (:mod:`vaelab.runs.train`)."""
-    p = sub.add_parser("train", help="train a VAE from a TOML config")
-    p.add_argument("config", help="TOML config file")
+    p = sub.add_parser(
+        "train", help="train a VAE from a TOML config (or from the defaults and --set)",
+        description="Train a VAE into the run folder OUT. The config file is optional: without "
+        "it every key takes its default (vaelab config show prints them) and --set changes "
+        "any, e.g. vaelab train --out runs/t --set data.name=digits --set train.epochs=5")
+    p.add_argument("config", nargs="?", default=None,
+                   help="TOML config file (optional: omitted, every key takes its default)")
     p.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints, report)")
     _add_set(p)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--evaluate", action="store_true", help="evaluate (IS) after training")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+    p.add_argument("--evaluate", action="store_true",
+                   help="evaluate (IS, the run's [eval]) after training and print log p(x); a "
+                   "current OUT/eval.json (same checkpoint, same settings) is reused")
+    p.add_argument("--recompute", action="store_true",
+                   help="with --evaluate: estimate again even if OUT/eval.json is current")
 
 
 def _add_evaluate(sub) -> None:
@@ -151,16 +173,20 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", action="store_true",
                    help="(re)write RUN_DIR/report.md with the result")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     _add_marginal_args(p)
 
 
 def _add_sample_report(sub) -> None:
     """The ``sample`` and ``report`` subcommands: pictures of a trained run."""
-    p = sub.add_parser("sample", help="decode prior samples into an image grid")
+    p = sub.add_parser("sample", help="decode prior samples: an image grid, or numbers (.csv, "
+                       ".npy) in the data's own units")
     p.add_argument("run_dir")
     p.add_argument("-n", type=_positive_int, default=64, help="number of samples")
-    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
+    p.add_argument("--out", default=None,
+                   help="an image (.png, .pdf, ...; default RUN_DIR/samples.png), or .csv / .npy: "
+                   "the samples as numbers, one row each, in the data's original units "
+                   "(data.standardize undone)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
 
@@ -235,14 +261,42 @@ def _add_bdmc(sub) -> None:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+
+
+#: ``vaelab reproduce --help``: what the stages cost and how to make them small
+REPRODUCE_EPILOG = """\
+stages, for each variant x seed: training, then IS (eval.num_samples = 5000 draws on the whole
+test split, or eval.limit points), AIS on recipe.ais.points test points, BDMC on
+recipe.bdmc.points simulated points (continuous latents), Jang et al.'s metric (relaxed
+categorical guides). Each prints a line per block; each block is saved when done, so an
+interrupted run continues where it stopped when the same command is run again.
+
+make it smaller with --set (eval.limit does not shrink AIS or BDMC):
+  --set train.epochs=N             fewer epochs (the table states the budget reached)
+  --set eval.limit=N               IS on N test points spread over the split
+  --set eval.num_samples=K         IS with K draws per point
+  --set recipe.ais.points=N        AIS on N test points (0: no AIS stage); also
+                                   recipe.ais.steps, recipe.ais.chains, recipe.ais.leapfrog
+  --set recipe.bdmc.points=N       BDMC on N simulated points (0: no BDMC stage); also
+                                   recipe.bdmc.steps, recipe.bdmc.chains, recipe.bdmc.leapfrog
+
+a smoke run, every stage at a tiny size (about a minute on 2 cores):
+  vaelab reproduce vampprior_standard --out runs/smoke --set train.epochs=1 \\
+    --set train.max_steps_per_epoch=20 --set eval.limit=50 --set eval.num_samples=50 \\
+    --set recipe.ais.points=10 --set recipe.ais.steps=10 \\
+    --set recipe.bdmc.points=10 --set recipe.bdmc.steps=10
+
+the full recipes take hours to days: --list-recipes --out DIR estimates them from the runs
+under DIR.
+"""
 
 
 def _add_reproduce(sub) -> None:
     """The ``reproduce`` subcommand: a paper recipe end to end."""
     p = sub.add_parser(
         "reproduce", help="run a paper recipe end to end (train, evaluate, its table row); "
-        "resumable")
+        "resumable", epilog=REPRODUCE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", default=None,
                    help="recipe name (omit with --list-recipes)")
     p.add_argument("--out", help="folder of the recipe's runs (OUT/VARIANT/seedS)")
@@ -255,8 +309,14 @@ def _add_reproduce(sub) -> None:
                    help="print the table gathered from recipe folders DIR... and exit")
     p.add_argument("--plot", default=None, metavar="PATH",
                    help="with --table: also draw it as a chart (PNG) at PATH")
-    p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--export", nargs="+", metavar="DIR", default=None,
+                   help="--export DEST RUNS...: write the runs' small results (config, metrics, "
+                        "result, per-point TSV; no checkpoints, no machine paths) to "
+                        "DEST/RECIPE/VARIANT/seedS/, the files --table rebuilds the table from")
+    p.add_argument("--list-recipes", action="store_true",
+                   help="list the shipped recipes and their cost in hours, measured on this "
+                   "machine from the recipe folders under --out DIR if given")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
 
 def _add_sweep_compare(sub) -> None:
@@ -307,32 +367,149 @@ def _add_sweep_compare(sub) -> None:
                    help="write curves.png and metrics.png into OUTDIR")
 
 
+def _bars(args) -> bool:
+    """Progress bars: on a terminal only (a pipe or a log file gets plain lines), and not with
+    ``--no-progress``."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def _say(line: str) -> None:
+    """A progress line on stdout, flushed at once (a pipe or a log file sees it live)."""
+    print(line, flush=True)
+
+
 def _cmd_train(args) -> int:
     from vaelab.resolve import load_config
     from vaelab.runs.report import write_report
-    from vaelab.runs.sharded import evaluate_sharded
     from vaelab.runs.tracking import log_results
     from vaelab.runs.train import train
     from vaelab.runs.world import World
 
-    overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
+    # bars on a terminal only; the config file's or --set's train.progress wins
+    overrides = [f"train.progress={str(_bars(args)).lower()}", *args.overrides]
     cfg = load_config(args.config, overrides)
+    if args.recompute and not args.evaluate:
+        raise ValueError("--recompute goes with --evaluate")
     result = train(cfg, args.out, resume=args.resume)
     main = World.from_env().is_main  # under torchrun, rank 0 reports
     if not (main or args.evaluate):
         return 0
     run = result.run("best")  # the trained VAE and data, the best checkpoint loaded in place
-    est = evaluate_sharded(run, progress=cfg.train.progress) if args.evaluate else None
-    metrics = est.summary() if est is not None else None
+    metrics, reused = _train_evaluation(args, run, main) if args.evaluate else (None, False)
     if not main:
         return 0
-    report = write_report(run, metrics)
-    log_results(run, metrics)  # [log]: the evaluation and the report's PNGs
+    if reused:
+        report = run.dir / "report.md"
+    else:
+        report = write_report(run, metrics)
+        log_results(run, metrics)  # [log]: the evaluation and the report's PNGs
     score = ("valid ELBO" if cfg.train.valid_particles == 1
              else f"valid {cfg.train.valid_particles}-sample bound")
     print(f"best epoch {result.best_epoch}, {score} {result.best_valid_elbo:.2f}; "
           f"report: {report}")
+    if metrics is not None:
+        print(result_line(metrics))
     return 0
+
+
+def _train_evaluation(args, run, main: bool) -> tuple[dict, bool]:
+    """``train --evaluate``: the run's ``[eval]`` on its best checkpoint, or ``RUN/eval.json``
+    where it estimated exactly that (same checkpoint digest, same settings) and ``--recompute``
+    was not given; returns the metrics and whether they were reused."""
+    from vaelab.runs.sharded import evaluate_sharded
+
+    ec = run.cfg.eval
+    stamp = estimand(run, ec, "best")
+    saved = None if args.recompute else _current_eval(run.dir, stamp)
+    if saved is not None:
+        if main:
+            print(f"{run.dir / 'eval.json'} is current (the same checkpoint and [eval] "
+                  "settings): reused, not recomputed (--recompute estimates again)")
+        return saved, True
+    if main:
+        _say(f"evaluating: {_eval_plan(run, ec)}")
+    est = evaluate_sharded(run, progress=_bars(args))
+    return {**estimate_metrics(est), "estimand": stamp}, False
+
+
+def estimand(run, ec, checkpoint: str) -> dict:
+    """What an evaluation estimates: the scored parameters (a digest of the checkpoint's
+    weights and its epoch, counted from 1) and the ``[eval]`` keys its numbers depend on."""
+    import hashlib
+
+    import torch
+
+    from vaelab.runs.stages import ESTIMAND_KEYS
+
+    h = hashlib.sha256()
+    for name, value in sorted(run.vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    keys = set(ESTIMAND_KEYS) | {"block_size", "exact", "diagnostics"}
+    return json.loads(json.dumps({
+        "checkpoint": checkpoint, "epoch": run.epoch + 1, "digest": h.hexdigest()[:16],
+        "eval": ec.model_dump(mode="json", include=keys)}))
+
+
+def _current_eval(run_dir: Path, stamp: dict) -> dict | None:
+    """``run_dir/eval.json`` when it holds an evaluation of exactly ``stamp``, else None (none
+    there, unreadable, or of another checkpoint or settings: estimated again and rewritten)."""
+    path = run_dir / "eval.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(saved, dict) and saved.get("estimand") == stamp and "log_likelihood" in saved
+    return saved if ok else None
+
+
+def estimate_metrics(est) -> dict:
+    """A :class:`~vaelab.inference.marginal.MarginalEstimate` as the command line reports it:
+    its summary, then ``split`` and the rest of its ``extra``."""
+    return {**est.summary(), "split": est.extra.get("split"),
+            **{k: v for k, v in est.extra.items() if k != "split"}}
+
+
+def _eval_plan(run, ec) -> str:
+    """One line saying what an evaluation is about to compute."""
+    n = run.split(ec.split, ec.limit).shape[0]
+    if ec.method == "ais":
+        return (f"AIS, T = {ec.ais_steps} steps, {ec.ais_chains} chains, on {n} {ec.split} "
+                "points")
+    return f"IS, K = {ec.num_samples}, on {n} {ec.split} points"
+
+
+def result_line(m: dict) -> str:
+    """The one line an evaluation ends with, e.g. ``test log p(x) = -99.23 ± 0.92 nats (IS,
+    K = 5000, 1000 points; 45 of 1000 points flagged k̂ > 0.7: a loose lower bound)``; the ±
+    is one standard error of the mean over points."""
+    n = m["num_points"]
+    head = (f"{m.get('split') or 'test'} log p(x) = {m['log_likelihood']:.2f} ± "
+            f"{m['log_likelihood_stderr']:.2f} nats")
+    if m.get("method") == "ais":
+        how = (f"AIS, T = {m.get('num_steps', '?')} steps, {m.get('num_chains', '?')} chains, "
+               f"{n} points; a stochastic lower bound")
+    else:
+        how = f"IS, K = {m['num_samples']}, {n} points"
+        flagged = m.get("num_flagged")
+        if flagged:
+            how += f"; {flagged} of {n} points flagged k̂ > 0.7: a loose lower bound"
+        elif flagged == 0:
+            how += "; no point flagged k̂ > 0.7"
+    if m.get("exact_log_likelihood") is not None:
+        how += f"; exact {m['exact_log_likelihood']:.2f}"
+    return f"{head} ({how})"
+
+
+#: what the less obvious keys of ``vaelab evaluate``'s output mean, printed beside them
+METRIC_NOTES = {
+    "num_flagged": "points whose Pareto k̂ > 0.7: their weights likely have infinite variance, "
+                   "so their log p(x) and its standard error are unreliable",
+    "log_jacobian": "nats per point added to turn the density of the preprocessed data into the "
+                    "data's own units (dequantization -D log L, standardization -sum log s_d); "
+                    "already included in log_likelihood and elbo",
+    "mc_stderr_mean": "mean per-point Monte Carlo standard error of log p(x) (delta method)",
+}
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -340,7 +517,9 @@ def _print_metrics(metrics: dict) -> None:
         if isinstance(v, dict):
             v = ", ".join(f"{a} {b:.4g}" if isinstance(b, float) else f"{a} {b}"
                           for a, b in v.items())
-        print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
+        text = f"{v:.4f}" if isinstance(v, float) else f"{v}"
+        note = f"  ({METRIC_NOTES[k]})" if k in METRIC_NOTES else ""
+        print(f"{k:>24}: {text}{note}")
 
 
 def _cmd_evaluate(args) -> int:
@@ -359,13 +538,14 @@ def _cmd_evaluate(args) -> int:
         curve_ks = default_curve_ks(ec.num_samples)
     elif args.curve:
         raise ValueError("--curve applies to --method is (prefixes of the K importance draws)")
+    main = World.from_env().is_main
+    if main and not args.json:
+        _say(f"evaluating: {_eval_plan(run, ec)}")
     # under torchrun: the blocks of points shared among the processes; rank 0 reports
-    est = evaluate_sharded(run, ec, progress=not args.no_progress and not args.json,
-                           curve_ks=curve_ks)
-    if not World.from_env().is_main:
+    est = evaluate_sharded(run, ec, progress=_bars(args) and not args.json, curve_ks=curve_ks)
+    if not main:
         return 0
-    metrics = {**est.summary(), "split": est.extra["split"], "checkpoint": args.checkpoint}
-    metrics.update({k: v for k, v in est.extra.items() if k != "split"})
+    metrics = {**estimate_metrics(est), "checkpoint": args.checkpoint}
     if args.curve:
         from vaelab.runs.plots import save_convergence_plot
 
@@ -375,16 +555,19 @@ def _cmd_evaluate(args) -> int:
     if args.report:
         from vaelab.runs.report import write_report
 
+        metrics["estimand"] = estimand(run, ec, args.checkpoint)
         write_report(run, metrics)
     tracking.log_results(run, metrics, images=args.report)
     if args.json:
         print(json.dumps(metrics))
     else:
         _print_metrics(metrics)
+        print(result_line(metrics))
     return 0
 
 
 def _cmd_sample(args) -> int:
+    import numpy as np
     import torch
 
     from vaelab.runs.report import save_grid
@@ -393,9 +576,40 @@ def _cmd_sample(args) -> int:
     run = load_run(args.run_dir, args.checkpoint)
     torch.manual_seed(args.seed)
     out = Path(args.out) if args.out else run.dir / "samples.png"
-    save_grid(out, run.vae.generative.sample(args.n), run.data.shape, ncol=8)
+    with torch.no_grad():
+        x = run.vae.generative.sample(args.n)  # (n, D), in the units the model sees
+    if out.suffix.lower() in (".csv", ".npy"):
+        pre = run.pre
+        if pre.mean is not None and pre.scale is not None:  # data.standardize undone
+            x = x * pre.scale.to(x) + pre.mean.to(x)
+        values = x.detach().cpu().double().numpy()  # (n, D)
+        if out.suffix.lower() == ".npy":
+            np.save(out, values)
+        else:
+            np.savetxt(out, values, delimiter=",", fmt="%.9g")
+    else:
+        save_grid(out, x, run.data.shape, ncol=8)
     print(out)
     return 0
+
+
+def _module_list(text: str) -> list[str]:
+    """The modules of ``plugins=VALUE`` (:func:`vaelab.resolve.plugin_modules`)."""
+    from vaelab.resolve import plugin_modules
+
+    return plugin_modules(text)
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, its lines joined (not the first
+    line, which may stop mid-sentence)."""
+    import re
+
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    # a full stop ends the sentence where the next word starts a new one ("e.g. x" does not)
+    end = re.search(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bal)(?<!\bvs)[.!?](?=\s+[A-Z(]|$)", text)
+    text = text[: end.end()] if end else text
+    return text[:-1] + "." if text.endswith(":") else text  # "...as follows:" before a formula
 
 
 def _option_rows(options) -> list[str]:
@@ -416,8 +630,9 @@ def _cmd_list(args) -> int:
     from vaelab.registry import REGISTRIES, load_entry_points, load_plugins
     from vaelab.resolve import apply_overrides
 
-    plugins = apply_overrides({}, args.overrides).get("plugins", [])
-    load_plugins(plugins)
+    plugins = [o for o in args.overrides if o.split("=", 1)[0].strip() == "plugins"]
+    apply_overrides({}, [o for o in args.overrides if o not in plugins])  # errors name the key
+    load_plugins([m for o in plugins for m in _module_list(o.split("=", 1)[1])])
     load_entry_points()
     kinds = {("families" if k == "family" else f"{k}s"): r for k, r in REGISTRIES.items()}
     wanted = kinds if args.kind is None else {args.kind: kinds.get(args.kind)}
@@ -432,7 +647,7 @@ def _cmd_list(args) -> int:
         print(f"{title}:")
         for name in reg.names():
             entry = reg.entry(name)
-            doc = plain(entry.doc.split("\n")[0]) if entry.doc else ""
+            doc = first_sentence(plain(entry.doc)) if entry.doc else ""
             print(f"  {name}" + (f" — {doc}" if doc else ""))
             for row in _option_rows(entry.options):
                 print(row)
@@ -510,7 +725,7 @@ def _cmd_bdmc(args) -> int:
             model, guide, x_like, seed=args.seed, block=args.block_size,
             num_steps=ec.ais_steps, num_chains=ec.ais_chains, num_leapfrog=ec.ais_leapfrog,
             base=ec.ais_base, batch_size=args.batch_size,
-            progress=not args.no_progress and not args.json,
+            progress=_bars(args) and not args.json,
         )
     if not World.from_env().is_main:
         return 0  # rank 0 reports
@@ -542,14 +757,13 @@ def _cmd_report(args) -> int:
     """``vaelab report DIR [--html]``: the report of a run folder from its checkpoint, with the
     evaluation results already in ``DIR/eval.json`` (none are computed here)."""
     from vaelab.runs.report import write_report
-    from vaelab.runs.run import load_run
+    from vaelab.runs.run import load_run, read_eval
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run folder (no such directory)")
     run = load_run(run_dir, args.checkpoint)
-    saved = run_dir / "eval.json"
-    metrics = json.loads(saved.read_text()) if saved.is_file() else None
+    metrics = read_eval(run_dir)
     report = write_report(run, metrics, html=args.html)
     print(report.with_suffix(".html") if args.html else report)
     return 0
@@ -561,10 +775,22 @@ COMMANDS["report"] = _cmd_report
 def _cmd_reproduce(args) -> int:
     from vaelab.runs import reproduce as rp
 
+    if args.export:
+        if len(args.export) < 2:
+            raise ValueError("--export DEST RUNS...: name the destination and at least one run")
+        from vaelab.runs.tables import export_runs
+
+        for target in export_runs(args.export[0], args.export[1:]):
+            print(f"exported: {target}")
+        return 0
     if args.list_recipes:
         for name in rp.recipe_names():
             r = rp.load_recipe(name)
-            print(f"{name}: {r.meta.get('paper', '')}; variants: {', '.join(r.variants)}")
+            print(f"{name}: {r.meta.get('paper', '')}; variants: {', '.join(r.variants)}; "
+                  f"budget: {r.meta.get('budget', '?')}; {rp.cost_estimate(name, args.out)}")
+        if args.out is None:
+            print("(costs are measured from finished runs: --list-recipes --out DIR reads the "
+                  "recipe folders under DIR)")
         return 0
     if args.plot and not args.table:
         raise ValueError("--plot PATH goes with --table DIR...")
@@ -584,7 +810,7 @@ def _cmd_reproduce(args) -> int:
         recipe.config(v)  # an unknown variant fails before anything runs
     rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, variants=args.variant or None,
                         overrides=rp.parse_overrides(args.overrides),
-                        evaluate=not args.train_only, progress=not args.no_progress)
+                        evaluate=not args.train_only, progress=_bars(args), say=_say)
     from vaelab.runs.world import World
 
     if World.from_env().is_main:  # under torchrun, rank 0 reports
@@ -630,17 +856,120 @@ def _os_error(err: OSError) -> str:
     return f"{err.strerror or err}: {str(path)!r}" if path else str(err)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training (whose own handler stops at a step boundary): raised in the
+    main thread like a Ctrl-C, so that the command ends in one line, exit 143."""
+
+    exit_code = 128 + 15
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while a command runs (the
+    handler it replaces is put back after)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _in_chain(err: BaseException, kinds) -> BaseException | None:
+    """The first exception of ``kinds`` among ``err`` and its causes and contexts (torch's zip
+    writer wraps an ``OSError`` or a ``KeyboardInterrupt`` raised while it writes into a
+    ``RuntimeError`` whose context is the real one)."""
+    seen: set[int] = set()
+    node: BaseException | None = err
+    while node is not None and id(node) not in seen:
+        if isinstance(node, kinds):
+            return node
+        seen.add(id(node))
+        node = node.__cause__ or node.__context__
+    return None
+
+
+def _unbalanced(text: str) -> bool:
+    return (text.count("[") != text.count("]") or text.count("{") != text.count("}")
+            or text.count('"') % 2 == 1 or text.count("'") % 2 == 1)
+
+
+def _cut_value(argv: list[str]) -> str | None:
+    """The error line for a ``--set`` / ``--grid`` value the shell cut at a space (its brackets
+    or quotes close only with the next arguments), naming the quoted form; else None."""
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in ("--set", "--grid"):
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                continue
+            value = argv[i + 1]
+        if not _unbalanced(value):
+            continue
+        whole = value
+        for more in argv[i + (1 if eq else 2):]:
+            whole += " " + more
+            if not _unbalanced(whole):
+                break
+        if whole == value or _unbalanced(whole):
+            continue  # not a value cut by the shell: the config's own check names it
+        return (f"{flag} {value!r} is cut at a space (the shell splits an unquoted value): "
+                f"quote it whole, e.g. {flag} {shlex.quote(whole)}")
+    return None
+
+
+def _again(args, argv: list[str]) -> str:
+    """How to continue an interrupted command, as one clause."""
+    if args.command == "reproduce":
+        return ("the finished epochs and evaluation blocks are kept; continue with the same "
+                f"command: vaelab {shlex.join(argv)}")
+    if args.command in ("train", "sweep"):
+        return ("the run folder keeps its last committed epoch (every write is atomic); "
+                f"continue with: vaelab {shlex.join(argv)}"
+                + (" --resume" if args.command == "train" and not args.resume else ""))
+    return "nothing was written"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a bad input, a failed run or an OS error is one line on stderr and
-    exit 2; SIGINT / SIGTERM during training stop at a step boundary with exit 130 / 143."""
+    exit 2; SIGINT / SIGTERM during training stop at a step boundary with exit 130 / 143, and
+    anywhere else end in one line with the same codes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = _cut_value(argv)
+    if cut is not None:
+        command = argv[0] if argv and argv[0] in COMMANDS else ""
+        print(f"vaelab {command}: error: {cut}".replace("vaelab :", "vaelab:"), file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)  # --help and usage errors exit here, before torch
+    rank = os.environ.get("RANK", "0")  # torchrun's; the other ranks tag their lines
+    prefix = f"vaelab {args.command}" + (f" [rank {rank}]" if rank != "0" else "")
+    try:
+        with _sigterm_raises():
+            return _run(args, argv, prefix, rank)
+    except KeyboardInterrupt as err:  # a second Ctrl-C (in a checkpoint write, too), SIGTERM
+        how = "by SIGTERM" if isinstance(err, Terminated) else "by Ctrl-C (SIGINT)"
+        if rank == "0":
+            print(f"{prefix}: interrupted {how}; {_again(args, argv)}", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
+
+
+def _run(args, argv: list[str], prefix: str, rank: str) -> int:
+    """:func:`main` once the arguments are parsed: the command, and its errors as one line."""
     from vaelab.registry import ConfigError
     from vaelab.runs.folder import Interrupted, RunFolderBusy
 
     known = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, ValueError,
              RunFolderBusy)
-    rank = os.environ.get("RANK", "0")  # torchrun's; the other ranks tag their lines
-    prefix = f"vaelab {args.command}" + (f" [rank {rank}]" if rank != "0" else "")
     done = False
     try:
         rc = COMMANDS[args.command](args)
@@ -649,32 +978,44 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         held = (f"the run folder holds epoch {err.committed_epoch}" if err.committed_epoch
                 else "no epoch was committed, so nothing was kept")
-        again = ("vaelab train DIR/config.toml --out DIR --resume"
-                 if err.committed_epoch and args.command != "reproduce"
-                 else "run the same command again")
+        again = (_again(args, argv) if args.command == "reproduce"
+                 else "continue with: vaelab train DIR/config.toml --out DIR --resume"
+                 if err.committed_epoch and args.command == "train"
+                 else "continue with: the same command")
         if rank == "0":  # every process of a torchrun job stops at the same step: one line
-            print(f"{prefix}: {err}; {held}; continue with: {again}", file=sys.stderr)
+            print(f"{prefix}: {err}; {held}; {again}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{prefix}: interrupted", file=sys.stderr)
-        return 130
     except known as err:
         print(f"{prefix}: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # after `known`: RunFolderBusy is a RuntimeError too
-        distributed = sys.modules.get("vaelab.runs.world")
-        if distributed is None or not isinstance(err, distributed.PeerLost):
-            raise
-        print(f"{prefix}: error: {err}; the run folder holds its last committed epoch "
-              "(resume with --resume, on any number of processes)", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"{prefix}: error: {_os_error(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # after `known`: RunFolderBusy is a RuntimeError too
+        return _wrapped(err, prefix)
     finally:
         distributed = sys.modules.get("vaelab.runs.world")
         if distributed is not None:
             distributed.leave(synchronize=done)  # a torchrun job that succeeded leaves together
+
+
+def _wrapped(err: Exception, prefix: str) -> int:
+    """A lost torchrun peer, or an interrupt or OS error that a library wrapped (torch's zip
+    writer: a ``RuntimeError`` whose context is the real one), as one line; else re-raised."""
+    distributed = sys.modules.get("vaelab.runs.world")
+    if distributed is not None and isinstance(err, distributed.PeerLost):
+        print(f"{prefix}: error: {err}; the run folder holds its last committed epoch "
+              "(resume with --resume, on any number of processes)", file=sys.stderr)
+        return 2
+    inner = _in_chain(err, (KeyboardInterrupt, OSError))
+    if isinstance(inner, KeyboardInterrupt):
+        raise inner from None  # main says it in one line
+    if isinstance(inner, OSError):
+        held = ("; the run folder keeps its last committed epoch (every write is atomic): "
+                "free the space and resume with --resume") if inner.errno == 28 else ""
+        print(f"{prefix}: error: {_os_error(inner)}{held}", file=sys.stderr)
+        return 2
+    raise err
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,9 @@ A run is described by seven sections whose key names are the contract of the CLI
     [log]       backends, every_n_steps, dir, experiment (tracking, see vaelab.runs.tracking)
 
 plus a top-level ``version`` (:data:`CONFIG_VERSION`), written into every run folder so that a
-config saved by an older vaelab keeps its meaning (see :mod:`vaelab.resolve`).
+config saved by an older vaelab keeps its meaning (see :mod:`vaelab.versions`). One topic: the
+schema of those seven sections (and the plain-data helpers every reader of it needs), so the
+module runs past 500 lines, each section a short model.
 
 Components (``model.prior``, ``model.likelihood``, ``model.latent``, ``guide.family``,
 ``eval.proposal``) are a name or a table ``{name = "...", option = value}`` as written; after
@@ -38,7 +40,15 @@ import tomllib
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 
 from vaelab.registry import ConfigError, Entry, Options
 
@@ -62,10 +72,18 @@ __all__ = [
 
 #: the schema version written into every saved config (what each version changed:
 #: :func:`vaelab.resolve.migrate`)
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 
 #: a component as written (a name or a table) or, once resolved, its typed options
 Component = str | dict[str, Any] | SerializeAsAny[Options]
+
+#: the largest seed (numpy's and torch's generators take seeds in 0 … 2³² − 1)
+MAX_SEED = 2**32 - 1
+
+
+def _seed() -> Any:
+    """A seed field: an integer in 0 … 2³² − 1 (refused outside, naming the key)."""
+    return Field(0, ge=0, le=MAX_SEED)
 
 
 class _Section(BaseModel):
@@ -118,7 +136,9 @@ class DataConfig(NamedSection):
     """Which data set, and how each batch is preprocessed."""
 
     name: str = "binarized_mnist"
-    #: a ``.npy``/``.npz`` file for ``name = "array"``; ignored otherwise
+    #: the user's ``.npy``, ``.npz``, ``.csv`` or ``.h5ad`` file, read by ``name = "array"``:
+    #: given without ``name``, it implies ``name = "array"``; beside a built-in data set that
+    #: reads no file, it is refused
     path: str | None = None
     #: ``static``: binarize once (seeded); ``dynamic``: a fresh Bernoulli draw every batch
     binarize: Literal["none", "static", "dynamic"] = "none"
@@ -127,7 +147,7 @@ class DataConfig(NamedSection):
     #: fractions carved out of the training set when a data set has no valid / test split
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int = _seed()
     #: keep at most this many points per split (smoke runs); ``None`` keeps all
     limit: int | None = Field(None, gt=0)
     #: how ``data.limit`` and ``train.valid_limit`` pick their points: ``spread``, evenly over
@@ -189,17 +209,33 @@ class GuideConfig(_Section):
     #: the encoder network; ``None`` (or a table without ``name``, whose keys are put on top):
     #: the decoder's network mirrored, widths reversed
     encoder: Component | None = None
+    #: what the encoder reads: ``none``, the data as the likelihood scores them; ``log1p``,
+    #: log(1 + x), for counts whose range spans orders of magnitude (scVI's encoder input; the
+    #: likelihood still scores the raw counts); ``auto``: ``log1p`` for a likelihood of counts
+    #: (``poisson``, ``negative_binomial``, ``zero_inflated_negative_binomial``), else ``none``
+    #: (a resolved config says which, and why, in a comment)
+    input_transform: Literal["auto", "none", "log1p"] = "auto"
 
     @field_validator("hidden_sizes")
     @classmethod
     def _positive(cls, v: list[int] | None) -> list[int] | None:
         return _positive_widths(v)
 
+    @field_validator("input_transform", mode="before")
+    @classmethod
+    def _none_is_none(cls, v: Any) -> Any:
+        return "none" if v is None else v  # ``--set guide.input_transform=none`` reads None
+
 
 class ObjectiveConfig(NamedSection):
     """The training objective, see :mod:`vaelab.inference.objectives`."""
 
-    name: str = "trace"
+    #: the objective (:mod:`vaelab.inference.objectives`); ``auto``: ``mean_field``, the ELBO
+    #: with KL(q ‖ p) in closed form, where torch has one for the guide family and prior (a
+    #: ``normal`` guide with the ``standard_normal``, ``normal`` or ``laplace`` prior), else
+    #: ``trace``, the ELBO with a Monte Carlo KL (a resolved config says which, and why, in a
+    #: comment). Configs saved before version 4 meant ``trace``
+    name: str = "auto"
     num_particles: int = Field(1, gt=0)
     #: Rényi α for ``renyi`` (α ≠ 1; α = 0 is IWAE)
     alpha: float = 0.0
@@ -216,7 +252,7 @@ class TrainConfig(_Section):
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(100, gt=0)
     lr: float = Field(1e-3, gt=0.0)
-    seed: int = 0
+    seed: int = _seed()
     #: KL warm-up: β rises linearly from 0 to ``objective.beta`` over this many epochs (0 = off)
     warmup_epochs: int = Field(0, ge=0)
     #: early stopping patience in epochs on the validation ELBO (0 = off)
@@ -228,8 +264,12 @@ class TrainConfig(_Section):
     #: gradient-norm clipping (0 = off)
     clip_norm: float = Field(0.0, ge=0.0)
     #: ``adam``; ``adam_normgrad``: Adam on each parameter's gradient divided by its own L2 norm,
-    #: g / (‖g‖ + 1e-7) (the "AdamNormGrad" of the VampPrior code)
-    optimizer: Literal["adam", "adam_normgrad"] = "adam"
+    #: g / (‖g‖ + 1e-7) (the "AdamNormGrad" of the VampPrior code); ``sgd``: stochastic gradient
+    #: descent with ``momentum`` (``torch.optim.SGD``: v ← μ v + g, θ ← θ − lr · v; Jang et
+    #: al. 2017 §4: momentum 0.9)
+    optimizer: Literal["adam", "adam_normgrad", "sgd"] = "adam"
+    #: SGD's momentum μ (``optimizer = "sgd"`` only; 0: plain SGD)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
     #: Adam's (β1, β2) and ε (Burda et al.'s IWAE code: [0.99, 0.999] and 1e-4)
     adam_betas: list[float] = Field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = Field(1e-8, gt=0.0)
@@ -291,6 +331,13 @@ class TrainConfig(_Section):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _momentum_is_sgds(self):
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"momentum = {self.momentum} is SGD's, but optimizer = "
+                             f"{self.optimizer!r}; set train.optimizer = 'sgd' or drop momentum")
+        return self
+
 
 class EvalConfig(_Section):
     split: Literal["train", "valid", "test"] = "test"
@@ -302,12 +349,11 @@ class EvalConfig(_Section):
     max_memory_mb: float = Field(512.0, gt=0.0)
     #: score this many points spread evenly over the split (``None``: all)
     limit: int | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = _seed()
     #: score the points in blocks of this many, block b seeded by (``seed``, b), so that the
-    #: numbers do not depend on how the blocks are shared among processes (torchrun); ``None``:
-    #: one pass seeded by ``seed`` in one process, blocks of ``batch_size`` under torchrun
-    #: (``vaelab reproduce``: its resumable blocks, block b seeded by ``seed`` + b; ``None``:
-    #: 500 points for IS, 100 for AIS)
+    #: numbers do not depend on the number of processes (torchrun); ``None``: blocks of
+    #: ``batch_size``, on one process or many (``vaelab reproduce``: its resumable blocks,
+    #: block b seeded by ``seed`` + b; ``None``: 500 points for IS, 100 for AIS)
     block_size: int | None = Field(None, gt=0)
     #: ``is``: importance sampling with K = ``num_samples``; ``ais``: annealed importance sampling
     method: Literal["is", "ais"] = "is"
@@ -366,6 +412,20 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    #: ``{"section.key": why}``: the keys whose ``auto`` value resolution chose, and why (set by
+    #: :func:`vaelab.resolve.resolve`; :func:`dump_toml` writes each as a comment on its line)
+    _chosen: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def chosen(self) -> dict[str, str]:
+        """The keys resolution chose (``objective.name``, ``guide.input_transform``) and why."""
+        return dict(self._chosen)
+
+    def with_chosen(self, chosen: dict[str, str]) -> "RunConfig":
+        """A copy that says why each key of ``chosen`` holds its value (resolution's job)."""
+        copy = self.model_copy()
+        copy._chosen = dict(chosen)
+        return copy
 
 
 #: the tables of a config; ``version`` and ``plugins`` are top-level keys
@@ -377,12 +437,30 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def dump_toml(cfg: RunConfig) -> str:
+    """``cfg`` as TOML; a key resolution chose (:attr:`RunConfig.chosen`) carries a comment
+    saying why, e.g. ``name = "mean_field"  # default: analytic KL for ...``."""
     def strip_none(d: Any) -> Any:
         if isinstance(d, dict):
             return {k: strip_none(v) for k, v in d.items() if v is not None}
         return d
 
-    return tomli_w.dumps(strip_none(to_dict(cfg)))
+    return _commented(tomli_w.dumps(strip_none(to_dict(cfg))), cfg.chosen)
+
+
+def _commented(text: str, why: dict[str, str]) -> str:
+    """``text`` (TOML) with ``  # why[key]`` after the line of each top-level ``section.key``."""
+    if not why:
+        return text
+    lines, table = text.split("\n"), ""
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            table = line.strip("[]")
+            continue
+        key = line.split(" = ", 1)[0]
+        comment = why.get(f"{table}.{key}") if " = " in line else None
+        if comment is not None:
+            lines[i] = f"{line}  # {comment}"
+    return "\n".join(lines)
 
 
 def json_safe(v: Any) -> Any:
@@ -396,19 +474,54 @@ def json_safe(v: Any) -> Any:
     return v
 
 
+#: how deep arrays and tables may nest in a config (real configs nest 3 deep)
+MAX_DEPTH = 32
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep lists, tuples and dicts nest in ``value`` (0 for a scalar), without recursion."""
+    depth, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, (list, tuple)):
+            depth = max(depth, d + 1)
+            if depth > MAX_DEPTH:
+                return depth
+            stack.extend((x, d + 1) for x in v)
+    return depth
+
+
 def parse_value(text: str) -> Any:
-    """Parse an override's right-hand side: TOML/JSON/Python literal, else a bare string."""
+    """Parse an override's right-hand side: TOML/JSON/Python literal, else a bare string.
+
+    :raises ConfigError: arrays or tables nested more than :data:`MAX_DEPTH` deep.
+    """
     text = text.strip()
+    too_deep = ConfigError(f"value {text[:20]!r}...: arrays or tables nested more than "
+                           f"{MAX_DEPTH} deep")
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         pass
+    except RecursionError:
+        raise too_deep from None
+    else:
+        if nesting_depth(value) > MAX_DEPTH:
+            raise too_deep
+        return value
     low = text.lower()
     if low in ("none", "null"):
         return None
     if low in ("true", "false"):
         return low == "true"
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError):
         return text
+    except RecursionError:
+        raise too_deep from None
+    if nesting_depth(value) > MAX_DEPTH:
+        raise too_deep
+    return value

@@ -24,22 +24,31 @@ from contextlib import contextmanager
 import torch
 
 from vaelab.notes import note
+from vaelab.registry import ConfigError
 
-__all__ = ["CUBLAS_WORKSPACE", "deterministic", "resolve_device", "run_device", "to_device"]
+__all__ = ["CUBLAS_WORKSPACE", "DeviceUnavailable", "deterministic", "resolve_device",
+           "run_device", "to_device"]
 
 #: the cuBLAS workspace setting PyTorch's reproducibility notes name for deterministic GEMMs
 CUBLAS_WORKSPACE = ":4096:8"
 
 
+class DeviceUnavailable(ConfigError, RuntimeError):
+    """``train.device`` names a device this machine does not have: a config error (one line,
+    exit 2, naming the key), and a :class:`RuntimeError` as before."""
+
+
 def resolve_device(name: str) -> torch.device:
     """``train.device`` as a :class:`torch.device`: ``auto`` is CUDA when torch sees one.
 
-    :raises RuntimeError: ``cuda`` asked for on a machine where torch sees no CUDA device.
+    :raises DeviceUnavailable: ``cuda`` asked for on a machine where torch sees no CUDA device (one
+        line naming the key, which the command line prints with exit status 2).
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but torch sees no CUDA device; use 'cpu'/'auto'")
+        raise DeviceUnavailable(f"train.device = {name!r}, but torch sees no CUDA device here; set "
+                          "train.device = 'cpu' or 'auto'")
     return torch.device(name)
 
 

@@ -6,13 +6,9 @@ into typed, frozen :class:`~vaelab.registry.Options` (defaults filled in, latent
 defaults chosen from the latent type's *class*, nothing built). Inner layers receive the result
 and never consult a registry again.
 
-**Versions.** Every saved config carries ``version`` (:data:`~vaelab.config.CONFIG_VERSION`). A
-config read back from a run folder or a checkpoint (``saved=True``) whose version is older means
-what it meant when it was saved: each key whose default changed since is filled with its old
-default (:data:`CHANGED_DEFAULTS`), and each key that moved or went away since is upgraded
-(:func:`migrate`), so a long run started under an older vaelab resumes unchanged under a newer
-one. A config without ``version`` that a run saved is version 1 (vaelab 0.1.0); one a user writes
-means the current version.
+**Versions.** A config read back from a run folder or a checkpoint (``saved=True``) is first
+upgraded from its own version by :func:`vaelab.versions.migrate`, so it means what it meant
+when it was saved; one a user writes means the current version.
 
 **Networks** (``model.decoder``, ``guide.encoder``) hold their widths in one place, their own
 ``hidden_sizes``; ``model.hidden_sizes`` and ``guide.hidden_sizes`` are the short spelling of
@@ -46,17 +42,20 @@ from vaelab.catalog import (
 )
 from vaelab.config import (
     CONFIG_VERSION,
+    MAX_DEPTH,
     SECTIONS,
     EvalConfig,
     GuideConfig,
     ModelConfig,
     RunConfig,
     dump_toml,
+    nesting_depth,
     parse_value,
     to_dict,
 )
+from vaelab.data.datasets import path_ignored
 from vaelab.inference.proposals import parse_proposal
-from vaelab.notes import note
+from vaelab.model.priors import ANALYTIC_KL
 from vaelab.registry import (
     ConfigError,
     Options,
@@ -65,6 +64,7 @@ from vaelab.registry import (
     load_plugins,
     suggest,
 )
+from vaelab.versions import CHANGED_DEFAULTS, as_table, migrate, with_default
 
 __all__ = [
     "CHANGED_DEFAULTS",
@@ -79,17 +79,19 @@ __all__ = [
     "to_dict",
 ]
 
-#: ``(version, dotted key, old value)``: the default of ``key`` changed in ``version``; a saved
-#: config of an earlier version that lacks the key meant ``old value``
-CHANGED_DEFAULTS: list[tuple[int, str, Any]] = [
-    # before 2, data.limit and train.valid_limit kept the first N points of each split
-    (2, "data.subset", "first"),
-    # before 2, only a non-finite loss stopped a run
-    (2, "train.divergence", 0.0),
-]
+#: the largest config file read (a config is a few KiB; this bounds /dev/zero and the like)
+MAX_CONFIG_BYTES = 1 << 20
 
-#: what :func:`migrate` said already in this process (a resumed run reads its config twice)
-_NOTED: set[str] = set()
+def plugin_modules(text: str) -> list[str]:
+    """The modules of ``plugins=VALUE``: a TOML array (``["a", "b"]``), or the array the shell
+    leaves of ``plugins=['a']`` once it has removed the quotes (``[a]``), or one name."""
+    value = parse_value(text)
+    if isinstance(value, str):
+        value = [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",")]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"plugins={text}: expected a list of module names, e.g. "
+                          "plugins=['my_module']")
+    return [v for v in value if v]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -99,7 +101,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     ``model.likelihood.scale=0.1`` turns ``likelihood = "normal"`` into
     ``likelihood = {name = "normal", scale = 0.1}``. An option of a component the config does not
     name yet gives a table without ``name``; :func:`resolve` fills in the default that applies
-    (for ``model.prior`` and ``guide.family``, the latent type's).
+    (for ``model.prior`` and ``guide.family``, the latent type's). ``plugins=[module, ...]``
+    sets the top-level list of plugin modules.
     """
     raw = copy.deepcopy(raw)
     for item in overrides:
@@ -107,6 +110,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.epochs=5")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
+        if parts == ["plugins"]:  # the one top-level key: modules to import
+            raw["plugins"] = plugin_modules(text)
+            continue
         if len(parts) < 2 or parts[0] not in SECTIONS:
             raise ConfigError(
                 f"override {item!r}: the key must start with a section"
@@ -125,7 +131,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a table")
             node[p] = child
             node = child
-        node[parts[-1]] = parse_value(text)
+        try:
+            node[parts[-1]] = parse_value(text)
+        except ConfigError as err:
+            raise ConfigError(f"{key.strip()}: {err}") from None
     return raw
 
 
@@ -135,117 +144,28 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {str(path)!r} is over {MAX_CONFIG_BYTES >> 20} MiB; "
+                              "a config is a few KiB of TOML")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {err.start}); "
                           "TOML files are UTF-8") from None
     except OSError as err:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {err.strerror}") from None
+    too_deep = ConfigError(f"config file {str(path)!r}: arrays or tables nested more than "
+                           f"{MAX_DEPTH} deep")
     try:
-        return tomllib.loads(text)
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
-
-
-def migrate(raw: dict[str, Any]) -> dict[str, Any]:
-    """A saved config of any earlier version, as the current version with the same meaning.
-
-    A missing ``version`` is 1 (vaelab 0.1.0 saved none). Each key whose default changed after
-    the config's version and that the config lacks gets its old default
-    (:data:`CHANGED_DEFAULTS`). Version 3 (:func:`_upgrade_to_3`) moved the width shortcuts
-    ``model.hidden_sizes`` / ``guide.hidden_sizes`` into the networks they meant, and removed
-    ``train.driver``.
-
-    :raises ConfigError: the config is newer than this vaelab.
-    """
-    raw = copy.deepcopy(raw)
-    version = raw.get("version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ConfigError(f"version: expected a positive integer, got {version!r}")
-    if version > CONFIG_VERSION:
-        raise ConfigError(
-            f"version: the config has version {version}, newer than this vaelab's "
-            f"{CONFIG_VERSION}; upgrade vaelab to read it"
-        )
-    for changed_in, key, old in CHANGED_DEFAULTS:
-        section, name = key.split(".")
-        if version < changed_in and name not in raw.get(section, {}):
-            raw.setdefault(section, {})[name] = old
-    if version < 3:
-        _upgrade_to_3(raw)
-    raw["version"] = CONFIG_VERSION
+    except RecursionError:
+        raise too_deep from None
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise too_deep
     return raw
-
-
-def _upgrade_to_3(raw: dict[str, Any]) -> None:
-    """Version 2 → 3, in place: the same networks and the same training, said differently.
-
-    * ``train.driver`` is gone: ``"torch"`` was the default; ``"svi"`` (``pyro.infer.SVI`` with
-      ``pyro.optim.Adam``) reached the same parameters as the one driver within float error
-      (``tests/test_vae.py``), which now trains it, and one note says so.
-    * ``model.hidden_sizes`` became the decoder's ``hidden_sizes``: before 3 it filled in the
-      widths of an MLP decoder (``mlp``, or no decoder) whose table gave none, and for another
-      network it changed nothing (it had to agree with the network's own widths).
-    * ``guide.hidden_sizes`` became the encoder's: before 3 it gave the widths of an encoder that
-      mirrors an MLP decoder, an MLP of those widths beside any other decoder, and those of a
-      named MLP encoder without its own (which otherwise took ``model.hidden_sizes``, reversed).
-
-    An MLP is recognised by its name ``mlp``, as every network config saved so far names it.
-    """
-    train = raw.get("train")
-    if isinstance(train, dict) and train.pop("driver", "torch") == "svi":
-        _note_once("train.driver = 'svi' (a config saved before version 3): vaelab has one "
-                   "driver, the objective's loss_and_grads and one torch Adam, which reaches "
-                   "the parameters pyro.infer.SVI with pyro.optim.Adam reached, within float "
-                   "error; the run trains with it")
-    model, guide = raw.setdefault("model", {}), raw.setdefault("guide", {})
-    if not isinstance(model, dict) or not isinstance(guide, dict):
-        return  # not tables: validation names the key
-    widths, guide_widths = model.pop("hidden_sizes", None), guide.pop("hidden_sizes", None)
-    decoder = model.get("decoder")
-    dec_mlp = decoder is None or _name_of(decoder, "mlp") == "mlp"
-    if widths is not None and dec_mlp:
-        table = _table(_with_default(decoder, "mlp"))
-        model["decoder"] = {**table, "hidden_sizes": table.get("hidden_sizes", widths)}
-    encoder = guide.get("encoder")
-    if encoder is None or (isinstance(encoder, dict) and "name" not in encoder):
-        if guide_widths is not None:  # a table without name: its keys on top, as before
-            base = {} if dec_mlp else {"name": "mlp"}
-            guide["encoder"] = {**base, "hidden_sizes": guide_widths, **(encoder or {})}
-    elif _name_of(encoder, "") == "mlp":
-        table = _table(encoder)
-        mirror = (widths if widths is not None else [400])[::-1]
-        own = guide_widths if guide_widths is not None else mirror
-        guide["encoder"] = {**table, "hidden_sizes": table.get("hidden_sizes", own)}
-
-
-def _name_of(spec: Any, default: str) -> Any:
-    """The name a component spec gives (a name, or a table's ``name``), else ``default``."""
-    return spec if isinstance(spec, str) else (spec or {}).get("name", default)
-
-
-def _note_once(message: str) -> None:
-    if message not in _NOTED:
-        _NOTED.add(message)
-        note(message)
-
-
-def _with_default(spec: Any, default: str) -> Any:
-    """A component spec with its name filled in: None → default, a table without name too."""
-    if spec is None:
-        return default
-    if isinstance(spec, dict) and "name" not in spec:
-        return {"name": default, **spec}
-    return spec
-
-
-def _table(spec: Any) -> Any:
-    """A component spec as a table (a name → ``{name = ...}``, options → their dump)."""
-    if isinstance(spec, Options):
-        return spec.model_dump()
-    if isinstance(spec, str):
-        return {"name": spec}
-    return spec
 
 
 def _mirrored(opts: Options) -> dict[str, Any]:
@@ -267,7 +187,7 @@ def _network(spec: Any, key: str, widths: list[int] | None, widths_key: str,
     :raises ConfigError: ``widths`` and the table's ``hidden_sizes`` disagree, or the network
         has no widths to set.
     """
-    table = _table(spec)
+    table = as_table(spec)
     opts = NETWORKS.parse(table, key)
     fields = type(opts).model_fields
     fill: dict[str, Any] = {}
@@ -292,7 +212,7 @@ def _resolve_networks(m: ModelConfig, g: GuideConfig) -> tuple[Options, Options]
     No ``guide.encoder`` (or a table without a name): the decoder mirrored
     (:meth:`~vaelab.model.networks.NetworkOptions.mirrored`), the table's keys on top.
     """
-    decoder = _network(_with_default(m.decoder, "mlp"), "model.decoder", m.hidden_sizes,
+    decoder = _network(with_default(m.decoder, "mlp"), "model.decoder", m.hidden_sizes,
                        "model.hidden_sizes", m.activation)
     spec = g.encoder
     if spec is None or (isinstance(spec, dict) and "name" not in spec):
@@ -308,17 +228,28 @@ def _resolve_networks(m: ModelConfig, g: GuideConfig) -> tuple[Options, Options]
 def _resolve_components(cfg: RunConfig) -> RunConfig:
     """``cfg`` with each component replaced by its parsed options (one registry pass)."""
     m, g = cfg.model, cfg.guide
-    latent = LATENTS.parse(_with_default(m.latent, ModelConfig.model_fields["latent"].default),
+    latent = LATENTS.parse(with_default(m.latent, ModelConfig.model_fields["latent"].default),
                            "model.latent")
     kind = latent.component  # the latent type's class: its admitted priors and families
-    prior = PRIORS.parse(_with_default(m.prior, kind.priors[0]), "model.prior")
-    family = FAMILIES.parse(_with_default(g.family, kind.families[0]), "guide.family")
+    prior = PRIORS.parse(with_default(m.prior, kind.priors[0]), "model.prior")
+    family = FAMILIES.parse(with_default(g.family, kind.families[0]), "guide.family")
     likelihood = LIKELIHOODS.parse(
-        _with_default(m.likelihood, ModelConfig.model_fields["likelihood"].default),
+        with_default(m.likelihood, ModelConfig.model_fields["likelihood"].default),
         "model.likelihood",
     )
-    data = cfg.data.bound(DATASETS.entry(cfg.data.name, key="data.name"))
-    objective = cfg.objective.bound(OBJECTIVES.entry(cfg.objective.name, key="objective.name"))
+    data = cfg.data.bound(_data_entry(cfg))
+    chosen: dict[str, str] = {}
+    name, why = default_objective(prior, family)
+    if cfg.objective.name == "auto" or cfg.objective.name == name:
+        chosen["objective.name"] = why
+    objective = cfg.objective.model_copy(update={"name": name}) \
+        if cfg.objective.name == "auto" else cfg.objective
+    objective = objective.bound(OBJECTIVES.entry(objective.name, key="objective.name"))
+    transform, why = default_input_transform(likelihood)
+    if g.input_transform in ("auto", transform):
+        chosen["guide.input_transform"] = why
+    if g.input_transform == "auto":
+        g = g.model_copy(update={"input_transform": transform})
     if not fits(prior, latent.name, kind.priors):
         raise ConfigError(
             f"model.prior: {prior.name!r} does not fit latent type {latent.name!r}"
@@ -342,7 +273,48 @@ def _resolve_components(cfg: RunConfig) -> RunConfig:
                                       "hidden_sizes": getattr(encoder, "hidden_sizes", None)}),
         "objective": objective,
         "eval": _parsed_eval(cfg.eval),
-    })
+    }).with_chosen(chosen)
+
+
+def default_objective(prior: Options, family: Options) -> tuple[str, str]:
+    """The objective of ``objective.name = "auto"`` for a resolved prior and guide family, and
+    why: the one rule.
+
+    ``mean_field`` (:class:`pyro.infer.TraceMeanField_ELBO`, the ELBO with KL(q ‖ p) in closed
+    form) where :func:`torch.distributions.kl_divergence` has a closed form for the pair
+    (:data:`vaelab.model.priors.ANALYTIC_KL`, checked against torch's registry by the tests: a
+    ``normal`` guide with the ``standard_normal``, ``normal`` or ``laplace`` prior); else
+    ``trace`` (:class:`pyro.infer.Trace_ELBO`, a Monte Carlo KL): mixtures (``mog``, ``vamp``),
+    ``student_t``, flows (``flow``, ``iaf``), and every family of categorical latents (a
+    Concrete density has no closed-form KL; ``kl = "categorical"`` adds its closed-form KL as a
+    guide term under any objective, and the ``categorical`` family is not reparameterized).
+    """
+    pair = f"{family.name} guide vs {prior.name} prior"
+    if (family.name, prior.name) in ANALYTIC_KL:
+        return "mean_field", f"default: analytic KL for {pair}"
+    if getattr(family, "kl", None) == "categorical":  # z masked out of the ELBO, KL a guide term
+        return "trace", f"default: the {family.name} guide adds KL(q || p) in closed form itself"
+    return "trace", f"default: Monte Carlo KL, no closed form for {pair}"
+
+
+def default_input_transform(likelihood: Options) -> tuple[str, str]:
+    """The encoder input of ``guide.input_transform = "auto"``, and why: ``log1p`` for a
+    likelihood of counts (its class declares ``domain = "counts"``; raw counts up to thousands
+    make the encoder diverge), ``none`` otherwise."""
+    component = likelihood.component
+    if getattr(component, "domain", None) == "counts":
+        return "log1p", (f"default: the encoder reads log(1 + x) of the counts "
+                         f"{likelihood.name} scores")
+    return "none", f"default: {likelihood.name} does not score counts"
+
+
+def _data_entry(cfg: RunConfig) -> Any:
+    """The ``data.name`` entry, refusing a ``data.path`` that the data set ignores."""
+    entry = DATASETS.entry(cfg.data.name, key="data.name")
+    if cfg.data.path is not None and path_ignored(entry):
+        raise ConfigError(f"data.path is set but data.name is {cfg.data.name!r}, which reads no "
+                          "file; did you mean data.name = \"array\"?")
+    return entry
 
 
 def _parsed_eval(ec: EvalConfig) -> EvalConfig:
@@ -379,6 +351,8 @@ def resolve(raw: dict[str, Any] | RunConfig, *, saved: bool = False) -> RunConfi
         raw = to_dict(raw)
     if not isinstance(raw, dict):
         raise ConfigError(f"a config is a table of sections, got {type(raw).__name__}")
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise ConfigError(f"a config's arrays or tables nest at most {MAX_DEPTH} deep")
     raw = migrate(raw) if saved else {**raw, "version": raw.get("version", CONFIG_VERSION)}
     if raw["version"] != CONFIG_VERSION:
         raw = migrate(raw)
@@ -388,6 +362,9 @@ def resolve(raw: dict[str, Any] | RunConfig, *, saved: bool = False) -> RunConfi
         raise ConfigError(
             f"unknown section [{k}]{suggest(k, SECTIONS)}; sections: {', '.join(SECTIONS)}"
         )
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("path") is not None and "name" not in data:
+        raw = {**raw, "data": {**data, "name": "array"}}  # a file without a name: the array set
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -159,7 +159,7 @@ def build_vae(cfg: RunConfig, data_dim: int, shape: tuple[int, ...] | None = Non
         )
     prior = resolved(m.prior).build(m.latent_dim, ctx)
     generative = Generative(latent, prior, decoder, likelihood)
-    return VAE(generative, AmortizedGuide(encoder, posterior))
+    return VAE(generative, AmortizedGuide(encoder, posterior, g.input_transform))
 
 
 def _data_shape(data_dim: int, shape: tuple[int, ...] | None) -> tuple[int, ...]:

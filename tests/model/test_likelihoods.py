@@ -533,3 +533,48 @@ def test_digits_train_and_evaluate_with_count_and_level_likelihoods(spec, tmp_pa
     m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert math.isfinite(m["log_likelihood"]) and m["log_likelihood"] < 0
     assert m["num_points"] == 180 and m["log_jacobian"] == 0.0  # the 180 test points
+
+
+# --------------------------------------------------------------------------------------------
+# issue 29, item 10: a fixed scale far from the data's spread is said, once
+
+
+def _notes(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "fixed scale" in line]
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace", "student_t"])
+def test_a_fixed_scale_far_from_the_datas_spread_is_noted_once(name, capsys):
+    """Data of magnitude ~100 and spread ~30 against the fixed scale 0.1 (300 times smaller):
+    one note suggesting standardization or a learned scale; none for standardized data (spread
+    1, 10 times the scale), for a learned scale, or for the same check repeated."""
+    g = torch.Generator().manual_seed(0)
+    x = 100.0 + 30.0 * torch.randn(500, 6, generator=g)  # (N, D)
+    lik = LIKELIHOODS.parse(name, "model.likelihood").build(6)
+    lik.check_data(x)
+    lik.check_data(x, key="model.likelihood (on the validation split)")  # said once
+    notes = _notes(capsys.readouterr().err)
+    assert len(notes) == 1 and notes[0].startswith("vaelab: note: model.likelihood: "), notes
+    assert "data.standardize = true" in notes[0]
+    assert 'model.likelihood.learn = "feature"' in notes[0]
+    assert "fixed scale 0.1 " in notes[0] and "301 times the scale" in notes[0], notes[0]
+    standardized = (x - x.mean(0)) / x.std(0)
+    LIKELIHOODS.parse(name, "model.likelihood").build(6).check_data(standardized)
+    learned = LIKELIHOODS.parse({"name": name, "learn": "feature"}, "model.likelihood").build(6)
+    learned.check_data(x)
+    assert _notes(capsys.readouterr().err) == []
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_training_on_unstandardized_data_with_a_fixed_scale_says_so(standardize, tmp_path,
+                                                                     capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", (100.0 + 30.0 * rng.standard_normal((120, 5))).astype("f4"))
+    argv = ["train", "--out", str(tmp_path / "run"), "--set", f"data.path={tmp_path / 'x.npy'}",
+            "--set", "data.values=real", "--set", "model.likelihood=normal",
+            "--set", f"data.standardize={str(standardize).lower()}", "--set", "train.epochs=1",
+            "--set", "model.latent_dim=2", "--set", "model.hidden_sizes=[8]",
+            "--set", "train.progress=false", "--set", "train.divergence=0"]
+    assert main(argv) == 0
+    notes = _notes(capsys.readouterr().err)
+    assert len(notes) == (0 if standardize else 1), notes

@@ -634,3 +634,28 @@ def test_killing_a_rank_stops_the_job_and_resume_continues(tmp_path, empty_cfg):
     assert p.returncode == 0, p.stderr
     train(_cfg("train.epochs=2"), tmp_path / "straight")
     _same_run(out, tmp_path / "straight")
+
+
+# ---- issue 28, item 7: the same numbers on any number of processes, without flags ----------
+
+def _default_eval_worker(rank: int, run_dir: str, out: Path) -> None:
+    est = evaluate_sharded(load_run(run_dir))  # the run's own [eval]: no block size given
+    if rank == 0:
+        torch.save(vars(est), out)
+
+
+@pytest.mark.slow
+def test_one_and_two_processes_give_the_same_numbers_without_flags(tmp_path):
+    """The run's own ``[eval]`` (41 points, ``eval.batch_size = 10``, no ``eval.block_size``):
+    two processes and one give the same per-point log p(x), ELBO, ESS and k̂ (compared
+    exactly: the same blocks of ``eval.batch_size`` points, block b seeded by (eval.seed, b)).
+    Before, one process made one pass seeded by eval.seed and disagreed with torchrun."""
+    train(_cfg("train.epochs=1", "eval.limit=41", "eval.batch_size=10"), tmp_path / "r")
+    _spawn(_default_eval_worker, str(tmp_path / "r"), tmp_path / "two.pt")
+    two = torch.load(tmp_path / "two.pt")
+    one = evaluate_sharded(load_run(tmp_path / "r"))
+    assert one.log_px.shape == (41,)
+    for key in ("log_px", "elbo", "ess", "pareto_k"):
+        assert torch.equal(two[key], getattr(one, key)), key
+    assert two["extra"]["block_size"] == one.extra["block_size"] == 10
+    assert one.extra["blocks"] == 5

@@ -418,3 +418,121 @@ def test_a_crash_between_the_renames_then_a_damaged_prev_pt_recovers_the_pending
     assert r.returncode == 0, r.stderr
     assert "recovered last.pt (epoch 3)" in r.stderr, r.stderr
     assert_same_run(reference, out)
+
+
+# ---- issue 28, items 1, 5 and 8: links in a run folder, the scored file, views on a full disk
+
+#: every view ``vaelab report --html`` writes into a run folder
+VIEWS = ["report.md", "report.html", "eval.json", "curves.png", "reconstructions.png",
+         "samples.png", "latent_embedding.png", "latent_traversals.png", "latent_kl.png"]
+EVAL_ARGS = ["--no-progress", "-K", "10", "--limit", "10"]
+
+
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_untouched(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file\n")
+    (out / ".lock").unlink(missing_ok=True)
+    (out / ".lock").symlink_to(precious)
+    r = vaelab(*train_args(out / "config.toml", out, resume=True))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert str(out / ".lock") in lines[0] and "symbolic link" in lines[0], lines[0]
+    assert precious.read_text() == "the user's own file\n"
+
+
+def test_views_that_are_symlinks_are_replaced_never_written_through(reference, tmp_path):
+    """Every view of the folder is a symbolic link to a file outside it (an archive from
+    elsewhere can hold such links): ``report --html`` and ``evaluate --report`` replace the
+    links they write by regular files and leave every outside file byte for byte as it was."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def plant() -> dict[str, bytes]:
+        for name in VIEWS:
+            target = outside / name
+            target.write_bytes(b'{"log_likelihood": -1.5}\n' if name == "eval.json"
+                               else f"the user's own {name}\n".encode())
+            (out / name).unlink(missing_ok=True)
+            (out / name).symlink_to(target)
+        return {name: (outside / name).read_bytes() for name in VIEWS}
+
+    for args, written in ((["report", str(out), "--html"], VIEWS),
+                          (["evaluate", str(out), "--report", *EVAL_ARGS],
+                           [v for v in VIEWS if v != "report.html"])):
+        before = plant()
+        r = vaelab(*args)
+        assert r.returncode == 0, r.stderr
+        assert {n: (outside / n).read_bytes() for n in VIEWS} == before, args
+        for name in written:
+            assert (out / name).is_file() and not (out / name).is_symlink(), (args, name)
+        assert (out / "report.md").read_text().startswith("# vaelab run")
+
+
+def test_evaluate_last_with_a_damaged_last_pt_says_it_scores_prev_pt(reference, tmp_path):
+    """A flipped bit in last.pt: ``evaluate --checkpoint last`` scores prev.pt (epoch 3), says
+    so in one note, and records the file and its epoch beside ``"checkpoint": "last"``; the
+    numbers are prev.pt's (those of a folder whose last.pt is a copy of prev.pt)."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    _flip_bit_in_member(out / "checkpoints" / "last.pt", "data.pkl", 3)
+    r = vaelab("evaluate", str(out), "--checkpoint", "last", "--json", *EVAL_ARGS)
+    assert r.returncode == 0, r.stderr
+    notes = [s for s in r.stderr.splitlines() if s.startswith("vaelab: note:")]
+    assert len(notes) == 1 and "last.pt" in notes[0] and "fails its CRC-32" in notes[0], r.stderr
+    assert "scoring prev.pt (epoch 3)" in notes[0], notes[0]
+    got = json.loads(r.stdout)
+    assert got["checkpoint"] == "last" and got["checkpoint_file"] == "prev.pt"
+    assert got["checkpoint_epoch"] == 3
+    same = tmp_path / "prev_as_last"
+    shutil.copytree(reference, same)
+    shutil.copy(reference / "checkpoints" / "prev.pt", same / "checkpoints" / "last.pt")
+    r = vaelab("evaluate", str(same), "--checkpoint", "last", "--json", *EVAL_ARGS)
+    assert r.returncode == 0, r.stderr
+    want = json.loads(r.stdout)
+    assert "checkpoint_file" not in want and want["checkpoint_epoch"] == 3
+    assert got["log_likelihood"] == want["log_likelihood"]
+
+
+def _fill(disk: Path) -> Path:
+    """Write zeros to ``disk`` until it is full (ENOSPC); returns the filler file."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: the disk is full
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_views_on_a_full_disk_are_left_whole(reference, small_disk):
+    """A real full disk (4 MB tmpfs) under ``report --html`` and ``evaluate --report``, over
+    views smaller than the new ones (one page each, so that rewriting them in place needs pages
+    the disk does not have): one line naming a file and "No space left on device", exit 2;
+    every view byte for byte as it was (the old code truncated the first PNG it rewrote and
+    left it cut); no temporary file. With space again, the report is rebuilt."""
+    out = small_disk / "run"
+    shutil.copytree(reference, out)
+    for name in VIEWS:
+        (out / name).write_bytes(b'{"log_likelihood": -1.5}\n' if name == "eval.json"
+                                 else f"an older {name}\n".encode())
+    before = {name: (out / name).read_bytes() for name in VIEWS}
+    filler = _fill(small_disk)
+    for args in (["report", str(out), "--html"], ["evaluate", str(out), "--report", *EVAL_ARGS]):
+        r = vaelab(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "No space left on device" in lines[0] and str(out) in lines[0], lines[0]
+        assert {n: (out / n).read_bytes() for n in VIEWS} == before, args
+        assert not list(out.rglob("*.tmp")), list(out.rglob("*.tmp"))
+    filler.unlink()
+    r = vaelab("report", str(out), "--html")
+    assert r.returncode == 0, r.stderr

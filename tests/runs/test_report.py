@@ -288,3 +288,117 @@ def test_report_html_renders_in_headless_chromium(tmp_path, tiny_cfg_overrides):
                  for p in (pixels, text_only)]
     # measured: 1.2e-3 of the report's pixels, none of the text-only page's
     assert saturated[0] > 2e-4 and saturated[1] < 1e-5, saturated
+
+
+# --------------------------------------------------------------------------------------------
+# issue 28: a damaged eval.json is named (item 8); a wide latent is bounded by the units drawn
+# and a stop request ends the report (item 13)
+
+
+def test_a_truncated_eval_json_is_named_with_its_line_and_column(tmp_path):
+    from vaelab.runs.run import read_eval
+
+    assert read_eval(tmp_path) is None
+    whole = json.dumps({"log_likelihood": -12.5, "ess": {"median": 3.0}}, indent=2)
+    (tmp_path / "eval.json").write_text(whole[:20])  # what a full disk left of it
+    with pytest.raises(ValueError, match=r"eval\.json is not valid JSON \(line 2, column \d+\)"):
+        read_eval(tmp_path)
+    (tmp_path / "eval.json").write_text("")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'eval.json'} is not valid JSON "
+                                                   "(line 1, column 1): Expecting value")):
+        read_eval(tmp_path)
+    (tmp_path / "eval.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds a JSON list"):
+        read_eval(tmp_path)
+    (tmp_path / "eval.json").write_text(whole)
+    assert read_eval(tmp_path) == json.loads(whole)
+
+
+def test_report_with_a_truncated_eval_json_is_one_line_naming_it(tmp_path, error_line,
+                                                                 tiny_cfg_overrides):
+    """Needs ``vaelab report`` (vaelab/cli.py) to read eval.json with
+    :func:`vaelab.runs.run.read_eval`."""
+    out = _train(tmp_path, tiny_cfg_overrides)
+    (out / "eval.json").write_text('{"log_likeli')
+    before = (out / "report.md").read_bytes()
+    assert main(["report", str(out)]) == 2
+    line = error_line()
+    assert f"{out / 'eval.json'} is not valid JSON (line 1, column 2)" in line, line
+    assert (out / "report.md").read_bytes() == before
+
+
+def test_latent_stats_keeping_the_most_active_units_equals_the_whole(tmp_path):
+    """PPCA (d = 2), 500 points: keeping the most active unit only, its means are the whole
+    computation's column and the activity accumulated in batches of 7 equals the one-pass
+    sample variance to 1e-12 relative (float64; Chan's pairwise update is exact up to
+    rounding)."""
+    vae, W, b, x = _ppca_points()
+    whole = latent_stats(vae, x)
+    kept = latent_stats(vae, x, batch_size=7, keep=1)
+    top = int(whole.activity.argmax())
+    assert kept.units.tolist() == [top] and kept.means.shape == (500, 1)
+    torch.testing.assert_close(kept.means[:, 0], whole.means[:, top])
+    torch.testing.assert_close(kept.activity, whole.activity, rtol=1e-12, atol=0)
+    torch.testing.assert_close(kept.kl, whole.kl, rtol=1e-12, atol=0)
+    assert latent_stats(vae, x, keep=2).units is None  # no more units than kept: all of them
+
+
+@pytest.mark.slow
+def test_the_report_of_a_wide_latent_is_bounded_by_the_units_it_draws(tmp_path,
+                                                                       tiny_cfg_overrides):
+    """``model.latent_dim = 20000`` after one epoch: ``vaelab report`` took 78 to 153 s and
+    2.3 GB of peak RSS before the pictures were bounded by the units they draw (measured on 2
+    loaded cores); now about 10 s and 0.4 GB. Bounds: 20 s for the report itself (imports excluded)
+    and 1 GB of peak RSS of the whole process."""
+    import os
+    import sys
+
+    from vaelab.resolve import load_config
+    from vaelab.runs.train import train
+
+    out = tmp_path / "wide"
+    train(load_config(None, [*tiny_cfg_overrides, "model.latent_dim=20000", "train.epochs=1"]),
+          out)
+    code = ("import resource, sys, time\nfrom vaelab.cli import main\nt = time.perf_counter()\n"
+            "rc = main(['report', sys.argv[1], '--html'])\n"
+            "print(rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)"
+            ".ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    rc, seconds, max_rss_kb = r.stdout.split()[-3:]
+    assert rc == "0" and float(seconds) < 20, r.stdout
+    assert int(max_rss_kb) < 1024**2, r.stdout  # kB
+    md = (out / "report.md").read_text()
+    assert "the 64 most active of 20000 dimensions" in md
+    assert "the 64 of 20000 dimensions with the largest mean KL" in md
+
+
+def test_a_stop_request_ends_the_report_in_one_line(tmp_path, capsys, monkeypatch,
+                                                    tiny_cfg_overrides):
+    """A real SIGTERM to this process while the report draws its first picture: the report
+    stops before the next one, ``vaelab report`` exits 143 with one line, and report.md is
+    left as it was."""
+    import os
+    import signal
+
+    import vaelab.runs.report as report
+
+    out = _train(tmp_path, tiny_cfg_overrides)
+    before = (out / "report.md").read_bytes()
+    handler = signal.getsignal(signal.SIGTERM)
+    drawn = report.plot_curves
+
+    def curves_then_sigterm(history, path):
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded by the report's handler
+        return drawn(history, path)
+
+    monkeypatch.setattr(report, "plot_curves", curves_then_sigterm)
+    capsys.readouterr()
+    assert main(["report", str(out), "--html"]) == 143
+    err = capsys.readouterr().err
+    lines = [s for s in err.splitlines() if s.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "interrupted by SIGTERM while writing the report" in lines[0], lines[0]
+    assert (out / "report.md").read_bytes() == before and not (out / "report.html").exists()
+    assert signal.getsignal(signal.SIGTERM) == handler  # the report's handler is removed

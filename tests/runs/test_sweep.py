@@ -32,7 +32,9 @@ SAFE = re.compile(r"[A-Za-z0-9._+=,-]+")
 def tiny(tmp_path, tiny_cfg_overrides):
     """A config file and the ``--set`` arguments of a seconds-long run."""
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text('[data]\nname = "synthetic"\n[model]\nlikelihood = "bernoulli"\n')
+    # the objective is named: "auto" would choose by the prior, and label the cells by it too
+    cfg.write_text('[data]\nname = "synthetic"\n[model]\nlikelihood = "bernoulli"\n'
+                   '[objective]\nname = "trace"\n')
     return cfg, [a for o in tiny_cfg_overrides for a in ("--set", o)]
 
 
@@ -396,3 +398,68 @@ def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch):
                  "#SBATCH --gpus-per-node=1", "#SBATCH --mem=8GB", "#SBATCH --account=lab",
                  "#SBATCH --qos=normal", "source .venv/bin/activate"):
         assert line in text, (line, text)
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_folder_train_each_run_once_and_say_so(tiny, tmp_path):
+    """Issue 28, item 6: two real ``vaelab sweep`` processes started together on one folder.
+    Each run is trained by one of them; the other waits for it and reports it done by another
+    process (or, planned after it ended, finished): both exit 0, no run is called FAILED, and
+    each run's log is the whole output of the one process that trained it."""
+    cfg, sets = tiny
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "vaelab", "sweep", str(cfg), "--out", str(out), *sets,
+            "--set", "train.num_threads=1", "--jobs", "1",
+            "--grid", 'model.prior=["standard_normal", "vamp"]']
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    try:
+        results = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, (stdout, stderr)
+        assert "FAILED" not in stdout and "failed:" not in stderr, (stdout, stderr)
+    labels = ["prior=standard_normal/seed0", "prior=vamp/seed0"]
+    for label in labels:
+        lines = [line for stdout, _ in results for line in stdout.splitlines()
+                 if line.strip().startswith(f"{label}: ")]
+        trained = [line for line in lines if ": done in " in line]
+        assert len(trained) == 1, lines  # trained once, by one sweep
+        others = [line for line in lines if line not in trained and "waiting for it" not in line]
+        assert len(others) == 1 and "skipped" in others[0], lines  # the other one says so
+        run = out / label
+        assert [r["epoch"] for r in _history(run)] == [1, 2]
+        log = (out / "logs" / f"{label}.log").read_text()
+        # the trainer's own output, whole: its last line, and no second run's error in it
+        assert log.count("best epoch 2") == 1 and "error" not in log, log
+        assert trained[0].endswith(log.strip().splitlines()[-1].strip())
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_ends_with_runs_left_to_start(tiny, tmp_path):
+    """SIGTERM while the first of two runs trains (one at a time): the running one stops with
+    its epoch committed, the second is not started, and the sweep ends (exit 143) instead of
+    waiting for the run it will not start."""
+    cfg, sets = tiny
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "vaelab", "sweep", str(cfg), "--out", str(out), *sets,
+            "--set", "train.epochs=40", "--set", "train.num_threads=1", "--seeds", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = out / "base" / "seed0"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            (first / "metrics.jsonl").is_file() and _history(first)):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # one that never ends must not outlive the test
+    assert proc.returncode == 143, (stdout, stderr)
+    assert "1 not started" in stdout and "base/seed0: stopped" in stdout, stdout
+    assert not (out / "base" / "seed1").exists()

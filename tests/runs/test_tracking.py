@@ -338,3 +338,25 @@ def test_steps_convert_the_loss_only_at_logging_steps(tmp_path):
     assert v4 == {"train/loss": (10 + 20 + 30 + 40) / 20, "train/beta": 0.5,
                   "train/temperature": 0.7, "train/lr": 1e-3}
     assert v8["train/loss"] == (50 + 60 + 70 + 80) / 20
+
+
+def test_an_experiment_name_mlflow_cannot_look_up_is_one_line(tiny_cfg_overrides, tmp_path,
+                                                              error_line):
+    """Issue 28, item 15: MLflow's file store looks an experiment up by a filter it writes
+    unquoted (``name = '...'``), so a name with ``'`` cannot be created or found: refused in one
+    line naming the key, before anything is written. Other quotes and backslashes work, with the
+    real file store."""
+    out = tmp_path / "run"
+    sets = _sets([*tiny_cfg_overrides, _backends("mlflow"), "log.experiment=\"it's\""])
+    assert main(["train", "--out", str(out), *sets]) == 2
+    line = error_line()
+    assert "log.experiment" in line and "it's" in line and "'" in line
+    assert not out.exists()
+
+    name = 'a "quoted" \\ name, 100%'
+    train(_cfg(tiny_cfg_overrides, _backends("mlflow"), f"log.experiment={json.dumps(name)}",
+               "train.epochs=1"), out)
+    client, run_id = _mlflow(out)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None and experiment.name == name
+    assert client.get_run(run_id).info.experiment_id == experiment.experiment_id

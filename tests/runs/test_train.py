@@ -180,3 +180,33 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatc
     with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
         train(cfg, tmp_path / "r", resume=True)
     assert (tmp_path / "r" / "checkpoints" / "last.pt").read_bytes() == good
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before-commit", "after-best"])  # the commit's first, last
+def test_a_sigterm_at_the_last_commit_stops_the_job(point, tmp_path):
+    """Issue 28, item 10: a real ``vaelab train --evaluate`` process receives SIGTERM while its
+    last epoch is committed (the fault point sends it to itself, handled as one from outside).
+    The commit completes; then the stop request is honoured: no report, no evaluation, exit 143
+    with the one interrupted line, and the folder holds every epoch."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    sets = [a for o in [*BASE, "train.epochs=2", "train.num_threads=1", "eval.num_samples=20",
+                        "eval.limit=20"] for a in ("--set", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VAELAB_FAULT": f"{point}@2:SIGTERM"}
+    r = subprocess.run([sys.executable, "-m", "vaelab", "train", "--out", str(out), *sets,
+                        "--evaluate"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 143, (r.stdout, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "interrupted by SIGTERM" in lines[0] and "holds epoch 2" in lines[0], lines
+    assert "best epoch" not in r.stdout
+    assert not (out / "eval.json").exists() and not (out / "report.md").exists()
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1 and len(last["history"]) == 2
+    assert [json.loads(line)["epoch"] for line in
+            (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not list(out.rglob("*.tmp"))

@@ -55,7 +55,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +76,7 @@ from vaelab.data.splits import SPLITS, DataSplits
 from vaelab.data.subsets import subset_indices
 from vaelab.data.values import read_values
 from vaelab.notes import note
-from vaelab.registry import ConfigError, Registry
+from vaelab.registry import ConfigError, Entry, Registry
 from vaelab.seed import derived_generator
 
 __all__ = [
@@ -87,6 +86,7 @@ __all__ = [
     "DataSplits",
     "load_amat_cached",
     "load_dataset",
+    "path_ignored",
     "split_indices",
 ]
 
@@ -99,6 +99,18 @@ _SYNTHETIC_STREAM = 0x5E7
 
 #: name → builder ``(DataConfig) -> DataSplits``; call :func:`load_dataset` rather than a builder
 DATASETS: Registry[DataSplits] = Registry("data set")
+
+
+def reads_path(builder):
+    """Mark a built-in data set's builder as reading ``data.path``."""
+    builder.reads_path = True
+    return builder
+
+
+def path_ignored(entry: Entry) -> bool:
+    """Whether the data set of ``entry`` ignores ``data.path``: a built-in one not marked
+    :func:`reads_path` (every one but ``array``). A user's data set may read the path."""
+    return entry.origin == __name__ and not getattr(entry.builder, "reads_path", False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,8 +223,8 @@ def _cache_write_npy(path: Path, array: np.ndarray) -> None:
             np.save(f, array, allow_pickle=False)
         os.replace(tmp, path)
     except OSError as err:
-        warnings.warn(f"could not cache {str(path)!r} ({err}); the next load parses again",
-                      stacklevel=3)
+        note(f"could not cache {str(path)!r} ({err.strerror or err}); the next load parses "
+             "again")
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,18 +291,20 @@ def build_mnist(cfg: DataConfig) -> DataSplits:
     training images, test = the 10k test images.
 
     Without the training files (absent locally, and no download possible) the 10k test images
-    are split by ``data.valid_fraction`` / ``data.test_fraction`` instead, with a warning.
+    are split by ``data.valid_fraction`` / ``data.test_fraction`` instead, with a note.
     """
     test_x, test_y = _mnist_pair("t10k")
     try:
         train_x, train_y = _mnist_pair("train")
     except DataUnavailableError as err:
-        warnings.warn(
-            "MNIST training files are unavailable, so train/valid/test are carved out of the "
-            f"10,000 test images by data.valid_fraction={cfg.valid_fraction}, "
+        why = ("downloads are disabled by VAELAB_OFFLINE=1" if "VAELAB_OFFLINE" in str(err)
+               else "they could not be downloaded")
+        note(
+            f"the MNIST training files (mnist/train-*-ubyte.gz) are not here and {why}, so "
+            "train/valid/test are carved out "
+            f"of the 10,000 test images by data.valid_fraction={cfg.valid_fraction}, "
             f"data.test_fraction={cfg.test_fraction}, data.split_seed={cfg.split_seed}; results "
-            f"are not comparable with the standard split. ({err})",
-            stacklevel=3  # the caller of load_dataset,
+            "are not comparable with the standard split"
         )
         xs, ys = _carve(_flatten(test_x), torch.from_numpy(test_y).to(torch.int64), cfg)
     else:
@@ -354,6 +368,7 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
 
 
 @DATASETS.register("array")
+@reads_path
 def build_array(cfg: DataConfig) -> DataSplits:
     """The user's file at ``data.path``: ``.npy``, ``.npz``, ``.csv`` or ``.h5ad``.
 
@@ -384,7 +399,7 @@ def build_array(cfg: DataConfig) -> DataSplits:
             raise DataError(f"{str(path)!r}: has {found} but no 'train' array")
         extra = sorted(set(arrays) - set(SPLITS))
         if extra:
-            warnings.warn(f"{str(path)!r}: ignoring arrays {extra}; read: {found}", stacklevel=2)
+            note(f"{str(path)!r}: ignoring arrays {extra}; read: {found}")
     elif len(arrays) != 1:
         raise DataError(f"{str(path)!r}: holds arrays {sorted(arrays)}; expected one array, or "
                         "arrays named train (required), valid and test")

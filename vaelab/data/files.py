@@ -35,13 +35,13 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
 from vaelab.data.errors import ChecksumError, DataError, DataUnavailableError
+from vaelab.notes import note
 
 __all__ = [
     "ENV_CACHE",
@@ -273,11 +273,8 @@ def resolve_file(relpath: str, url: str, sha256: str, size: int | None = None) -
         actual = _check(cached, relpath, url, sha256, size)
         if actual is None:
             return cached
-        warnings.warn(
-            f"cached data file {str(cached)!r} fails its checksum (expected SHA-256 {sha256}, "
-            f"got {actual}); deleting it and downloading {url} again",
-            stacklevel=2,
-        )
+        note(f"cached data file {str(cached)!r} fails its checksum (expected SHA-256 {sha256}, "
+             f"got {actual}); deleting it and downloading {url} again")
         cached.unlink(missing_ok=True)
 
     if is_offline():

@@ -50,7 +50,7 @@ def fused_log_weights(vae) -> Callable[[Tensor, int], Tensor] | None:
 
     @torch.no_grad()
     def fn(x: Tensor, k: int) -> Tensor:
-        loc, scale = q.posterior.loc_scale(q.encoder(x))  # (B, d) each
+        loc, scale = q.posterior.loc_scale(q.encode(x))  # (B, d) each
         q_z = torch.distributions.Normal(loc, scale, validate_args=False)
         z = q_z.rsample((k,))  # (k, B, d): Pyro's particle plate draws ε of this shape
         log_w = g.prior(None).log_prob(z) - q_z.log_prob(z).sum(-1)  # (k, B)

@@ -52,6 +52,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,7 @@ from vaelab.model.distributions import kl_categorical
 
 __all__ = [
     "ACTIVE_THRESHOLD",
+    "MAX_BATCH_ELEMENTS",
     "PCA",
     "LatentStats",
     "activity",
@@ -136,7 +138,8 @@ def activity(means: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def posterior_means(vae, x: torch.Tensor, batch_size: int = 500, num_draws: int = 64):
+def posterior_means(vae, x: torch.Tensor, batch_size: int = 500, num_draws: int = 64,
+                    units: torch.Tensor | None = None, check: Callable[[], None] | None = None):
     r""":math:`\mathbb{E}_{q(z \mid x)}[z]` for each row of ``x (B, D)``: ``(B, d)`` for a
     continuous latent, ``(B, N, K)`` class probabilities :math:`\mathrm{softmax}(\ell(x))` for a
     categorical one.
@@ -145,24 +148,36 @@ def posterior_means(vae, x: torch.Tensor, batch_size: int = 500, num_draws: int 
     average of ``num_draws`` seeded draws (:func:`_draws`: for a flow guide the same base noise
     for every point, so that Monte Carlo noise does not pass for activity: a posterior that
     ignores x gets the same mean for every x).
+
+    :param units: keep only these units' means: ``(B, len(units))`` or ``(B, len(units), K)``,
+        each batch sliced as it is computed (the memory of ``B`` rows of all units is never
+        held).
+    :param check: called before each batch (a stop request raises there).
     """
     parts = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size]
-            if not vae.latent.continuous:
-                parts.append(vae.inference.logits(xb).softmax(-1))  # (b, N, K)
-                continue
-            q_z = vae.inference.posterior_dist(xb)
-            try:
-                mean = q_z.mean  # (b, d)
-            except NotImplementedError:
-                mean = None
-            if mean is None or not bool(torch.isfinite(mean).all()):
-                mean = _draws(q_z, num_draws).mean(0)  # (S, b, d) → (b, d)
-            parts.append(mean)
+            if check is not None:
+                check()
+            mean = _batch_means(vae, x[start : start + batch_size], num_draws)
+            parts.append(mean if units is None else mean[:, units.to(mean.device)].cpu())
     return torch.cat(parts).cpu()
+
+
+def _batch_means(vae, xb: torch.Tensor, num_draws: int) -> torch.Tensor:
+    """``(b, d)`` posterior means, or ``(b, N, K)`` class probabilities (see
+    :func:`posterior_means`)."""
+    if not vae.latent.continuous:
+        return vae.inference.logits(xb).softmax(-1)  # (b, N, K)
+    q_z = vae.inference.posterior_dist(xb)
+    try:
+        mean = q_z.mean  # (b, d)
+    except NotImplementedError:
+        mean = None
+    if mean is None or not bool(torch.isfinite(mean).all()):
+        mean = _draws(q_z, num_draws).mean(0)  # (S, b, d) → (b, d)
+    return mean
 
 
 def _draws(q_z: Distribution, num_draws: int) -> torch.Tensor:
@@ -191,28 +206,34 @@ def _factors(d: Distribution) -> Distribution | None:
 
 @torch.no_grad()
 def kl_per_unit(
-    vae, x: torch.Tensor, batch_size: int = 500, num_draws: int = 64
+    vae, x: torch.Tensor, batch_size: int = 500, num_draws: int = 64,
+    check: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor | None, str]:
     r"""The mean over the rows of ``x`` of :math:`\mathrm{KL}(q(z_u \mid x) \| p(z_u))` per unit.
 
+    :param check: called before each batch (a stop request raises there).
     :returns: ``(kl (U,) float64 or None, how)``: ``how`` is ``"closed form"``, ``"Monte Carlo,
         S draws per point"``, or why there is no KL per unit.
     """
     g = vae.generative
     if not vae.latent.continuous:
         p_logits = g.prior.hard_dist().logits  # (N, K)
-        sums = [
-            kl_categorical(vae.inference.logits(x[i : i + batch_size]), p_logits).double().sum(0)
-            for i in range(0, x.shape[0], batch_size)
-        ]  # each (N,): logits (b, N, K) against π (N, K)
-        return (torch.stack(sums).sum(0) / x.shape[0]).cpu(), "closed form"
+        total = torch.zeros((), dtype=torch.float64)  # a running (N,) total, not one per batch
+        for i in range(0, x.shape[0], batch_size):
+            if check is not None:
+                check()  # logits (b, N, K) against π (N, K) → (b, N)
+            total = total + kl_categorical(vae.inference.logits(x[i : i + batch_size]),
+                                           p_logits).double().sum(0).cpu()
+        return total / x.shape[0], "closed form"
     p_u = _factors(g.prior())
     if p_u is None:
         return None, f"the prior {type(g.prior).__name__} does not factorize over dimensions"
-    sums, how = [], "closed form"
+    total, how = torch.zeros((), dtype=torch.float64), "closed form"  # a running (d,) total
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for start in range(0, x.shape[0], batch_size):
+            if check is not None:
+                check()
             q_u = _factors(vae.inference.posterior_dist(x[start : start + batch_size]))
             if q_u is None:
                 return None, "the guide family does not factorize over dimensions"
@@ -222,15 +243,16 @@ def kl_per_unit(
                 z = q_u.sample((num_draws,))  # (S, b, d)
                 kl = (q_u.log_prob(z) - p_u.log_prob(z)).mean(0)  # (b, d)
                 how = f"Monte Carlo, {num_draws} draws per point"
-            sums.append(kl.double().sum(0))  # (d,)
-    return (torch.stack(sums).sum(0) / x.shape[0]).cpu(), how
+            total = total + kl.double().sum(0).cpu()  # (d,)
+    return total / x.shape[0], how
 
 
 @dataclass
 class LatentStats:
     """Posterior means, activity and KL per unit of a VAE on a set of points."""
 
-    #: ``(B, d)`` or ``(B, N, K)`` posterior means (:func:`posterior_means`)
+    #: ``(B, d)`` or ``(B, N, K)`` posterior means (:func:`posterior_means`); of the units
+    #: :attr:`units` only where it is set
     means: torch.Tensor
     #: ``(U,)`` :math:`\mathrm{Var}_x \mathbb{E}_q[z_u]` (:func:`activity`)
     activity: torch.Tensor
@@ -239,6 +261,9 @@ class LatentStats:
     #: how the KL was computed, or why there is none
     kl_method: str
     threshold: float = ACTIVE_THRESHOLD
+    #: ``(m,)`` the units whose means :attr:`means` holds (the m most active, most active
+    #: first), or ``None``: all units, in order
+    units: torch.Tensor | None = None
 
     @property
     def active(self) -> torch.Tensor:
@@ -254,11 +279,54 @@ class LatentStats:
         return [int(u) for u in self.activity.argsort(descending=True)[:limit]]
 
 
-def latent_stats(vae, x: torch.Tensor, batch_size: int = 500) -> LatentStats:
-    """:class:`LatentStats` of ``vae`` on the rows of ``x (B, D)`` (already preprocessed)."""
-    means = posterior_means(vae, x, batch_size)
-    kl, how = kl_per_unit(vae, x, batch_size)
-    return LatentStats(means, activity(means), kl, how)
+#: elements (rows × units) of one batch of per-unit tensors: a batch of a wide latent has fewer
+#: rows, so that no ``(rows, U)`` float64 tensor passes 32 MB
+MAX_BATCH_ELEMENTS = 2**22
+
+
+def latent_stats(vae, x: torch.Tensor, batch_size: int = 500, keep: int | None = None,
+                 check: Callable[[], None] | None = None) -> LatentStats:
+    """:class:`LatentStats` of ``vae`` on the rows of ``x (B, D)`` (already preprocessed).
+
+    :param batch_size: points per encoder pass, fewer for a wide latent
+        (:data:`MAX_BATCH_ELEMENTS`).
+    :param keep: with more units than this, keep the means of the ``keep`` most active units
+        only (:attr:`LatentStats.units`): the activity is then accumulated batch by batch (a
+        running mean and sum of squares, Chan et al.'s pairwise update, in float64) and the
+        means of the kept units computed in a second pass, so that memory is O(B·keep + U), not
+        O(B·U). ``None``: every unit's means.
+    :param check: called before each batch (a stop request raises there).
+    """
+    latent = vae.latent
+    num_units = latent.flat_dim if latent.continuous else latent.num_variables
+    rows = max(1, min(batch_size, MAX_BATCH_ELEMENTS // max(latent.flat_dim, 1)))
+    kl, how = kl_per_unit(vae, x, rows, check=check)
+    if keep is None or num_units <= keep:
+        means = posterior_means(vae, x, rows, check=check)
+        return LatentStats(means, activity(means), kl, how)
+    act = _streamed_activity(vae, x, rows, check)
+    units = act.argsort(descending=True)[:keep]  # (keep,)
+    means = posterior_means(vae, x, rows, units=units, check=check)  # the same draws again
+    return LatentStats(means, act, kl, how, units=units)
+
+
+@torch.no_grad()
+def _streamed_activity(vae, x: torch.Tensor, rows: int, check, num_draws: int = 64):
+    """:func:`activity` of :func:`posterior_means` (the same draws), a batch at a time."""
+    n, mean, m2 = 0, torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for start in range(0, x.shape[0], rows):
+            if check is not None:
+                check()
+            m = _batch_means(vae, x[start : start + rows], num_draws).double().cpu()  # (b, …)
+            b, m_b = m.shape[0], m.mean(0)
+            delta = m_b - mean
+            mean = mean + delta * b / (n + b)
+            m2 = m2 + ((m - m_b) ** 2).sum(0) + delta**2 * n * b / (n + b)
+            n += b
+    var = m2 / max(n - 1, 1)  # (d,) or (N, K)
+    return var.sum(-1) if var.dim() == 2 else var
 
 
 @torch.no_grad()
@@ -266,7 +334,8 @@ def prior_loc_scale(prior, num_draws: int = 10_000) -> tuple[torch.Tensor, torch
     r"""Per-dimension centre and scale of a continuous prior, for traversals: its mean and
     standard deviation where finite, else (heavy tails, mixtures without moments, flows) the
     median and :math:`\mathrm{IQR}/1.349` of ``num_draws`` seeded draws (the standard deviation
-    for a normal).
+    for a normal); fewer for a wide latent, at most :data:`MAX_BATCH_ELEMENTS` numbers (and
+    at least 100 draws).
 
     :returns: ``(loc (d,), scale (d,), "std" | "IQR/1.349")``.
     """
@@ -277,6 +346,7 @@ def prior_loc_scale(prior, num_draws: int = 10_000) -> tuple[torch.Tensor, torch
             return loc.detach().cpu(), scale.detach().cpu(), "std"
     except NotImplementedError:
         pass
+    num_draws = min(num_draws, max(100, MAX_BATCH_ELEMENTS // max(p.event_shape.numel(), 1)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         z = p.sample((num_draws,)).cpu()  # (S, d)

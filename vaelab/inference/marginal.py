@@ -89,6 +89,9 @@ class MarginalEstimate:
     curve_log_px: torch.Tensor | None = None  #: (len(curve_ks), N) log p̂ from the first K draws
     method: str = "is"
     exact_log_px: torch.Tensor | None = None  #: (N,) exact log p(x_n), where a method applies
+    #: (len(curve_ks), N) mean log w over the first K draws of the curve: the single-sample ELBO
+    #: averaged over those draws (beside ``curve_log_px``, the K-sample bound of the same draws)
+    curve_elbo: torch.Tensor | None = None
 
     @property
     def flagged(self) -> torch.Tensor:
@@ -104,6 +107,30 @@ class MarginalEstimate:
         assert self.curve_log_px is not None, "curve_ks and curve_log_px are set together"
         means = self.curve_log_px.double().mean(-1)
         return {k: float(m) for k, m in zip(self.curve_ks, means)}
+
+    def first_draws(self, m: int) -> dict:
+        r"""The two bounds of the first ``m`` draws of each point (``m`` must be a K of the
+        curve), averaged over the points with their standard errors over the points:
+
+        .. math:: \mathcal{L}_m(x_n) = \log \frac1m \sum_{k=1}^m w_{kn}, \qquad
+            \bar{\mathcal{L}}_1(x_n) = \frac1m \sum_{k=1}^m \log w_{kn}
+
+        ``iw_bound``, the m-sample importance-weighted bound (IWAE_m, Burda et al. 2016), and
+        ``elbo``, the single-sample ELBO averaged over the same m draws; both are lower bounds
+        on log p(x_n) in expectation. With m = K the first is ``log_px`` and the second
+        ``elbo``.
+
+        :raises ValueError: ``m`` is not a K of the curve, or the curve has no ELBO.
+        """
+        if self.curve_ks is None or m not in self.curve_ks or self.curve_elbo is None:
+            raise ValueError(f"no curve of the first {m} draws: evaluate with curve_ks "
+                             f"including {m}")
+        assert self.curve_log_px is not None, "curve_ks and curve_log_px are set together"
+        i = self.curve_ks.index(m)
+        iw, iw_se = self._mean_se(self.curve_log_px[i])
+        elbo, elbo_se = self._mean_se(self.curve_elbo[i])
+        return {"m": m, "iw_bound": iw, "iw_bound_stderr": iw_se, "elbo": elbo,
+                "elbo_stderr": elbo_se, "num_points": self.num_points}
 
     @property
     def mc_stderr(self) -> torch.Tensor:
@@ -140,7 +167,7 @@ class MarginalEstimate:
         return cls(cat_all("log_px"), cat_all("elbo"), cat_all("ess"), first.num_samples,
                    dict(first.extra),
                    cat("pareto_k"), first.curve_ks, cat("curve_log_px", -1), first.method,
-                   cat("exact_log_px"))
+                   cat("exact_log_px"), cat("curve_elbo", -1))
 
     def summary(self) -> dict:
         """Means over points and their standard errors (spread across the data set), and the
@@ -263,6 +290,13 @@ def _prefix_log_px(log_w: torch.Tensor, ks: list[int]) -> torch.Tensor:
     return lse - torch.tensor(ks, dtype=torch.float64, device=log_w.device).log().unsqueeze(-1)
 
 
+def _prefix_elbo(log_w: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """``(len(ks), B)``: the mean of the first k log weights, from ``log_w (K, B)``."""
+    idx = torch.tensor(ks, device=log_w.device) - 1
+    total = torch.cumsum(log_w.double(), 0).index_select(0, idx)  # (len(ks), B)
+    return total / torch.tensor(ks, dtype=torch.float64, device=log_w.device).unsqueeze(-1)
+
+
 def data_batches(
     data: torch.Tensor,
     batch_size: int,
@@ -307,7 +341,8 @@ def estimate_marginal(
     :param diagnostics: compute the Pareto k̂ of each point, from the M + 1 largest log
         weights kept while the chunks stream (no second pass, no ``(K, B)`` weights kept).
     :param curve_ks: K values (≤ ``num_samples``) at which to record log p̂ from the first K
-        draws (see :func:`default_curve_ks`); ``None``: no curve.
+        draws and the mean log w of those draws (see :func:`default_curve_ks`,
+        :meth:`MarginalEstimate.first_draws`); ``None``: no curve.
     :param chunk_rows: with ``chunk_size`` unset, also cap a chunk at this many (particle,
         point) rows, so that its decoder output stays in cache (:func:`cache_rows`; on a
         784-400-20 VAE a 31 MB output is 1.3× faster per particle than the 512 MiB budget's,
@@ -331,7 +366,7 @@ def estimate_marginal(
             raise ValueError(f"curve_ks must lie in [1, K={num_samples}], got {curve_ks}")
     diagnostics = diagnostics and num_samples > 10  # fewer draws: no tail to fit
     tail = tail_size(num_samples) + 1 if diagnostics else 0
-    log_px, elbo, ess, k_hat, curve = [], [], [], [], []
+    log_px, elbo, ess, k_hat, curve, curve_elbo = [], [], [], [], [], []
     log_K = math.log(num_samples)
     bar = tqdm(
         total=data.shape[0], desc=f"IS K={num_samples}", unit="pt", disable=not progress,
@@ -348,6 +383,7 @@ def estimate_marginal(
             k_hat.append(pareto_k_of_top(r["top"]).cpu())  # (B,), from the streamed tail
         if curve_ks is not None:
             curve.append(_prefix_log_px(r["log_w"], curve_ks).cpu())  # (len(ks), B)
+            curve_elbo.append(_prefix_elbo(r["log_w"], curve_ks).cpu())  # (len(ks), B)
         bar.update(x.shape[0])
     bar.close()
     return MarginalEstimate(
@@ -358,4 +394,5 @@ def estimate_marginal(
         pareto_k=torch.cat(k_hat) if diagnostics else None,
         curve_ks=curve_ks,
         curve_log_px=torch.cat(curve, -1) if curve_ks is not None else None,
+        curve_elbo=torch.cat(curve_elbo, -1) if curve_ks is not None else None,
     )

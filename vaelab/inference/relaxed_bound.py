@@ -34,7 +34,7 @@ def jang_bound(vae, x: Tensor, temperature: Tensor, num_draws: int = 1000,
     g, q = vae.generative, vae.inference
     if g.latent.continuous or not g.latent.relaxed:
         raise ValueError("jang_bound needs a categorical latent with a relaxed guide family")
-    h = q.encoder(x)  # (B, N K)
+    h = q.encode(x)  # (B, N K)
     q_y = q.posterior(h, temperature)  # batch (B,), event (N, K), log-space Concrete
     kl = kl_categorical(q.posterior.logits_from(h), g.prior.logits).sum(-1)  # (B,)
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)

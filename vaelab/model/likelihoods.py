@@ -76,6 +76,7 @@ from vaelab.model.distributions import (
     PixelCategorical,
     count_distribution,
 )
+from vaelab.notes import note
 from vaelab.registry import ConfigError, Options, Registry
 
 __all__ = [
@@ -222,6 +223,10 @@ class Likelihood(nn.Module):
         """E[x | z] in data space, ``(..., D)``."""
         return self(params).mean
 
+    def note_fit(self, x: torch.Tensor, key: str) -> None:
+        """Say (one note) what in data the likelihood can score would still make it fit
+        badly; nothing by default (see :meth:`ScaleMixin.note_fit`)."""
+
     def describe_domain(self) -> str:
         """The domain in words, e.g. ``levels k/(L-1) in [0, 1], L = 256``."""
         text = DOMAINS[self.domain]
@@ -240,6 +245,7 @@ class Likelihood(nn.Module):
         """
         bad = outside_domain(x, self.domain, self.levels)
         if not bool(bad.any()):
+            self.note_fit(x, key.split(" ")[0])
             return
         name = type(self).__name__
         finite = torch.isfinite(x)
@@ -330,6 +336,27 @@ class ScaleMixin(nn.Module):
 
     fixed_scale: torch.Tensor  #: a buffer, ``learn = "fixed"``
     raw_scale: nn.Parameter  #: ρ, ``learn = "pixel"`` / ``"feature"`` or ``"shared"``
+    #: a fixed scale this many times smaller or larger than the data's spread is noted
+    FAR = 30.0
+    _fit_noted = False
+
+    def note_fit(self, x: torch.Tensor, key: str) -> None:
+        r"""One note when the scale is fixed and the data's spread
+        :math:`\bar s = (\frac1D \sum_d \mathrm{Var}(x_d))^{1/2}` (``x (N, D)`` as the model
+        sees it) is over :attr:`FAR` times larger or smaller than it: a residual of
+        :math:`\bar s` then costs :math:`\bar s^2 / 2s^2` nats per feature, and training
+        cannot repair it (e.g. s = 0.1 on data of spread 30: 45,000 nats per feature)."""
+        if self.learn != "fixed" or self._fit_noted or x.shape[0] < 2:
+            return
+        spread = float(x.double().var(0).mean().sqrt())
+        scale = float(self.fixed_scale)
+        if scale / self.FAR <= spread <= scale * self.FAR or not math.isfinite(spread):
+            return
+        self._fit_noted = True
+        note(f"{key}: {type(self).__name__}'s fixed scale {scale:g} is far from the data's "
+             f"spread (a standard deviation of {spread:.3g} per feature, {spread / scale:.3g} "
+             "times the scale), so log p(x) will be dominated by it; set data.standardize = "
+             f"true, or learn the scale ({key}.learn = \"feature\")")
 
     def _init_scale(self, data_dim: int, opts) -> None:
         self.learn = opts.learn

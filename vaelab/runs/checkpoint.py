@@ -82,6 +82,9 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
         if isinstance(err, OSError) and err.filename is None:  # name the file being written
             raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+        cause = err.__cause__ or err.__context__  # torch's zip writer wraps the OSError
+        if isinstance(err, RuntimeError) and isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
         if isinstance(err, RuntimeError) and "No space left" in str(err):  # torch's zip writer
             raise OSError(28, "No space left on device", str(path)) from None
         raise

@@ -1,11 +1,15 @@
 r"""``vaelab compare``: any set of run folders as one table, cells × metrics over seeds.
 
 Run folders (a folder with ``config.toml`` and ``checkpoints/``) are found under the paths given,
-recursively (a sweep folder, a ``reproduce`` folder, a folder of runs), and grouped into
-**cells**: runs whose saved configs are equal once :data:`IGNORED_KEYS` (the seed, threads,
-device, progress bars, ``[log]``) are set aside. The config keys whose values differ between
+recursively (a sweep folder, a ``reproduce`` folder, a folder of runs; a folder reached twice,
+through symbolic links, is walked once), and grouped into **cells**: runs whose saved configs
+are equal once :data:`IGNORED_KEYS` (the seed, threads, device, progress bars, ``[log]``) are
+set aside. The config keys whose values differ between
 cells are the cell label (a component's name, and its options only where they differ between
-cells with that name).
+cells with that name). Each saved config is read as it meant when it was saved
+(:func:`vaelab.resolve.resolve` with ``saved=True``): an older config's keys are upgraded and its
+old defaults filled in before runs are grouped, and a run saved by a newer vaelab is left out,
+in one line naming it.
 
 Per run, the metrics are
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "IGNORED_KEYS",
     "Comparison",
+    "NewerRun",
     "RunRecord",
     "Stat",
     "compare",
@@ -87,21 +93,32 @@ def is_run_folder(path: Path) -> bool:
 def find_runs(paths: list[str | Path]) -> list[Path]:
     """The run folders at or under ``paths`` (not below a run folder), sorted, each once.
 
+    Symbolic links to folders are followed, but every folder is entered once (by its real
+    path), so links that loop end the walk instead of repeating it.
+
     :raises FileNotFoundError: a path that does not exist.
     """
-    found: list[Path] = []
+    found: dict[str, Path] = {}
+    seen: set[str] = set()
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{str(p)!r} does not exist")
         stack = [p]
         while stack:
             d = stack.pop()
-            if is_run_folder(d):
-                found.append(d)
+            real = os.path.realpath(d)
+            if real in seen:
                 continue
-            stack.extend(c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
-    unique = {f.resolve(): f for f in found}
-    return sorted(unique.values())
+            seen.add(real)
+            if is_run_folder(d):
+                found.setdefault(real, d)
+                continue
+            try:
+                children = sorted(d.iterdir(), reverse=True)
+            except OSError:  # unreadable, or gone while walking
+                continue
+            stack.extend(c for c in children if c.is_dir() and not c.name.startswith("."))
+    return sorted(found.values())
 
 
 @dataclass
@@ -123,16 +140,53 @@ class RunRecord:
                             if not _ignored(k)))
 
 
+class NewerRun(ValueError):
+    """A run folder saved by a newer vaelab: its config version is above this one's."""
+
+
+def _meaning(run_dir: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as the current version says what it meant
+    (:func:`vaelab.resolve.resolve`, ``saved=True``: old keys upgraded, old defaults filled in,
+    every key present). A config that does not resolve here (a plugin's component that is not
+    importable) is tabled as saved, upgraded (:func:`vaelab.resolve.migrate`), with a note.
+
+    :raises NewerRun: the config's version is newer than this vaelab's.
+    """
+    from vaelab.config import CONFIG_VERSION, to_dict
+    from vaelab.notes import note
+    from vaelab.registry import ConfigError
+    from vaelab.resolve import migrate, resolve
+
+    version = raw.get("version", 1)
+    if isinstance(version, int) and version > CONFIG_VERSION:
+        raise NewerRun(f"{str(run_dir)!r} was saved by a newer vaelab (config version "
+                       f"{version}; this one reads up to {CONFIG_VERSION}): left out of the "
+                       "table; upgrade vaelab to compare it")
+    try:
+        return to_dict(resolve(raw, saved=True))
+    except ConfigError as err:
+        note(f"{str(run_dir)!r}: its config does not resolve here ({err}); tabled as saved")
+    try:
+        return migrate(raw)
+    except ConfigError:
+        return raw
+
+
 def read_run(run_dir: Path) -> RunRecord:
-    """The config, ``metrics.jsonl`` and ``eval.json`` of a run folder as a :class:`RunRecord`."""
+    """The config (as it meant when it was saved), ``metrics.jsonl`` and ``eval.json`` of a run
+    folder as a :class:`RunRecord`.
+
+    :raises NewerRun: the run was saved by a newer vaelab.
+    """
     import tomllib
 
     from vaelab.runs.checkpoint import read_metrics
 
     try:
-        config = _flatten(tomllib.loads((run_dir / "config.toml").read_text()))
+        raw = tomllib.loads((run_dir / "config.toml").read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{str(run_dir / 'config.toml')!r} is not valid TOML: {err}") from None
+    config = _flatten(_meaning(run_dir, raw))
     try:
         history = read_metrics(run_dir)
     except ValueError as err:
@@ -144,9 +198,11 @@ def read_run(run_dir: Path) -> RunRecord:
     last = _number(history[-1].get("train_loss")) if history else None
     if last is not None:
         metrics["final_train_loss"] = last
-    saved = run_dir / "eval.json"
-    if saved.is_file():
-        for k, v in _flatten(json.loads(saved.read_text())).items():
+    from vaelab.runs.run import read_eval  # names a damaged eval.json in one line
+
+    saved = read_eval(run_dir)
+    if saved is not None:
+        for k, v in _flatten(saved).items():
             if _number(v) is not None and k not in metrics:
                 metrics[k] = _number(v)  # type: ignore[assignment]
     return RunRecord(run_dir, config, history, metrics)
@@ -345,16 +401,28 @@ def compare(paths: list[str | Path], metrics: list[str] | None = None) -> Compar
     :param metrics: the metrics to table (default: those of :data:`DEFAULT_METRICS` that some
         run has).
     :raises FileNotFoundError: a path that does not exist, or no run folder under the paths.
-    :raises ValueError: a metric no run has (the message lists those there are).
+    :raises ValueError: a metric no run has (the message lists those there are), or every run
+        was saved by a newer vaelab (a run that was is left out, with a note naming it).
     """
+    from vaelab.notes import note
+
     dirs = find_runs(paths)
     if not dirs:
         raise FileNotFoundError(f"no run folder (config.toml and checkpoints/) under "
                                 f"{', '.join(repr(str(p)) for p in paths)}")
     groups: dict[tuple, list[RunRecord]] = {}
+    newer: list[str] = []
     for d in dirs:
-        rec = read_run(d)
+        try:
+            rec = read_run(d)
+        except NewerRun as err:
+            newer.append(str(err))
+            continue
         groups.setdefault(rec.identity(), []).append(rec)
+    if not groups:
+        raise ValueError(newer[0])
+    for message in newer:
+        note(message)
     cells = [sorted(runs, key=lambda r: (str(type(r.seed)), r.seed)) for runs in groups.values()]
     have = {m for runs in cells for r in runs for m in r.metrics}
     if metrics:

@@ -16,9 +16,10 @@ nothing here runs unless asked (``train.per_point_noise = true``, ``eval.block_s
 objective's ``differentiable_loss`` is the forward of one module (:class:`ObjectiveModule`, in
 the manner of :class:`pyro.infer.elbo.ELBOModule`) wrapped in
 :class:`~torch.nn.parallel.DistributedDataParallel`, whose hooks all-reduce the VAE's gradients
-during ``backward``; the loop's plain ``torch.optim.Adam`` steps them. The VAE's networks
-are plain modules registered by :func:`~vaelab.model.networks.register_module`, which never
-swaps a parameter object, so DDP's parameters are the ones the model and guide use; Pyro's
+during ``backward``; the loop's one torch optimizer (``train.optimizer``) steps them. The
+VAE's networks are plain modules registered by
+:func:`~vaelab.model.networks.register_module`, which never swaps a parameter object, so
+DDP's parameters are the ones the model and guide use; Pyro's
 global ``module_local_params`` setting (read by ``PyroModule`` only) is neither needed nor
 touched. No JIT (a compiled graph under DDP
 drifts out of sync silently). ``train.batch_size`` is the global batch :math:`\mathcal B` of

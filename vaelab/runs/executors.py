@@ -5,12 +5,21 @@ Each run is ``python -m vaelab train ...`` (:meth:`~vaelab.runs.grid.RunSpec.arg
 in ``DIR/logs/<cell>/seed<N>.log``; :func:`run_sweep` starts them ``jobs`` at a time, reports
 each as it ends (:class:`Outcome`, the line of its log that says why), and on SIGINT/SIGTERM
 forwards the signal, so that the running cells stop at a step boundary with their last epoch
-committed. :func:`submitit_executor` builds the submitit executor from :class:`SlurmOptions`;
-a submitit job calls :func:`execute`.
+committed.
+
+**Two sweeps on one folder.** A sweep claims a run before it starts it: an exclusive ``flock``
+on the run's log, held until the run ends (its process holds it too). Only the holder truncates
+and writes the log; a run another sweep holds is waited for, and its state is found again once
+the claim is free (:func:`~vaelab.runs.grid.refresh`): a run the other sweep finished is
+reported done by another process and skipped, one it left short is resumed.
+
+:func:`submitit_executor` builds the submitit executor from :class:`SlurmOptions`; a submitit
+job calls :func:`execute`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -76,15 +85,42 @@ def _child_env(run: RunSpec) -> dict[str, str]:
     return {**env, **run.env}
 
 
-class _Process:
-    """A run in a local child process."""
+def _claim(log: Path) -> int | None:
+    """This sweep's claim on a run: ``log`` opened (created, nothing truncated) under an
+    exclusive ``flock``, or None when another sweep holds it (it is running the run)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
-    def __init__(self, run: RunSpec):
-        run.log.parent.mkdir(parents=True, exist_ok=True)
-        self.run, self.t0 = run, time.perf_counter()
-        with open(run.log, "wb") as log:
-            self.proc = subprocess.Popen(run.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=_child_env(run))
+
+class _Process:
+    """A run in a local child process, its output in the log ``claim`` holds (truncated here;
+    None: a submitit job's, whose sweep holds the claim)."""
+
+    def __init__(self, run: RunSpec, claim: int | None = None):
+        self.run, self.t0, self.claim = run, time.perf_counter(), claim
+        if claim is not None:
+            os.ftruncate(claim, 0)
+            self.proc = self._start(claim)
+        else:
+            run.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(run.log, "wb") as log:
+                self.proc = self._start(log)
+
+    def _start(self, log) -> subprocess.Popen:
+        return subprocess.Popen(self.run.argv(), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=_child_env(self.run))
+
+    def release(self) -> None:
+        """Give up the claim on the run (once it has ended)."""
+        if self.claim is not None:
+            os.close(self.claim)
+            self.claim = None
 
     def done(self) -> bool:
         return self.proc.poll() is not None
@@ -101,9 +137,12 @@ class _Process:
 class _Job:
     """A run submitted through submitit (its job calls :func:`execute`)."""
 
-    def __init__(self, executor, run: RunSpec):
-        self.run, self.t0 = run, time.perf_counter()
+    def __init__(self, executor, run: RunSpec, claim: int):
+        self.run, self.t0, self.claim = run, time.perf_counter(), claim
+        os.ftruncate(claim, 0)
         self.job = executor.submit(execute, run)
+
+    release = _Process.release
 
     def done(self) -> bool:
         return self.job.done()
@@ -182,48 +221,106 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+@dataclass
+class _Book:
+    """What became of the runs of :func:`run_sweep` that were not finished when planned."""
+
+    todo: deque[RunSpec]
+    #: runs another sweep holds (their log's claim), waited for
+    waiting: list[RunSpec] = field(default_factory=list)
+    #: runs another process finished while this sweep ran
+    elsewhere: list[RunSpec] = field(default_factory=list)
+    #: runs whose folder another process (not a sweep) holds
+    busy: list[RunSpec] = field(default_factory=list)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+
+def _ready(run: RunSpec, claim: int, book: _Book) -> bool:
+    """Find the claimed ``run``'s state again (:func:`~vaelab.runs.grid.refresh`); False, the
+    claim given up and the run reported, when there is nothing for this sweep to do."""
+    from vaelab.registry import ConfigError
+    from vaelab.runs.grid import refresh
+
+    try:
+        refresh(run)
+    except ConfigError as err:
+        book.outcomes[run.label] = Outcome(2, f"vaelab sweep: error: {err}", 0.0)
+        say(f"  {run.label}: FAILED: {err}")
+        run.state = "failed"
+    if run.state in ("new", "resume"):
+        return True
+    os.close(claim)
+    if run.state == "finished":
+        book.elsewhere.append(run)
+        say(f"  {run.label}: done by another process ({run.epochs_done} epochs), skipped")
+    elif run.state == "busy":
+        book.busy.append(run)
+        say(f"  {run.label}: not started: {run.reason}")
+    return False
+
+
+def _next_run(book: _Book) -> tuple[RunSpec, int] | None:
+    """The next run to start and this sweep's claim on it: runs waited for first, then those
+    not tried yet, in the order planned; a run another sweep holds is set aside to wait."""
+    for run in [*book.waiting, *book.todo]:
+        claim = _claim(run.log)
+        if claim is None:
+            if run not in book.waiting:
+                book.todo.remove(run)
+                book.waiting.append(run)
+                say(f"  {run.label}: another sweep is running it; waiting for it")
+            continue
+        (book.waiting if run in book.waiting else book.todo).remove(run)
+        if _ready(run, claim, book):
+            return run, claim
+    return None
+
+
 def run_sweep(cells: list[Cell], *, jobs: int = 1, executor=None) -> dict[str, Any]:
-    """Run every run of ``cells`` that is not finished or busy, ``jobs`` at a time.
+    """Run every run of ``cells`` that is not finished, ``jobs`` at a time; a run another
+    sweep is running is waited for, one another process holds is not started.
 
     :param executor: a submitit executor (:func:`submitit_executor`); None: local processes.
-    :returns: ``{"outcomes": {run label: Outcome}, "skipped": [...], "busy": [...],
-        "not_started": [...], "signum": the stopping signal or None}``.
+    :returns: ``{"outcomes": {run label: Outcome}, "skipped": [...], "elsewhere": [...],
+        "busy": [...], "not_started": [...], "signum": the stopping signal or None}``
+        (``elsewhere``: runs another process finished while this sweep ran).
     """
     from vaelab.runs.folder import StopSignals
 
     runs = [r for c in cells for r in c.runs]
-    todo = deque(r for r in runs if r.state in ("new", "resume"))
+    book = _Book(deque(r for r in runs if r.state != "finished"))
     skipped = [r for r in runs if r.state == "finished"]
-    busy = [r for r in runs if r.state == "busy"]
     for r in skipped:
         say(f"  {r.label}: finished ({r.epochs_done} epochs), skipped")
-    for r in busy:
-        say(f"  {r.label}: not started: {r.reason}")
-    total, started = len(todo), 0
+    total, started = len(book.todo), 0
     running: list[Any] = []
-    outcomes: dict[str, Outcome] = {}
     forwarded = False
     with StopSignals() as stop:
-        while todo or running:
+        while book.todo or book.waiting or running:
+            if stop.signum is not None and not running:
+                break  # the runs not started stay so
             if stop.signum is not None and not forwarded:
                 forwarded = True
                 say(f"stopping: {signal.Signals(stop.signum).name}; the running cells stop at "
-                     "a step boundary, their last epoch committed")
+                    "a step boundary, their last epoch committed")
                 for handle in running:
                     handle.stop(stop.signum)
-            while todo and len(running) < jobs and stop.signum is None:
-                run = todo.popleft()
+            while len(running) < jobs and stop.signum is None and (nxt := _next_run(book)):
+                run, claim = nxt
                 started += 1
                 how = f"resuming from epoch {run.epochs_done}" if run.state == "resume" \
                     else "training"
                 say(f"[{started}/{total}] {run.label}: {how}")
-                running.append(_Process(run) if executor is None else _Job(executor, run))
+                running.append(_Process(run, claim) if executor is None
+                               else _Job(executor, run, claim))
             for handle in [h for h in running if h.done()]:
                 running.remove(handle)
-                o = outcomes[handle.run.label] = handle.outcome()
+                handle.release()
+                o = book.outcomes[handle.run.label] = handle.outcome()
                 stopped = stop.signum is not None and o.rc in (128 + stop.signum, -stop.signum)
                 status = "done" if o.ok else "stopped" if stopped else f"FAILED (exit {o.rc})"
                 say(f"  {handle.run.label}: {status} in {o.seconds:.0f}s: {o.line}")
-            time.sleep(0.1 if running else 0)
-    return {"outcomes": outcomes, "skipped": skipped, "busy": busy,
-            "not_started": list(todo), "signum": stop.signum}
+            time.sleep(0.1 if running or book.waiting else 0)
+    return {"outcomes": book.outcomes, "skipped": skipped, "elsewhere": book.elsewhere,
+            "busy": book.busy, "not_started": [*book.waiting, *book.todo],
+            "signum": stop.signum}

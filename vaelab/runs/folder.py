@@ -64,7 +64,8 @@ __all__ = [
 
 LOCK_NAME = ".lock"
 #: ``VAELAB_FAULT=NAME`` or ``NAME@N`` makes the process SIGKILL itself at the first (N-th)
-#: time it reaches the fault point NAME (fault-injection tests; a no-op otherwise)
+#: time it reaches the fault point NAME (fault-injection tests; a no-op otherwise);
+#: ``NAME@N:SIGTERM`` (any signal's name) sends itself that signal instead, and goes on
 FAULT_ENV = "VAELAB_FAULT"
 _fault_hits: dict[str, int] = {}
 
@@ -89,16 +90,19 @@ class Interrupted(Exception):
 
 def fault_point(name: str) -> None:
     """SIGKILL this process here when ``$VAELAB_FAULT`` names this point (fault-injection tests
-    kill a real process at the exact dangerous moment; a no-op otherwise)."""
+    kill a real process at the exact dangerous moment; a no-op otherwise). With a signal's name
+    after a colon (``after-commit@2:SIGTERM``), that signal is sent instead: the handler that
+    runs is the process's own, as for a signal from outside arriving at this moment."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
+    spec, _, signame = spec.partition(":")
     target, _, nth = spec.partition("@")
     if target != name:
         return
     _fault_hits[name] = _fault_hits.get(name, 0) + 1
     if _fault_hits[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[signame] if signame else signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A grid (``--grid KEY=[V1, V2, ...]``, :func:`parse_grid`) is expanded into its c
 (:func:`expand`), each point a *cell* named after its values (:func:`cell_name`), each cell one
 run per seed (:class:`RunSpec`). :func:`plan` resolves every run's config and finds the state of
 its folder (one of :data:`STATES`: finished, resume, new, busy), checking a folder that holds a
-commit against the run's config (:func:`vaelab.runs.resume.check_resume`);
+commit against the run's config (:func:`vaelab.runs.resume.check_resume`); :func:`refresh`
+finds it again just before the run starts (another sweep may have trained it meanwhile).
 :func:`write_manifest` writes ``DIR/sweep.json``. :mod:`vaelab.runs.executors` runs the plan,
 :func:`vaelab.runs.sweep.sweep` is the command.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["FORBIDDEN_GRID_KEYS", "MANIFEST", "STATES", "Cell", "RunSpec", "cell_name", "expand",
-           "parse_grid", "plan", "toml_literal", "write_manifest"]
+           "parse_grid", "plan", "refresh", "toml_literal", "write_manifest"]
 
 #: keys a grid may not vary (``--seeds`` sets the seeds; ``vaelab compare`` groups by the rest)
 FORBIDDEN_GRID_KEYS = ("train.seed",)
@@ -238,6 +239,19 @@ def _state(run: RunSpec, cfg, evaluate: bool) -> tuple[str, int, str]:
     if done and (not evaluate or (run.dir / "eval.json").is_file()):
         return "finished", progress.epoch, ""
     return "resume", progress.epoch, ""
+
+
+def refresh(run: RunSpec) -> RunSpec:
+    """Find ``run``'s state again, now (:func:`plan` found it when the sweep began; another
+    sweep on the same folder may have trained the run since, or be training it).
+
+    :raises ConfigError: the folder now holds a run of another config.
+    """
+    from vaelab.resolve import load_config
+
+    run.state, run.epochs_done, run.reason = _state(run, load_config(run.config, run.overrides),
+                                                    run.evaluate)
+    return run
 
 
 def plan(

@@ -12,11 +12,13 @@ Example::
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from vaelab.inference.marginal import MarginalEstimate
+from vaelab.runs.checkpoint import atomic_write_bytes
 
 __all__ = [
     "save_convergence_plot",
@@ -26,6 +28,7 @@ __all__ = [
     "save_traversal_grid",
     "save_traversal_lines",
     "save_usage_heatmap",
+    "write_figure",
 ]
 
 
@@ -53,8 +56,6 @@ def save_convergence_plot(est: MarginalEstimate, path, title: str = "") -> Path:
     if est.curve_ks is None:
         raise ValueError("no convergence curve: pass curve_ks to estimate_marginal")
     plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     curve = est.curve()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(list(curve), list(curve.values()), "o-", ms=3, label="mean log p̂(x), first K draws")
@@ -67,18 +68,32 @@ def save_convergence_plot(est: MarginalEstimate, path, title: str = "") -> Path:
     ax.set_title(title or f"IS convergence ({est.num_points} points)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return write_figure(fig, path)
+
+
+def write_figure(fig, path, **savefig) -> Path:
+    """Render ``fig`` in memory (in the format its suffix names, PNG without one), close it,
+    and write the bytes atomically (:func:`~vaelab.runs.checkpoint.atomic_write_bytes`: a
+    temporary file renamed over ``path``, parent folders created). A full disk leaves the old
+    file whole, and a symbolic link at ``path`` is replaced, never written through (issue 28,
+    items 1 and 8).
+
+    :param savefig: keyword arguments of :meth:`matplotlib.figure.Figure.savefig` (default
+        ``dpi=120``).
+    """
+    path = Path(path)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=path.suffix[1:].lower() or "png", **{"dpi": 120, **savefig})
+    finally:
+        _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
 def _save(fig, path) -> Path:
-    """Write ``fig`` to ``path`` (parent folders created) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
+    """Write ``fig`` to ``path`` (:func:`write_figure`, tight bounding box) and close it."""
+    return write_figure(fig, path, bbox_inches="tight")
 
 
 def save_embedding(
@@ -115,13 +130,16 @@ def save_embedding(
 
 
 def save_kl_bars(path, activity, kl=None, threshold: float = 0.01, unit: str = "dimension",
-                 title: str = "") -> Path:
+                 title: str = "", units=None, total: int | None = None) -> Path:
     r"""Bars per latent unit: the mean KL (top panel, where defined) and the activity
     :math:`\mathrm{Var}_x \mathbb{E}_q[z_u]` on a log axis with the threshold dashed (bottom);
     active units in colour, inactive in grey.
 
-    :param activity: ``(U,)`` activity per unit.
-    :param kl: ``(U,)`` mean KL per unit in nats, or ``None`` (the activity panel alone).
+    :param activity: ``(U,)`` activity per drawn unit.
+    :param kl: ``(U,)`` mean KL per drawn unit in nats, or ``None`` (the activity panel alone).
+    :param units: ``(U,)`` the indices of the drawn units (x tick labels), or ``None``: units
+        ``0 … U−1``, all of them.
+    :param total: how many units the latent has, when only some are drawn (the title says so).
     """
     plt = _pyplot()
     activity = np.asarray(activity, dtype=np.float64)
@@ -141,10 +159,15 @@ def save_kl_bars(path, activity, kl=None, threshold: float = 0.01, unit: str = "
     ax.axhline(threshold, ls="--", c="k", lw=1, label=f"threshold {threshold:g}")
     ax.set_yscale("log")
     ax.set_ylabel("Var_x E_q[z]")
-    ax.set_xlabel(f"latent {unit}")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3, axis="y")
-    axes[0].set_title(title or f"{int(active.sum())} of {activity.size} {unit}s active")
+    if units is None:
+        ax.set_xlabel(f"latent {unit}")
+        axes[0].set_title(title or f"{int(active.sum())} of {activity.size} {unit}s active")
+    else:
+        ax.set_xticks(idx, [str(int(u)) for u in units], rotation=90, fontsize=6)
+        ax.set_xlabel(f"latent {unit} (the {activity.size} drawn)")
+        axes[0].set_title(title or f"{activity.size} of {total or activity.size} {unit}s drawn")
     return _save(fig, path)
 
 

@@ -3,7 +3,8 @@
 A recipe is a config shipped in ``vaelab/recipes/NAME.toml`` (so an installed wheel has it) that
 follows a published protocol, each setting naming its source (``../shared/PROTOCOLS.md``), plus a
 ``[recipe]`` table: the paper, its budget, the published numbers per variant, the variants (lists
-of ``--set`` overrides), the AIS / BDMC settings of the evaluation, and optionally the pairs of
+of ``--set`` overrides), the AIS / BDMC settings of the evaluation (typed: :class:`RecipeTable`,
+validated once when the recipe loads), and optionally the pairs of
 variants whose differences :func:`vaelab.runs.tables.paired_table` takes image by image
 (``paired``; a reference ``RECIPE/VARIANT`` names another recipe's variant, e.g. the VampPrior
 against the standard prior). :func:`vaelab.runs.reproduce.reproduce` runs them.
@@ -18,37 +19,89 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vaelab.config import ConfigError, RunConfig
 from vaelab.resolve import apply_overrides, parse_value, resolve
 
-__all__ = ["Recipe", "load_recipe", "parse_overrides", "recipe_names", "with_recipe_overrides"]
+__all__ = ["ChainSettings", "Recipe", "RecipeTable", "load_recipe", "parse_overrides",
+           "recipe_names", "with_recipe_overrides"]
 
-#: the schema of a recipe's ``[recipe]`` table
-_META_KEYS = {"paper", "source", "budget", "published", "pythae", "ais", "bdmc", "variants",
-              "metric", "paired"}
+
+class ChainSettings(BaseModel):
+    """The settings of an annealed evaluation stage (``[recipe] ais`` or ``bdmc``): AIS on
+    ``points`` test points spread over the split, or BDMC on ``points`` points simulated from
+    the model; ``points = 0`` leaves the stage out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    points: int = Field(0, ge=0, description="points scored (0: the stage is not run)")
+    steps: int = Field(500, gt=0, description="intermediate distributions T")
+    chains: int = Field(4, gt=0, description="chains per point")
+    leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC move")
+
+
+class RecipeTable(BaseModel):
+    """The typed ``[recipe]`` table, validated once when the recipe loads (and again after
+    ``recipe.KEY=VALUE`` overrides)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    paper: str = Field(min_length=1)
+    source: str = ""
+    budget: str = Field(min_length=1)
+    published: dict[str, float] = Field(default_factory=dict)
+    pythae: dict[str, float] = Field(default_factory=dict)
+    ais: ChainSettings | None = None
+    bdmc: ChainSettings | None = None
+    variants: dict[str, list[str]] = Field(default_factory=lambda: {"default": list[str]()})
+    #: the published figure's quantity: IS log p(x), or a bound on the model (``elbo``: for a
+    #: discrete latent, the bounds of the first ``bound_draws`` one-hot draws of the IS pass)
+    metric: Literal["log_likelihood", "elbo"] = "log_likelihood"
+    paired: list[tuple[str, str]] = Field(default_factory=list)
+    #: m, the draws of the discrete rows' m-sample bounds (Jang et al. 2017, §4: m = 1000)
+    bound_draws: int = Field(1000, gt=0)
+
+
+def _table(name: str, meta: dict[str, Any]) -> RecipeTable:
+    """``meta`` validated as :class:`RecipeTable`; :raises ConfigError: one line naming the key."""
+    try:
+        return RecipeTable.model_validate(meta)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            raise ConfigError(f"recipe {name!r}: unknown [recipe] key {key!r}") from None
+        raise ConfigError(f"recipe {name!r}: [recipe] {key}: {e['msg']} (got "
+                          f"{e.get('input')!r})") from None
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A shipped recipe: its ``[recipe]`` table and the config it extends."""
+    """A shipped recipe: its ``[recipe]`` table (as written, ``meta``, and typed, ``table``)
+    and the config it extends."""
 
     name: str
     meta: dict[str, Any]
     raw: dict[str, Any]  #: the config tables, as written
+    table: RecipeTable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", _table(self.name, self.meta))
 
     @property
     def variants(self) -> dict[str, list[str]]:
-        return dict(self.meta.get("variants", {"default": []}))
+        return dict(self.table.variants)
 
     def published(self, variant: str) -> float | None:
-        return self.meta.get("published", {}).get(variant)
+        return self.table.published.get(variant)
 
     def pythae(self, variant: str) -> float | None:
-        return self.meta.get("pythae", {}).get(variant)
+        return self.table.pythae.get(variant)
 
     def config(self, variant: str, seed_offset: int = 0,
                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -78,9 +131,6 @@ def with_recipe_overrides(recipe: Recipe, overrides) -> tuple[Recipe, list[str]]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: recipe.{k} is not a table")
         node[last] = parse_value(text)
-    unknown = set(meta) - _META_KEYS
-    if unknown:
-        raise ConfigError(f"recipe {recipe.name!r}: unknown [recipe] keys {sorted(unknown)}")
     return Recipe(recipe.name, meta, recipe.raw), [o for o in overrides if o not in mine]
 
 
@@ -95,12 +145,8 @@ def load_recipe(name: str) -> Recipe:
     if name not in recipe_names():
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(recipe_names())}")
     raw = _read_recipe(name)
-    meta = raw.pop("recipe", {})
-    unknown = set(meta) - _META_KEYS
-    if unknown:
-        raise ConfigError(f"recipe {name!r}: unknown [recipe] keys {sorted(unknown)}")
-    recipe = Recipe(name, meta, raw)
-    strays = {v for pair in meta.get("paired", []) for v in pair
+    recipe = Recipe(name, raw.pop("recipe", {}), raw)
+    strays = {v for pair in recipe.table.paired for v in pair
               if v not in recipe.variants and not _other_variant(v)}
     if strays:
         raise ConfigError(f"recipe {name!r}: [recipe] paired names no variant: {sorted(strays)}")

@@ -17,10 +17,7 @@ The latent-space section (:func:`latent_section`, numbers from
 * ``latent_kl.png``: the mean KL per unit and its activity, Burda et al.'s active units marked;
 * ``latent_usage.png`` (categorical latents): the aggregate posterior, variables × classes.
 
-Example::
-
-    run = load_run("runs/g")
-    write_report(run, html=True)          # runs/g/report.md, runs/g/report.html and the PNGs
+Example: ``write_report(load_run("runs/g"), html=True)`` writes ``report.md``, ``.html``, PNGs.
 """
 
 from __future__ import annotations
@@ -30,6 +27,8 @@ import html as _html
 import json
 import math
 import re
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +40,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from vaelab.data.subsets import spread_indices  # noqa: E402
-from vaelab.runs.checkpoint import read_metrics  # noqa: E402
+from vaelab.runs.checkpoint import atomic_write_text  # noqa: E402
+from vaelab.runs.folder import Interrupted, StopSignals  # noqa: E402
+from vaelab.runs.plots import write_figure  # noqa: E402
+from vaelab.runs.run import read_history  # noqa: E402
 
 __all__ = [
+    "MAX_DRAWN_UNITS",
     "Figure",
+    "ReportInterrupted",
     "Table",
     "image_grid",
     "image_shape_of",
@@ -109,9 +113,7 @@ def save_grid(
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    fig.savefig(path, bbox_inches="tight", dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, bbox_inches="tight")
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
@@ -128,9 +130,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 
 def _history_table(history: list[dict]) -> Table:
@@ -155,6 +155,13 @@ def _flatten(metrics: dict, prefix: str = "") -> dict:
     return out
 
 
+def _evaluation_rows(metrics: dict) -> list[list[str]]:
+    """Every figure once (``ess_mean``/``ess_min`` repeat ``ess``'s; the estimand is no figure)."""
+    skip = {"estimand", *(("ess_mean", "ess_min") if isinstance(metrics.get("ess"), dict) else ())}
+    return [[k, _fmt(v)] for k, v in _flatten({k: v for k, v in metrics.items()
+                                               if k not in skip}).items()]
+
+
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -176,6 +183,10 @@ class Figure:
     alt: str
     caption: str = ""
 
+
+#: the most units a latent picture draws (KL bars; the embedding is the PCA of this many most
+#: active units' means): a wide latent (``model.latent_dim`` = 10⁶) costs what this many do
+MAX_DRAWN_UNITS = 64
 
 #: a report block: a heading (``"# ..."``, ``"## ..."``), a paragraph, a table or a figure
 Block = str | Table | Figure
@@ -259,9 +270,12 @@ def _embedding(run, stats, labels, split: str, out: Path) -> Figure:
     from vaelab.inference.latent_space import pca
     from vaelab.runs.plots import save_embedding
 
-    means = stats.means.flatten(1)  # (B, d) or (B, N K)
+    means = stats.means.flatten(1)  # (B, d) or (B, N K); of the kept units only, when fewer
     B, m = means.shape
-    if run.vae.latent.continuous and m <= 2:
+    of = "" if stats.units is None else (
+        f" of the {stats.units.numel()} most active of {stats.activity.numel()} "
+        f"{'dimensions' if run.vae.latent.continuous else 'variables'}")
+    if run.vae.latent.continuous and m <= 2 and stats.units is None:
         coords, names = means.double(), ("z1", "z2")
         how = f"the posterior means E_q[z | x] of {B} {split} points (z is {m}-D: drawn as is)"
     else:
@@ -271,7 +285,7 @@ def _embedding(run, stats, labels, split: str, out: Path) -> Figure:
                  f"PC2 ({100 * float(emb.explained[1]):.0f}%)")
         what = ("posterior means E_q[z | x]" if run.vae.latent.continuous else
                 "posterior class probabilities q(z_n = k | x), flattened to N·K")
-        how = f"PCA of the {what} of {B} {split} points"
+        how = f"PCA of the {what}{of} of {B} {split} points"
     colour = (f"coloured by the {int(labels.unique().numel())} class labels" if labels is not None
               else f"uncoloured: the data set `{run.cfg.data.name}` carries no labels")
     save_embedding(coords.numpy(), out / "latent_embedding.png",
@@ -284,22 +298,25 @@ def _unit_label(stats, u: int, name: str) -> str:
     return f"{name}{u} (A {float(stats.activity[u]):.2g}{kl})"
 
 
-def _traversals(run, stats, out: Path, max_units: int = 8) -> Figure:
-    from vaelab.inference.latent_space import prior_loc_scale, traverse
+def _traversals(run, stats, x: torch.Tensor, out: Path, max_units: int = 8) -> Figure:
+    from vaelab.inference.latent_space import posterior_means, prior_loc_scale, traverse
     from vaelab.runs.plots import save_traversal_grid, save_traversal_lines
 
     latent, means = run.vae.latent, stats.means
-    flat = means.flatten(1).double()  # (B, m)
+    flat = means.flatten(1).double()  # (B, m), m the kept units where they are fewer
     point = int(((flat - flat.mean(0)) ** 2).sum(1).argmin())  # the most typical point
+    # its means over all units ((d,) or (N, K)): recomputed where only some units' were kept
+    typical = (means[point] if stats.units is None
+               else posterior_means(run.vae, x[point : point + 1])[0])
     units = stats.ranked(min(max_units, stats.activity.numel()))
     if latent.continuous:
-        z0 = means[point]  # (d,)
+        z0 = typical  # (d,)
         _, _, scale_how = prior_loc_scale(run.vae.generative.prior)
         name, xlabel = "z", f"prior centre + t × prior scale ({scale_how})"
         what = (f"z_u set to the prior's centre + t × its scale ({scale_how}), t = −3…3; the "
                 "other units at the posterior mean of the most typical point")
     else:
-        z0 = torch.nn.functional.one_hot(means[point].argmax(-1), latent.num_classes).float()
+        z0 = torch.nn.functional.one_hot(typical.argmax(-1), latent.num_classes).float()
         name, xlabel = "variable ", "class k"
         what = ("variable n set to each class k; the other variables at the most typical "
                 "point's most probable classes")
@@ -327,25 +344,27 @@ def _traversals(run, stats, out: Path, max_units: int = 8) -> Figure:
     return Figure("latent_traversals.png", "latent traversals", caption)
 
 
-def latent_section(run, out: Path, limit: int = 2000) -> list[Block]:
-    """The latent-space blocks of a report, its PNGs written to ``out`` (see the module
-    docstring): embedding, traversals, KL per unit with active units, and the class-usage heat
-    map of a categorical latent, computed on ``limit`` points spread over the test split."""
-    from vaelab.inference.latent_space import latent_stats
+def _kl_figure(stats, continuous: bool, points: str, out: Path) -> Figure:
+    """``latent_kl.png``: KL and activity per unit, at most :data:`MAX_DRAWN_UNITS` bars (those
+    with the largest KL, or activity where there is no KL, in decreasing order)."""
     from vaelab.runs.plots import save_kl_bars
 
-    x, labels, split = _eval_points(run, limit)
-    stats = latent_stats(run.vae, x)
-    continuous = run.vae.latent.continuous
     unit = "dimension" if continuous else "variable"
     U, A = stats.activity.numel(), stats.num_active
-    blocks: list[Block] = ["## Latent space", _embedding(run, stats, labels, split, out)]
-    blocks.append(_traversals(run, stats, out))
-    save_kl_bars(out / "latent_kl.png", stats.activity.numpy(),
-                 None if stats.kl is None else stats.kl.numpy(), stats.threshold, unit)
+    drawn, which = None, ""
+    if U > MAX_DRAWN_UNITS:
+        by = stats.kl if stats.kl is not None else stats.activity
+        drawn = by.argsort(descending=True)[:MAX_DRAWN_UNITS]  # (MAX_DRAWN_UNITS,)
+        which = (f" Drawn: the {MAX_DRAWN_UNITS} of {U} {unit}s with the largest "
+                 f"{'mean KL' if stats.kl is not None else 'activity'}, in decreasing order "
+                 "(labelled by index).")
+    pick = (lambda t: t) if drawn is None else (lambda t: t[drawn])
+    save_kl_bars(out / "latent_kl.png", pick(stats.activity).numpy(),
+                 None if stats.kl is None else pick(stats.kl).numpy(), stats.threshold, unit,
+                 units=None if drawn is None else drawn.numpy(), total=U)
     summed = "" if continuous else " (summed over the K class probabilities)"
     marked = (f"{A} of {U} {unit}s active (A_u ≥ {stats.threshold:g}, Burda et al. 2016), in "
-              f"colour; {x.shape[0]} {split} points.")
+              f"colour; {points}.{which}")
     if stats.kl is not None:
         caption = (f"Top: mean KL(q(z_u | x) ‖ p(z_u)) per {unit} ({stats.kl_method}; sum "
                    f"{float(stats.kl.sum()):.2f} nats). Bottom: activity A_u = Var_x E_q[z_u] "
@@ -353,7 +372,35 @@ def latent_section(run, out: Path, limit: int = 2000) -> list[Block]:
     else:
         caption = (f"Activity A_u = Var_x E_q[z_u] on a log axis; no KL per {unit}: "
                    f"{stats.kl_method}. {marked}")
-    blocks.append(Figure("latent_kl.png", "KL per unit", caption))
+    return Figure("latent_kl.png", "KL per unit", caption)
+
+
+def latent_section(run, out: Path, limit: int = 2000,
+                   check: Callable[[], None] | None = None) -> list[Block]:
+    """The latent-space blocks of a report, its PNGs written to ``out`` (see the module
+    docstring): embedding, traversals, KL per unit with active units, and the class-usage heat
+    map of a categorical latent, computed on ``limit`` points spread over the test split.
+
+    Time and memory are bounded by the units drawn, not by the latent's width: the means of the
+    :data:`MAX_DRAWN_UNITS` most active units are kept (the embedding is their PCA), the KL and
+    activity per unit are accumulated batch by batch
+    (:func:`~vaelab.inference.latent_space.latent_stats` with ``keep``).
+
+    :param check: called between batches and pictures (a stop request raises there).
+    """
+    from vaelab.inference.latent_space import latent_stats
+
+    check = check or (lambda: None)
+    x, labels, split = _eval_points(run, limit)
+    stats = latent_stats(run.vae, x, keep=MAX_DRAWN_UNITS, check=check)
+    continuous = run.vae.latent.continuous
+    U, A = stats.activity.numel(), stats.num_active
+    blocks: list[Block] = ["## Latent space", _embedding(run, stats, labels, split, out)]
+    check()
+    blocks.append(_traversals(run, stats, x, out))
+    check()
+    blocks.append(_kl_figure(stats, continuous, f"{x.shape[0]} {split} points", out))
+    unit = "dimension" if continuous else "variable"
     rows = [["active units", f"{A} of {U}"]]
     if stats.kl is not None:
         rows.append([f"KL summed over {unit}s (nats)", f"{float(stats.kl.sum()):.3f}"])
@@ -362,6 +409,7 @@ def latent_section(run, out: Path, limit: int = 2000) -> list[Block]:
         from vaelab.runs.plots import save_usage_heatmap
 
         usage = category_usage(run.vae, x)
+        assert usage.aggregate is not None  # category_usage always fills it
         save_usage_heatmap(out / "latent_usage.png", usage.aggregate.numpy(),
                            usage.classes_used.numpy())
         rows += [[k.replace("_", " "), _fmt(v)] for k, v in usage.summary().items()]
@@ -373,26 +421,63 @@ def latent_section(run, out: Path, limit: int = 2000) -> list[Block]:
     return blocks
 
 
+class ReportInterrupted(Interrupted):
+    """SIGINT/SIGTERM arrived while a report was being drawn: it stopped between two pictures
+    (or two batches of points); ``report.md`` and ``report.html`` are left as they were."""
+
+    def __init__(self, signum: int, committed_epoch: int):
+        super().__init__(signum, committed_epoch, 0, committed_epoch)
+        name = signal.Signals(signum).name
+        Exception.__init__(self, f"interrupted by {name} while writing the report (report.md "
+                           "and report.html are left as they were)")
+
+
 def write_report(run, metrics: dict | None = None, n: int = 32, html: bool = False) -> Path:
     """Write ``run.dir/report.md`` and its PNGs (and ``report.html`` with ``html``); returns
     the path of ``report.md``.
+
+    Every file is written atomically (a temporary file renamed into place): a full disk leaves
+    the previous file whole, and a symbolic link in the folder is replaced, never written
+    through. SIGINT/SIGTERM stop it between two pictures with :class:`ReportInterrupted`.
 
     :param metrics: evaluation results (``est.summary()``), tabled and saved as ``eval.json``.
     :param n: points whose reconstructions are shown.
     :param html: also write the self-contained ``report.html`` (:func:`render_html`).
     """
     out = Path(run.dir)
-    history = read_metrics(out)
+    history = read_history(out)
+    with StopSignals() as stop:
+        def check() -> None:
+            if stop.signum is not None:
+                raise ReportInterrupted(stop.signum, len(history))
+
+        blocks = _report_blocks(run, metrics, n, history, check)
+        check()
+    if metrics:
+        atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "report.md", render_markdown(blocks))
+    if html:
+        atomic_write_text(out / "report.html", render_html(blocks, out, f"vaelab run {out.name}"))
+    return out / "report.md"
+
+
+def _report_blocks(run, metrics: dict | None, n: int, history: list[dict],
+                   check: Callable[[], None]) -> list[Block]:
+    """The report's blocks, its PNGs written to ``run.dir`` (``check`` between pictures)."""
+    out = Path(run.dir)
     shape = run.data.shape  # (C, H, W) for images, (D,) for tables
     plot_curves(history, out / "curves.png")
+    check()
     # n points spread over the split (the binarized MNIST test file is sorted by digit)
     x = run.pre.eval_split(run.split("test" if run.data.test.shape[0] else "valid", n), 0)
     torch.manual_seed(0)
     recon = run.vae.reconstruct(x)
     pairs = torch.stack([x, recon], 1).reshape(-1, x.shape[1])  # input, reconstruction, ...
     save_grid(out / "reconstructions.png", pairs, shape, ncol=16, title="input | reconstruction")
+    check()
     samples = run.vae.generative.sample(64)
     save_grid(out / "samples.png", samples, shape, ncol=8, title="prior samples")
+    check()
     c = run.cfg
     blocks: list[Block] = [
         f"# vaelab run `{out.name}`",
@@ -401,22 +486,15 @@ def write_report(run, metrics: dict | None = None, n: int = 32, html: bool = Fal
         f"decoder `{c.model.decoder.name}`, encoder `{c.guide.encoder.name}`, "
         f"guide `{c.guide.family.name}`, hidden {c.model.hidden_sizes}, "
         f"objective `{c.objective.name}` "
-        f"(particles {c.objective.num_particles}), {len(history)} epochs of batch "
+        f"(particles {c.objective.num_particles}), {len(history)} "
+        f"epoch{'' if len(history) == 1 else 's'} of batch "
         f"{c.train.batch_size}, lr {c.train.lr}, seed {c.train.seed}.",
         _history_table(history),
     ]
     if metrics:
-        blocks += ["## Evaluation", Table(["metric", "value"],
-                                          [[k, _fmt(v)] for k, v in _flatten(metrics).items()],
-                                          "lr")]
+        blocks += ["## Evaluation", Table(["metric", "value"], _evaluation_rows(metrics), "lr")]
     blocks += [Figure("curves.png", "training curves"),
                Figure("reconstructions.png", "reconstructions"),
                Figure("samples.png", "samples")]
     torch.manual_seed(0)
-    blocks += latent_section(run, out)
-    (out / "report.md").write_text(render_markdown(blocks))
-    if html:
-        (out / "report.html").write_text(render_html(blocks, out, f"vaelab run {out.name}"))
-    if metrics:
-        (out / "eval.json").write_text(json.dumps(metrics, indent=2))
-    return out / "report.md"
+    return blocks + latent_section(run, out, check=check)

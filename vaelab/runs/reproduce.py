@@ -24,8 +24,10 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import json
 import platform
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -44,7 +46,8 @@ from vaelab.runs.stages import ais_minus_is, evaluate_in_blocks, evaluate_run
 from vaelab.runs.tables import chart_rows, paired_table, table
 
 # the names of the recipes, stages and tables modules that ``vaelab reproduce`` uses, here too
-__all__ = ["Recipe", "ais_minus_is", "chart_rows", "evaluate_in_blocks", "load_recipe",
+__all__ = ["Recipe", "ais_minus_is", "chart_rows", "cost_estimate", "evaluate_in_blocks",
+           "load_recipe",
            "paired_table", "parse_overrides", "recipe_names", "reproduce", "table"]
 
 
@@ -72,6 +75,7 @@ def reproduce(
     overrides: list[str] | tuple[str, ...] = (),
     evaluate: bool = True,
     progress: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Train (resuming) and evaluate every variant × seed of recipe ``name`` under ``out``;
     write ``out/reproduce.md`` and each run's ``reproduce/result.json``.
@@ -81,6 +85,9 @@ def reproduce(
     :param overrides: ``KEY=VALUE`` applied last (e.g. a smaller budget, stated in the table as
         the budget reached).
     :param evaluate: also evaluate (else train only).
+    :param progress: progress bars (training and evaluation).
+    :param say: called with one line per run, stage and block (``vaelab reproduce`` prints
+        them); ``None``: quiet.
     :returns: one result dict per run.
     """
     from vaelab.runs.folder import latest_commit
@@ -92,30 +99,72 @@ def reproduce(
     recipe, overrides = with_recipe_overrides(recipe, given)
     variants = variants or list(recipe.variants)
     results = []
-    for variant in variants:
-        for s in range(seeds):
-            cfg = recipe.config(variant, s, overrides)
-            run_dir = out / variant / f"seed{cfg.train.seed}"
-            # under torchrun train joins the process group, which the stages below then use
-            train(cfg, run_dir, resume=latest_commit(run_dir) is not None)
-            world = World.from_env()
-            history = on_main(partial(read_metrics, run_dir), world, "reading the metrics")
-            result = {"recipe": name, "variant": variant, "seed": cfg.train.seed,
-                      "run_dir": str(run_dir), "overrides": given,
-                      "published": recipe.published(variant), "pythae": recipe.pythae(variant),
-                      "budget_paper": recipe.meta.get("budget", ""),
-                      "budget": _budget_reached(cfg, history),
-                      "machine": _machine(world)}
-            if evaluate:
-                result.update(evaluate_run(recipe, run_dir, history, progress=progress))
-            if world.is_main:
-                (run_dir / "reproduce").mkdir(exist_ok=True)
-                atomic_write_text(run_dir / "reproduce" / "result.json",
-                                  json.dumps(json_safe(result), indent=1))
-            results.append(result)
+    tell = _teller(say)
+    # bars as asked, unless an override says otherwise (train.progress is a resumable key)
+    overrides = [f"train.progress={str(progress).lower()}", *overrides]
+    for i, (variant, s) in enumerate((v, s) for v in variants for s in range(seeds)):
+        cfg = recipe.config(variant, s, overrides)
+        run_dir = out / variant / f"seed{cfg.train.seed}"
+        resume = latest_commit(run_dir) is not None
+        tell(f"run {i + 1}/{len(variants) * seeds}: {name} {variant}, seed {cfg.train.seed} "
+             f"({run_dir}): training, {_epochs(cfg.train.epochs)}"
+             + (" (resumed from its last committed epoch)" if resume else ""))
+        # under torchrun train joins the process group, which the stages below then use
+        train(cfg, run_dir, resume=resume)
+        world = World.from_env()
+        history = on_main(partial(read_metrics, run_dir), world, "reading the metrics")
+        result = {"recipe": name, "variant": variant, "seed": cfg.train.seed,
+                  "run_dir": str(run_dir), "overrides": given,
+                  "published": recipe.published(variant), "pythae": recipe.pythae(variant),
+                  "budget_paper": recipe.meta.get("budget", ""),
+                  "budget": _budget_reached(cfg, history),
+                  "machine": _machine(world)}
+        if evaluate:
+            result.update(_evaluate(recipe, run_dir, history, progress, tell))
+        if world.is_main:
+            (run_dir / "reproduce").mkdir(exist_ok=True)
+            atomic_write_text(run_dir / "reproduce" / "result.json",
+                              json.dumps(json_safe(result), indent=1))
+        results.append(result)
     if World.from_env().is_main:
         atomic_write_text(out / "reproduce.md", table([out]))
     return results
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _teller(say: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``say`` on rank 0 (the other processes of a torchrun job say nothing); a no-op for
+    ``None``."""
+    from vaelab.runs.world import World
+
+    def tell(line: str) -> None:
+        if say is not None and World.from_env().is_main:
+            say(line)
+
+    return tell
+
+
+def _evaluate(recipe: Recipe, run_dir: Path, history: list[dict], progress: bool,
+              tell: Callable[[str], None]) -> dict:
+    """:func:`~vaelab.runs.stages.evaluate_run` with a line before and after (and its own
+    stage and block lines where it takes ``say``)."""
+    tell(f"evaluating {run_dir}: IS, then AIS and BDMC where the recipe has them; each "
+         "block is saved as it completes")
+    hook = {"say": tell} if "say" in inspect.signature(evaluate_run).parameters else {}
+    got = evaluate_run(recipe, run_dir, history, progress=progress, **hook)
+    done = [f"IS {got['is']['log_likelihood']:.2f}"]
+    if "ais" in got:
+        done.append(f"AIS {got['ais']['log_likelihood']:.2f}")
+    if "bdmc" in got:
+        done.append(f"BDMC [{got['bdmc']['lower_bound']:.2f}, {got['bdmc']['upper_bound']:.2f}] "
+                    "on simulated points")
+    if "paper_metric" in got:
+        done.append(f"Jang et al.'s metric {got['paper_metric']['jang_bound']:.2f}")
+    tell(f"evaluated {run_dir}: " + ", ".join(done) + " (nats per point)")
+    return got
 
 
 def _machine(world) -> str:
@@ -123,3 +172,45 @@ def _machine(world) -> str:
     procs = f" × {world.size} processes" if world.size > 1 else ""
     return f"{platform.machine()}, {torch.get_num_threads()} thread(s){procs}"
 
+
+
+#: the stages of a run's ``reproduce/result.json`` whose ``wall_s`` an estimate adds up
+_TIMED_STAGES = ("is", "paper_metric", "ais", "ais_vs_is", "bdmc")
+
+
+def cost_estimate(name: str, folder: str | Path | None = None) -> str:
+    """What one run (variant × seed) of recipe ``name`` costs at the recipe's own budget, from
+    the runs measured on this machine under ``folder`` (a recipe folder ``DIR/VARIANT/seedS``,
+    or a folder of recipe folders): the training time per epoch times the recipe's epochs (an
+    upper bound where early stopping applies), plus the evaluation stages as measured (a run
+    that shrank them with ``--set`` is measured at its own size). "not measured here" when no
+    run of the recipe is there."""
+    recipe = load_recipe(name)
+    found = []
+    if folder is not None:
+        for pattern in ("*/seed*/reproduce/result.json", "*/*/seed*/reproduce/result.json"):
+            for path in sorted(Path(folder).glob(pattern)):
+                try:
+                    got = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if isinstance(got, dict) and got.get("recipe") == name:
+                    found.append(got)
+    hours = []
+    for got in found:
+        budget = got.get("budget") or {}
+        epochs = budget.get("epochs") or 0
+        if not epochs or budget.get("train_wall_s") is None:
+            continue
+        planned = recipe.config(got["variant"]).train.epochs
+        seconds = budget["train_wall_s"] / epochs * planned
+        seconds += sum((got.get(k) or {}).get("wall_s") or 0.0 for k in _TIMED_STAGES)
+        hours.append((seconds / 3600, got.get("machine", "?"), got.get("overrides") or []))
+    if not hours:
+        return "cost: not measured here"
+    mean = sum(h for h, _, _ in hours) / len(hours)
+    shrunk = " (evaluation measured at a size shrunk by --set)" if any(
+        str(o).startswith(("eval.", "recipe.")) for _, _, ov in hours for o in ov) else ""
+    return (f"cost: about {mean:.1f} h per run (variant x seed) on {hours[0][1]}, from "
+            f"{len(hours)} measured run(s) in {folder}: training per epoch x the recipe's "
+            f"epochs, plus the evaluation stages{shrunk}")

@@ -9,6 +9,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +27,15 @@ from vaelab.inference.fused import fused_log_weights
 from vaelab.inference.marginal import MarginalEstimate, cache_rows, estimate_marginal
 from vaelab.inference.numerics import flush_denormals
 from vaelab.inference.proposals import make_proposal, proposal_name
+from vaelab.notes import note
 from vaelab.resolve import apply_overrides, resolve, resolve_eval
+from vaelab.runs.checkpoint import read_metrics
 from vaelab.runs.folder import best_state, latest_commit
 from vaelab.seed import seed_all
-from vaelab.vae import VAE, build_vae
+from vaelab.vae import VAE, build_vae, resolved
 
-__all__ = ["Run", "bytes_per_particle", "eval_config", "evaluate", "load_run"]
+__all__ = ["Run", "bytes_per_particle", "eval_config", "evaluate", "load_run", "read_eval",
+           "read_history"]
 
 
 @dataclass
@@ -42,6 +47,9 @@ class Run:
     pre: Preprocessor
     #: the loaded checkpoint's epoch, counted from 0 (``metrics.jsonl`` rows count from 1)
     epoch: int
+    #: the file whose parameters were loaded, where it differs from what was asked (a damaged
+    #: ``last.pt`` passed over for ``prev.pt``), else ``None``; recorded with every evaluation
+    checkpoint_file: str | None = None
 
     def split(self, name: str, limit: int | None = None) -> torch.Tensor:
         """A split, or ``limit`` of its points spread evenly over it
@@ -54,7 +62,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", data: DataSplits | N
              device: str | torch.device | None = None) -> Run:
     """Load ``run_dir/checkpoints/{best,last}.pt`` with the config saved in it (read at the
     version it was saved with, see :mod:`vaelab.resolve`), the VAE on ``device`` (default: the
-    run's ``train.device`` where this machine has it, :func:`vaelab.devices.run_device`)."""
+    run's ``train.device`` where this machine has it, :func:`vaelab.devices.run_device`).
+
+    ``checkpoint = "last"`` with a damaged ``last.pt`` loads the newest intact commit
+    (``prev.pt``): a note says so, and :attr:`Run.checkpoint_file` (recorded by
+    :func:`evaluate` as ``checkpoint_file``) names it."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     commit = latest_commit(run_dir)
@@ -63,14 +75,60 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", data: DataSplits | N
             f"no checkpoint {checkpoint!r} in {str(run_dir)!r} (expected {str(path)!r}); "
             "train first: vaelab train CONFIG --out DIR"
         )
-    state = best_state(run_dir) if checkpoint == "best" else commit.state
+    if checkpoint == "best" or commit is None:  # (no commit: a last.pt alone raised above)
+        state = best_state(run_dir)
+    else:
+        state = commit.state
+    scored = None
+    if checkpoint != "best" and commit is not None and commit.path.name != path.name:
+        scored = commit.path.name
+        why = "; ".join(commit.skipped) or f"{str(path)!r} is missing"
+        note(f"{why}; scoring {scored} (epoch {state['epoch'] + 1}), the newest intact commit, "
+             "instead (vaelab train ... --resume repairs the folder)")
     cfg = resolve(state["config"], saved=True)
     data = data if data is not None else load_dataset(cfg.data)
     device = run_device(cfg.train.device) if device is None else torch.device(device)
     vae = build_vae(cfg, data.train.shape[1], data.shape).to(device)
     vae.load_state_dict(state["model"])
     vae.eval()
-    return Run(run_dir, cfg, vae, data, Preprocessor(cfg.data, data), state["epoch"])
+    return Run(run_dir, cfg, vae, data, Preprocessor(cfg.data, data), state["epoch"], scored)
+
+
+def read_eval(run_dir: str | Path) -> dict | None:
+    """The evaluation results saved in ``run_dir/eval.json``, or ``None`` when it has none.
+
+    :raises ValueError: the file is not UTF-8 JSON holding an object; the message names the
+        file (and the line and column of a syntax error) in one line.
+    """
+    path = Path(run_dir) / "eval.json"
+    if not path.is_file():
+        return None
+    again = f"rebuild it with: vaelab evaluate {run_dir} --report"
+    try:
+        data = json.loads(path.read_bytes().decode())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); {again}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}): "
+                         f"{err.msg}; {again}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object of "
+                         f"results; {again}")
+    return data
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """The rows of ``run_dir/metrics.jsonl`` (:func:`~vaelab.runs.checkpoint.read_metrics`);
+    a damaged line is named in one line with the file and its line number (a ValueError)."""
+    out = Path(run_dir)
+    try:
+        return read_metrics(out)
+    except json.JSONDecodeError as err:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        where = next((i + 1 for i, t in enumerate(lines) if t == err.doc), "?")
+        raise ValueError(f"{out / 'metrics.jsonl'} is not valid JSON Lines (line {where}, "
+                         f"column {err.colno}): {err.msg}; vaelab train {out}/config.toml "
+                         f"--out {out} --resume rewrites it from the last commit") from None
 
 
 def eval_config(cfg: RunConfig, overrides: list[str]) -> EvalConfig:
@@ -99,17 +157,17 @@ def _check_method(run: Run, ec: EvalConfig) -> None:
     """Refuse estimators that need a continuous latent on a discrete one."""
     if run.vae.latent.continuous:
         return
-    latent = run.cfg.model.latent.name
+    latent = resolved(run.cfg.model.latent).name
     if ec.method == "ais":
         raise ValueError(
             f"eval.method = 'ais' needs a continuous latent; this run's latent type {latent!r} "
             "is discrete: use method 'is' (and the exact enumeration, reported when the latent "
             "space is small)"
         )
-    if ec.proposal.name in ("inflated", "student_t"):
+    if resolved(ec.proposal).name in ("inflated", "student_t"):
         raise ValueError(
-            f"eval.proposal = {proposal_name(ec.proposal)!r} widens a continuous guide; latent "
-            f"type {latent!r} is discrete: use proposal 'guide' or 'prior'"
+            f"eval.proposal = {proposal_name(resolved(ec.proposal))!r} widens a continuous "
+            f"guide; latent type {latent!r} is discrete: use proposal 'guide' or 'prior'"
         )
 
 
@@ -118,7 +176,7 @@ def _attach_exact(est: MarginalEstimate, vae: VAE, x: torch.Tensor, batch_size: 
     parts = [exact_log_likelihood(vae, x[i : i + batch_size])
              for i in range(0, x.shape[0], batch_size)]
     if parts and all(p is not None for p in parts):
-        est.exact_log_px = torch.cat([p.double().cpu() for p in parts])
+        est.exact_log_px = torch.cat([p.double().cpu() for p in parts if p is not None])
 
 
 def _add_log_jacobian(est: MarginalEstimate, jac: float) -> None:
@@ -126,13 +184,16 @@ def _add_log_jacobian(est: MarginalEstimate, jac: float) -> None:
     est.log_px, est.elbo = est.log_px + jac, est.elbo + jac
     if est.curve_log_px is not None:
         est.curve_log_px = est.curve_log_px + jac
+    if est.curve_elbo is not None:
+        est.curve_elbo = est.curve_elbo + jac
     if est.exact_log_px is not None:
         est.exact_log_px = est.exact_log_px + jac
 
 
 def _fused_path(run: Run, ec: EvalConfig) -> dict:
     """``eval.fused``: the fused log weights and cache-sized chunks, where they apply."""
-    fused = fused_log_weights(run.vae) if ec.fused and ec.proposal.name == "guide" else None
+    guide_proposal = resolved(ec.proposal).name == "guide"
+    fused = fused_log_weights(run.vae) if ec.fused and guide_proposal else None
     if fused is None:
         return {}
     return {"fused": fused, "chunk_rows": cache_rows(run.vae.generative.likelihood.param_size)}
@@ -142,7 +203,7 @@ def evaluate(
     run: Run,
     ec: EvalConfig | None = None,
     *,
-    progress: bool = False,
+    progress: bool | None = None,
     curve_ks: list[int] | None = None,
     points: slice | None = None,
     seed: int | None = None,
@@ -157,6 +218,7 @@ def evaluate(
 
     :param run: from :func:`load_run` or :meth:`vaelab.runs.train.TrainResult.run`.
     :param ec: the evaluation settings (default: the run's own ``[eval]``; see :func:`eval_config`).
+    :param progress: a progress bar on stderr (default: when stderr is a terminal).
     :param curve_ks: K values of the IS convergence curve (prefixes of the same draws).
     :param points: score only this slice of the ``limit`` points (after their preprocessing
         draw, so a slice sees the noise it sees in a whole pass): blocks of a resumable
@@ -166,6 +228,7 @@ def evaluate(
         dequantization Jacobian included; ``exact_log_px`` where a closed form applies).
     """
     ec = ec if ec is not None else run.cfg.eval
+    progress = sys.stderr.isatty() if progress is None else progress
     _check_method(run, ec)
     x = run.pre.eval_split(run.split(ec.split, ec.limit), ec.seed)  # (N, D)
     if points is not None:
@@ -186,7 +249,7 @@ def evaluate(
                 **_fused_path(run, ec),
                 diagnostics=ec.diagnostics, curve_ks=curve_ks,
             )
-            est.extra["proposal"] = proposal_name(ec.proposal)
+            est.extra["proposal"] = proposal_name(resolved(ec.proposal))
         else:
             est = estimate_marginal_ais(
                 model, guide, x, num_steps=ec.ais_steps, num_chains=ec.ais_chains,
@@ -198,5 +261,7 @@ def evaluate(
     jac = run.pre.log_jacobian_per_point(x.shape[1])
     if jac:
         _add_log_jacobian(est, jac)
-    est.extra.update(split=ec.split, log_jacobian=jac)
+    est.extra.update(split=ec.split, log_jacobian=jac, checkpoint_epoch=run.epoch + 1)
+    if run.checkpoint_file is not None:
+        est.extra["checkpoint_file"] = run.checkpoint_file
     return est

@@ -5,7 +5,9 @@
 points are cut into fixed blocks, block b scored by :func:`vaelab.runs.run.evaluate` with the seed
 (``eval.seed``, b); process r scores a contiguous range of blocks; the per-point results are
 all-gathered and concatenated in block order: no padding, no duplicate, the numbers of one
-process scoring the same blocks.
+process scoring the same blocks. :func:`evaluate_sharded` cuts the same blocks on any number
+of processes (``eval.block_size``, default ``eval.batch_size``), so ``vaelab evaluate`` and
+``torchrun --nproc_per_node=W -m vaelab evaluate`` give the same numbers (issue 28, item 7).
 
 ::
 
@@ -32,13 +34,13 @@ __all__ = ["bdmc_sharded", "evaluate_sharded"]
 def evaluate_sharded(run: Run, ec: EvalConfig | None = None, *, progress: bool = False,
                      curve_ks: list[int] | None = None) -> MarginalEstimate:
     """:func:`vaelab.runs.run.evaluate` over the processes of a torchrun job: the points in
-    blocks of ``eval.block_size`` (default under torchrun: ``eval.batch_size``), block b seeded by
+    blocks of ``eval.block_size`` (default: ``eval.batch_size``), block b seeded by
     :func:`block_seed` (``eval.seed``, b), each process scoring its share of the blocks
-    (:func:`score_blocks`); IS and AIS alike. In one process without ``eval.block_size``: one
-    pass, exactly :func:`vaelab.runs.run.evaluate`.
+    (:func:`score_blocks`); IS and AIS alike. The blocks do not depend on the number of
+    processes: one process cuts the same blocks and gets the same per-point numbers.
 
     :returns: the estimate over all the points in their order, the same on every process and
-        the same as one process scoring the same blocks.
+        the same on any number of processes.
 
     Example::
 
@@ -47,9 +49,9 @@ def evaluate_sharded(run: Run, ec: EvalConfig | None = None, *, progress: bool =
     """
     ec = ec if ec is not None else run.cfg.eval
     world = join(next(run.vae.parameters()).device)
-    block = ec.block_size or (ec.batch_size if world.size > 1 else None)
+    block = ec.block_size or ec.batch_size  # never the number of processes: same numbers
     n = run.split(ec.split, ec.limit).shape[0]
-    if block is None or n == 0:  # n == 0: evaluate says so in one line
+    if n == 0:  # evaluate says so in one line
         return evaluate(run, ec, progress=progress, curve_ks=curve_ks)
 
     def one(b: int, points: slice) -> MarginalEstimate:

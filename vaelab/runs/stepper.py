@@ -1,12 +1,13 @@
 r"""One training step: :meth:`pyro.infer.SVI.step`'s semantics on one torch optimizer.
 
 A step is what :meth:`pyro.infer.SVI.step` does — ``objective.loss_and_grads(model, guide, x)``
-then an optimizer step — with one ``torch.optim.Adam`` over all parameters (one fused update
+then an optimizer step — with one torch optimizer over all parameters (one fused update
 instead of ``pyro.optim``'s optimizer per tensor, which costs a third of Pyro's per-step
-overhead): :class:`Stepper`. Around it, what a step needs: the learning rate
-(:func:`learning_rate`, ``train.lr_schedule``), the KL weight β of warm-up (:func:`kl_weight`),
-and the step losses read back to the host in batches and checked for divergence
-(:class:`StepLosses`, :class:`NonFiniteLossError`).
+overhead): :class:`Stepper`, its optimizer chosen by ``train.optimizer`` in one place
+(:func:`make_optimizer`: Adam, or SGD with momentum). Around it, what a step needs: the
+learning rate (:func:`learning_rate`, ``train.lr_schedule``), the KL weight β of warm-up
+(:func:`kl_weight`), and the step losses read back to the host in batches and checked for
+divergence (:class:`StepLosses`, :class:`NonFiniteLossError`).
 """
 
 from __future__ import annotations
@@ -27,20 +28,42 @@ from vaelab.seed import derived_generator
 from vaelab.vae import VAE
 
 __all__ = ["NonFiniteLossError", "StepLosses", "Stepper", "iwae_stage", "kl_weight",
-           "learning_rate"]
+           "learning_rate", "make_optimizer"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN/inf; the last good checkpoint is left intact."""
 
 
+def make_optimizer(tc: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The one torch optimizer of ``train.optimizer`` over ``params``, fused:
+
+    * ``adam`` and ``adam_normgrad`` (the gradients normalized first, by :class:`Stepper`):
+      ``torch.optim.Adam`` with ``train.adam_betas`` and ``train.adam_eps``;
+    * ``sgd``: ``torch.optim.SGD`` with ``train.momentum`` μ (v ← μ v + g, θ ← θ − lr · v; the
+      first step's v is g). Its momentum buffers start at zero (μ · 0 + g = g, torch's first
+      step), so that a step skipped on the device (``found_inf``, :meth:`Stepper.step`) leaves
+      them defined: torch's fused SGD fills them from uninitialized memory on a skipped first
+      step.
+    """
+    if tc.optimizer == "sgd":
+        sgd = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, fused=True)
+        if tc.momentum:
+            for p in params:
+                sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return sgd
+    betas = (tc.adam_betas[0], tc.adam_betas[1])
+    return torch.optim.Adam(params, lr=tc.lr, betas=betas, eps=tc.adam_eps, fused=True)
+
+
 class Stepper:
-    """One SVI step: the objective's loss and gradients, then one fused ``torch.optim.Adam``
-    over every parameter; with ``parallel`` (:mod:`vaelab.runs.data_parallel`), the loss and
-    gradients over the processes of a torchrun job, with per-point draws. There is one driver:
+    """One SVI step: the objective's loss and gradients, then one fused torch optimizer
+    (:func:`make_optimizer`) over every parameter; with ``parallel``
+    (:mod:`vaelab.runs.data_parallel`), the loss and gradients over the processes of a torchrun
+    job, with per-point draws. There is one driver:
     the second, ``train.driver = "svi"``, is gone (an old config's is dropped when it is read)."""
 
-    optimizer: torch.optim.Adam
+    optimizer: torch.optim.Optimizer
 
     def __init__(self, tc: TrainConfig, vae: VAE, objective, eager=None,
                  parallel: DataParallel | None = None):
@@ -62,9 +85,7 @@ class Stepper:
         #: on the device and a non-finite step is skipped there (Adam's ``found_inf``)
         self.sync_every = tc.sync_every or (50 if device.type == "cuda" else 1)
         self.steps = 0  #: steps taken by this stepper (since it was made)
-        betas = (tc.adam_betas[0], tc.adam_betas[1])
-        self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, betas=betas, eps=tc.adam_eps,
-                                          fused=True)
+        self.optimizer = make_optimizer(tc, self.params)
 
     def set_lr(self, epoch: int, step: int) -> float:
         """Set the learning rate of the step about to be taken (:func:`learning_rate`)."""
@@ -125,7 +146,7 @@ class Stepper:
         if self.clip_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm, foreach=True)
         # without clipping only the loss is checked: a NaN gradient makes the next loss NaN
-        if isinstance(loss, torch.Tensor):  # on the device: the fused Adam skips a bad step
+        if isinstance(loss, torch.Tensor):  # on the device: the fused optimizer skips a bad step
             bad = ~torch.isfinite(loss)
             if norm is not None:
                 bad = bad | ~torch.isfinite(norm)

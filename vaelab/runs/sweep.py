@@ -20,6 +20,11 @@ each run is one of (:func:`vaelab.runs.grid.plan`)
 * **new**: no commit — trained from scratch;
 * **busy**: another live process holds the folder's lock — not started, reported.
 
+Each run's state is found again just before it starts: two sweeps on one folder share the work
+(:mod:`vaelab.runs.executors`). A run another sweep is running is waited for, then reported
+"done by another process" (or resumed, if that sweep stopped short), never FAILED; only the
+sweep that runs a run writes its log.
+
 ``DIR/sweep.json`` lists the cells, their overrides and their run folders (written atomically);
 each run's output is ``DIR/logs/<cell>/seed<N>.log``. Runs go to local processes, ``--jobs N``
 at a time (each with ``train.num_threads = max(1, cores // N)`` unless the config or ``--set``
@@ -140,14 +145,20 @@ def sweep(
         return 0
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out, Path(config).absolute(), grid, seeds, list(overrides), cells)
-    result = run_sweep(cells, jobs=jobs, executor=sub)
+    return _report(out, run_sweep(cells, jobs=jobs, executor=sub))
+
+
+def _report(out: Path, result: dict) -> int:
+    """The sweep's last lines (and a line per failed run on stderr); its exit status."""
     signum = result["signum"]
     stopped = {128 + signum, -signum} if signum is not None else set()
     failed = [(label, o) for label, o in result["outcomes"].items()
               if not o.ok and o.rc not in stopped]
     done = sum(o.ok for o in result["outcomes"].values())
+    elsewhere = len(result["elsewhere"])
     say(f"sweep {out}: {done} run(s) trained, {len(result['skipped'])} already finished, "
-         f"{len(failed)} failed, {len(result['busy'])} busy"
+         + (f"{elsewhere} trained by another process, " if elsewhere else "")
+         + f"{len(failed)} failed, {len(result['busy'])} busy"
          + (f", {len(result['not_started'])} not started" if result["not_started"] else "")
          + (f", {len(result['outcomes']) - done - len(failed)} stopped" if stopped else ""))
     for label, o in failed:

@@ -1,18 +1,37 @@
 """The reproducibility table and chart (``vaelab reproduce --table`` and ``--plot``).
 
-:func:`table` gathers the results (``RUN/reproduce/result.json``) of any set of recipe folders
-into the Markdown table of ``experiments/results/reproduce.md``, one row per (recipe, variant)
-over its seeds; :func:`paired_table` the paired differences between variants, image by image on
-the test images both scored; :func:`chart_rows` the table's rows as numbers for
+:func:`table` gathers the results (``RUN/reproduce/result.json``) of any set of recipe folders,
+or of their exported files (:func:`export_runs`), into the Markdown table of
+``experiments/results/reproduce.md``, one row per (recipe, variant) over its seeds;
+:func:`paired_table` the paired differences between variants, image by image on the test
+images both scored; :func:`chart_rows` the table's rows as numbers for
 :func:`vaelab.runs.plots.save_reproduce_chart`. A figure over seeds follows one rule
 (:func:`vaelab.runs.stats.across_seeds`): one seed, its value ± its standard error over the
 test images; several, the mean ± the sample standard deviation of the seeds' values.
+
+A row's headline is the published figure's quantity on the model that was evaluated: IS
+log p(x) with K = 5000, or, for a discrete latent (``metric = "elbo"``), the bounds on the
+*discrete* model from the first m = 1000 one-hot draws of the IS pass (the mean single-sample
+ELBO, which the chart plots, and the m-sample importance-weighted bound beside it). The
+relaxed-sample figure of :mod:`vaelab.inference.relaxed_bound` bounds neither model: it is
+never a headline, and where the table shows it, it says so.
+
+**Regenerable.** :func:`export_runs` writes a run's small results (resolved config,
+``metrics.jsonl``, ``result.json`` without machine paths, and IS log p̂ and ELBO per test point
+as TSV with 4 decimals; format :data:`EXPORT_FORMAT`) under ``DEST/RECIPE/VARIANT/seedS/``;
+:func:`table` reads those folders as it reads run folders, and gives the same table, paired cells
+included (the per-point values are rounded to 4 decimals in both). :func:`update_block`
+rewrites the marked block of a Markdown file; ``python -m vaelab.runs.tables`` does both
+(``make results``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
+import tomllib
 from pathlib import Path
 
 import torch
@@ -20,16 +39,36 @@ import torch
 from vaelab.runs.recipes import Recipe, load_recipe
 from vaelab.runs.stats import across_seeds, stat
 
-__all__ = ["chart_rows", "paired_table", "table"]
+__all__ = ["BEGIN", "END", "EXPORT_FORMAT", "chart_rows", "export_runs", "missing_figures",
+           "paired_table", "table", "update_block"]
+
+#: the version of an exported run's files (``DEST/RECIPE/VARIANT/seedS/``)
+EXPORT_FORMAT = 1
+#: an exported run's IS per test point: ``point``, ``log_px``, ``elbo`` (4 decimals)
+POINTS_FILE = "is_points.tsv"
+#: the markers of the regenerated block in a Markdown file
+BEGIN, END = "<!-- table:begin -->", "<!-- table:end -->"
+
+
+def _result_paths(folder: Path) -> list[tuple[Path, Path]]:
+    """(result.json, the run's folder) under ``folder``: a recipe folder of run folders
+    (``VARIANT/seedS/reproduce/result.json``), an exported recipe folder
+    (``VARIANT/seedS/result.json``) or a folder of exported recipes
+    (``RECIPE/VARIANT/seedS/result.json``)."""
+    runs = [(p, p.parent.parent) for p in sorted(folder.glob("*/seed*/reproduce/result.json"))]
+    exported = [(p, p.parent) for p in sorted(folder.glob("*/seed*/result.json"))
+                + sorted(folder.glob("*/*/seed*/result.json"))]
+    return runs + exported
+
 
 def _results(folders: list[Path]) -> list[dict]:
-    """Every ``result.json`` under the recipe folders, each with ``"_dir"``, the run folder it
-    is in now (``run_dir`` says where it was run)."""
+    """Every ``result.json`` under the recipe folders, each with ``"_dir"``, the run folder (or
+    exported folder) it is in now (``run_dir`` says where it was run)."""
     found: list[dict] = []
     where: dict[tuple, str] = {}
     for folder in folders:
-        for path in sorted(Path(folder).glob("*/seed*/reproduce/result.json")):
-            r = {**json.loads(path.read_text()), "_dir": str(path.parent.parent)}
+        for path, run in _result_paths(Path(folder)):
+            r = {**json.loads(path.read_text()), "_dir": str(run)}
             key = (r["recipe"], r["variant"], r["seed"])
             if key in where and where[key] != r["_dir"]:  # not a second seed: refuse to mix
                 raise ValueError(
@@ -40,9 +79,35 @@ def _results(folders: list[Path]) -> list[dict]:
     return found
 
 
+def _rounded(v: torch.Tensor) -> torch.Tensor:
+    """``v`` as its 4-decimal text reads back (what an exported file holds), float64."""
+    return torch.tensor([float(f"{x:.4f}") for x in v.tolist()], dtype=torch.float64)
+
+
 def _is_points(result: dict) -> tuple[dict, torch.Tensor, torch.Tensor] | None:
-    """A run's IS stage per point, read from its blocks: (the stamp's estimand, log p̂(x) and
-    the ELBO, each ``(N,)``); None where the stage is not complete."""
+    """A run's IS stage per point, read from its blocks or its exported TSV: (the points scored,
+    ``split`` and ``limit``; log p̂(x) and the ELBO, each ``(N,)``, rounded to 4 decimals as
+    exported); None where the stage is not complete."""
+    if "format_version" in result:  # exported
+        return _exported_points(result)
+    raw = _block_points(result)
+    return None if raw is None else (raw[0], _rounded(raw[1]), _rounded(raw[2]))
+
+
+def _exported_points(result: dict) -> tuple[dict, torch.Tensor, torch.Tensor] | None:
+    """:func:`_is_points` of an exported run (its :data:`POINTS_FILE`)."""
+    path = Path(result["_dir"]) / POINTS_FILE
+    if "is" not in result or not path.is_file():
+        return None
+    rows = [ln.split("\t") for ln in path.read_text().splitlines()[2:] if ln]
+    log_px = torch.tensor([float(r[1]) for r in rows], dtype=torch.float64)
+    elbo = torch.tensor([float(r[2]) for r in rows], dtype=torch.float64)
+    spec = result["is_points"]
+    return {"split": spec["split"], "limit": spec["limit"]}, log_px, elbo
+
+
+def _block_points(result: dict) -> tuple[dict, torch.Tensor, torch.Tensor] | None:
+    """:func:`_is_points` of a run folder, read from its blocks, as computed."""
     from vaelab.runs.checkpoint import load_checkpoint
 
     paths = sorted((Path(result["_dir"]) / "reproduce" / "is").glob("block_*.pt"))
@@ -74,7 +139,7 @@ def paired_table(folders: list[str | Path]) -> str:
         order = list(recipe.variants)
         runs = {(r["variant"], r["seed"]): r for r in rows if r["recipe"] == name}
         present = sorted({v for v, _ in runs}, key=lambda v: order.index(v) if v in order else 99)
-        pairs = recipe.meta.get("paired") or [(v, present[0]) for v in present[1:]]
+        pairs = recipe.table.paired or [(v, present[0]) for v in present[1:]]
         for variant, ref in pairs:
             ref_recipe, ref_variant = ref.split("/") if "/" in ref else (name, ref)
             per_seed = []
@@ -142,69 +207,95 @@ def _grouped(folders: list[str | Path]) -> dict[tuple[str, str], list[dict]]:
 
 
 def _headline(recipe: Recipe, rs: list[dict]) -> tuple[str, list[float], list[float]]:
-    """A row's headline metric, the one its published figure is: its name, and per seed its
+    """A row's headline metric, the published figure's quantity: its name, and per seed its
     value and standard error over the test images. IS log p(x) (K = 5000) unless the recipe's
-    ``metric`` is ``elbo``: then Jang et al.'s bound where it was computed (the relaxed Gumbel
-    rows), else the test ELBO."""
-    if recipe.meta.get("metric", "log_likelihood") != "elbo":
-        runs = [r["is"] for r in rs if "is" in r]
-        return "", [s["log_likelihood"] for s in runs], [s["log_likelihood_stderr"] for s in runs]
-    jang = [r["paper_metric"] for r in rs if "paper_metric" in r]
-    if jang:
-        return "Jang bound ", [s["jang_bound"] for s in jang], [s["jang_bound_stderr"]
-                                                                  for s in jang]
+    ``metric`` is ``elbo``: then a bound on the discrete model with one-hot samples, the mean
+    single-sample ELBO of the first m draws of the IS pass (``is.first_draws``; a run evaluated
+    before those were kept: the mean over all K draws). Never the relaxed-sample figure
+    (``paper_metric``), which bounds neither model."""
     runs = [r["is"] for r in rs if "is" in r]
-    return "test ELBO ", [s["elbo"] for s in runs], [s["elbo_stderr"] for s in runs]
+    if recipe.table.metric != "elbo":
+        return "", [s["log_likelihood"] for s in runs], [s["log_likelihood_stderr"] for s in runs]
+    first = [s["first_draws"] for s in runs if "first_draws" in s]
+    if first and len(first) == len(runs):
+        return (f"one-hot ELBO, first {first[0]['m']} draws ", [f["elbo"] for f in first],
+                [f["elbo_stderr"] for f in first])
+    return (f"one-hot ELBO, K = {runs[0]['num_samples']} draws " if runs else "",
+            [s["elbo"] for s in runs], [s["elbo_stderr"] for s in runs])
+
+
+def _discrete_cells(rs: list[dict], label: str, main: str) -> tuple[str, str]:
+    """The headline and second cells of a discrete row: the one-hot ELBO and the m-sample IW
+    bound of the same draws; then IS log p(x) and the ELBO over all K draws, and the
+    relaxed-sample figure, where computed, said to bound neither model."""
+    first = [r["is"]["first_draws"] for r in rs if "first_draws" in r.get("is", {})]
+    cell = label + main
+    if first:
+        cell += f"; IW bound, m = {first[0]['m']}: {_mean_sd([f['iw_bound'] for f in first])}"
+    k = rs[0].get("is", {}).get("num_samples")
+    other = (f"IS (K = {k}) {_mean_sd([r.get('is', {}).get('log_likelihood') for r in rs])}; "
+             f"one-hot ELBO, K = {k} draws {_mean_sd([r.get('is', {}).get('elbo') for r in rs])}")
+    jang = [r["paper_metric"]["jang_bound"] for r in rs if "paper_metric" in r]
+    if jang:
+        other += f"; relaxed-sample figure {_mean_sd(jang)}, bounds neither model"
+    return cell, other
+
+
+def _ais_cell(rs: list[dict]) -> str:
+    """AIS over seeds, and AIS − IS on the same points."""
+    ais = [r["ais"]["log_likelihood"] for r in rs if "ais" in r]
+    if not ais:
+        return "n/a"
+    a = next(r["ais"] for r in rs if "ais" in r)
+    cell = f"{_mean_sd(ais)} on {a['num_points']} points, T = {a['steps']}, {a['chains']} chains"
+    paired = [r["ais_vs_is"] for r in rs if r.get("ais_vs_is", {}).get("num_points")]
+    if len(paired) == 1:
+        p = paired[0]
+        cell += (f"; AIS − IS on the same {p['num_points']} points {p['mean']:+.2f} ± "
+                 f"{p['stderr']:.2f} (se)")
+    elif paired:
+        cell += f"; AIS − IS on the same points {_mean_sd([p['mean'] for p in paired])}"
+    return cell
+
+
+def _row(name: str, variant: str, rs: list[dict]) -> str:
+    """One row of :func:`table`: (recipe, variant) over its seeds ``rs``."""
+    recipe = load_recipe(name)
+    label, values, _ = _headline(recipe, rs)
+    main = _mean_sd(values)
+    k = rs[0].get("is", {}).get("num_samples")
+    if recipe.table.metric == "elbo":
+        cell, other = _discrete_cells(rs, label, main)
+    else:
+        cell = main + (f", K = {k}" if k not in (None, 5000) else "")  # the header's K
+        other = _mean_sd([r.get("is", {}).get("elbo") for r in rs])
+    gaps = [r["bdmc"]["gap"] for r in rs if "bdmc" in r]
+    gap_s = (f"{_mean_sd(gaps)} ({rs[0]['bdmc']['num_points']} sim. pts)" if gaps else "n/a")
+    b = rs[0]["budget"]
+    reached = (f"{b['epochs']} / {b['epochs_planned']} epochs ({b['steps']} steps), best "
+               f"{b['best_epoch']}" + _picked_by(b.get("valid_particles", 1))
+               + (", early-stopped" if b["early_stopped"] else "")
+               + ("" if b["finished"] else ", **unfinished**"))
+    wall = sum(r["budget"]["train_wall_s"] + sum(_stage_seconds(r.get(k, {})) for k in
+                                                 ("is", "paper_metric", "ais", "bdmc"))
+               for r in rs) / 3600
+    sets = "".join(f" --set '{o}'" for o in rs[0].get("overrides", []))
+    return (f"| {name} | {variant} | {_fmt(recipe.published(variant))} | "
+            f"{_fmt(recipe.pythae(variant))} | {cell} | {other} | {_ais_cell(rs)} | {gap_s} | "
+            f"{rs[0]['budget_paper']} / {reached} | {wall:.1f} h, {rs[0]['machine']} | "
+            f"`vaelab reproduce {name} --out DIR --variant {variant}{sets}` |")
 
 
 def table(folders: list[str | Path]) -> str:
-    """The reproducibility table over the recipe folders ``folders`` (Markdown)."""
-    groups = _grouped(folders)
+    """The reproducibility table over the recipe folders ``folders`` (run folders or exported
+    ones, :func:`export_runs`), Markdown, with the paired differences under it."""
     lines = [
-        "| recipe | variant | published | pythae | vaelab (IS log p(x), K = 5000) | test ELBO | "
+        "| recipe | variant | published | pythae | vaelab (IS log p(x), K = 5000; discrete: "
+        "one-hot bounds of the first m draws) | test ELBO (discrete: IS and ELBO over K) | "
         "AIS | BDMC gap | budget paper / reached | wall | command |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
-    for (name, variant), rs in groups.items():
-        recipe = load_recipe(name)
-        metric = recipe.meta.get("metric", "log_likelihood")
-        is_vals = [r.get("is", {}).get("log_likelihood") for r in rs]
-        elbo = [r.get("is", {}).get("elbo") for r in rs]
-        label, values, _ = _headline(recipe, rs)
-        main = _mean_sd(values)
-        k = rs[0].get("is", {}).get("num_samples")
-        main += f", K = {k}" if k not in (None, 5000) else ""  # the header's K, else says so
-        other = _mean_sd(elbo)
-        if metric == "elbo":
-            other = f"discrete ELBO {_mean_sd(elbo)}, IS {_mean_sd(is_vals)}"
-        ais = [r["ais"]["log_likelihood"] for r in rs if "ais" in r]
-        ais_s = (f"{_mean_sd(ais)} on {rs[0]['ais']['num_points']} points, T = "
-                 f"{rs[0]['ais']['steps']}, {rs[0]['ais']['chains']} chains" if ais else "n/a")
-        paired = [r["ais_vs_is"] for r in rs if r.get("ais_vs_is", {}).get("num_points")]
-        if len(paired) == 1:
-            p = paired[0]
-            ais_s += (f"; AIS − IS on the same {p['num_points']} points {p['mean']:+.2f} ± "
-                      f"{p['stderr']:.2f} (se)")
-        elif paired:
-            ais_s += f"; AIS − IS on the same points {_mean_sd([p['mean'] for p in paired])}"
-        gaps = [r["bdmc"]["gap"] for r in rs if "bdmc" in r]
-        gap_s = (f"{_mean_sd(gaps)} ({rs[0]['bdmc']['num_points']} sim. pts)" if gaps else "n/a")
-        b = rs[0]["budget"]
-        reached = (f"{b['epochs']} / {b['epochs_planned']} epochs ({b['steps']} steps), best "
-                   f"{b['best_epoch']}" + _picked_by(b.get("valid_particles", 1))
-                   + (", early-stopped" if b["early_stopped"] else "")
-                   + ("" if b["finished"] else ", **unfinished**"))
-        wall = sum(r["budget"]["train_wall_s"] + sum(_stage_seconds(r.get(k, {})) for k in
-                                                     ("is", "paper_metric", "ais", "bdmc"))
-                   for r in rs) / 3600
-        cols = label + main
-        extra = other
-        sets = "".join(f" --set '{o}'" for o in rs[0].get("overrides", []))
-        lines.append(
-            f"| {name} | {variant} | {_fmt(recipe.published(variant))} | "
-            f"{_fmt(recipe.pythae(variant))} | {cols} | {extra} | {ais_s} | {gap_s} | "
-            f"{rs[0]['budget_paper']} / {reached} | {wall:.1f} h, {rs[0]['machine']} | "
-            f"`vaelab reproduce {name} --out DIR --variant {variant}{sets}` |")
+    lines += [_row(name, variant, rs) for (name, variant), rs in _grouped(folders).items()]
     paired_md = paired_table(folders)
     return "\n".join(lines) + "\n" + (f"\nPaired, on the same test images:\n\n{paired_md}"
                                       if paired_md else "")
@@ -236,3 +327,127 @@ def chart_rows(folders: list[str | Path]) -> list[dict]:
             "bdmc_gap": (across_seeds([g["gap"] for g in bdmc], [g["gap_stderr"] for g in bdmc])
                          if bdmc else None)})
     return out
+
+
+def _machine_paths(obj, where: str) -> list[str]:
+    """The strings of ``obj`` (nested) that name a place on a machine (an absolute or home
+    path), each as ``where: value``."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in _machine_paths(v, f"{where}.{k}")]
+    if isinstance(obj, list):
+        return [p for v in obj for p in _machine_paths(v, where)]
+    if isinstance(obj, str) and any(obj.startswith(a) or f"={a}" in obj for a in ("/", "~")):
+        return [f"{where}: {obj!r}"]
+    return []
+
+
+def export_runs(dest: str | Path, folders: list[str | Path]) -> list[Path]:
+    """Write the small results of every evaluated run under the recipe folders ``folders`` to
+    ``dest/RECIPE/VARIANT/seedS/``: ``config.toml`` (the resolved config), ``metrics.jsonl``,
+    ``result.json`` (without ``run_dir``, with ``format_version`` and ``is_points``) and
+    :data:`POINTS_FILE`; no checkpoints. A run whose IS stage is incomplete is left out.
+
+    :returns: the folders written.
+    :raises ValueError: a file would carry a machine path (named, in one line)."""
+    written = []
+    for r in _results([Path(f) for f in folders]):
+        points = None if "format_version" in r else _block_points(r)
+        if points is None:
+            continue
+        run = Path(r["_dir"])
+        config = (run / "config.toml").read_text()
+        metrics = (run / "metrics.jsonl").read_text()
+        result = {k: v for k, v in r.items() if not k.startswith("_") and k != "run_dir"}
+        result.update(format_version=EXPORT_FORMAT, is_points={
+            "file": POINTS_FILE, **points[0], "columns": ["point", "log_px", "elbo"]})
+        found = (_machine_paths(result, "result.json")
+                 + _machine_paths(tomllib.loads(config), "config.toml")
+                 + [p for ln in metrics.splitlines() if ln
+                    for p in _machine_paths(json.loads(ln), "metrics.jsonl")])
+        if found:
+            raise ValueError(f"{run}: would export a machine path, {found[0]}")
+        target = Path(dest) / r["recipe"] / r["variant"] / f"seed{r['seed']}"
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "config.toml").write_text(config)
+        (target / "metrics.jsonl").write_text(metrics)
+        (target / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        (target / POINTS_FILE).write_text(_points_tsv(result, points[1], points[2]))
+        written.append(target)
+    return written
+
+
+def _points_tsv(result: dict, log_px: torch.Tensor, elbo: torch.Tensor) -> str:
+    """:data:`POINTS_FILE`: a comment line (the format and what was scored), a header, one line
+    per test point with 4 decimals."""
+    spec, k = result["is_points"], result["is"]["num_samples"]
+    head = (f"# vaelab reproduce export, format {EXPORT_FORMAT}: IS with K = {k} per point of "
+            f"the {spec['split']} split (limit {spec['limit']}), nats\n"
+            "point\tlog_px\telbo\n")
+    return head + "".join(f"{i}\t{a:.4f}\t{b:.4f}\n"
+                          for i, (a, b) in enumerate(zip(log_px.tolist(), elbo.tolist())))
+
+
+def update_block(path: str | Path, folders: list[str | Path]) -> bool:
+    """Rewrite the block between :data:`BEGIN` and :data:`END` of the Markdown file ``path``
+    with :func:`table` of ``folders``; :returns: whether the file changed.
+    :raises ValueError: the file has no such block."""
+    path = Path(path)
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{path}: no {BEGIN} ... {END} block to rewrite")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{table(folders)}{END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def block_of(path: str | Path) -> str:
+    """The block between :data:`BEGIN` and :data:`END` of a Markdown file, as :func:`table`
+    wrote it."""
+    text = Path(path).read_text()
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].removeprefix("\n")
+
+
+def missing_figures(text: str, block: str) -> list[str]:
+    """The figures of ``text`` (numbers with two decimals, e.g. −88.32 or +0.45, the way the
+    table prints them) that are not in ``block``: a README must quote only figures the
+    regenerated table holds."""
+    import re
+
+    def figures(t: str) -> list[str]:
+        return [m.replace("−", "-") for m in re.findall(r"[−+-]?\d+\.\d\d(?!\d)", t)]
+
+    held = {f.lstrip("+-") for f in figures(block)}
+    return [f for f in figures(text) if f.lstrip("+-") not in held]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vaelab.runs.tables``: ``--export DEST RUNS...`` writes the runs' small
+    results; ``--into FILE FOLDERS...`` rewrites FILE's table block (and ``--plot PATH`` the
+    chart, when there is a row)."""
+    p = argparse.ArgumentParser(prog="python -m vaelab.runs.tables", description=main.__doc__)
+    p.add_argument("folders", nargs="+", metavar="DIR")
+    p.add_argument("--export", metavar="DEST", help="export the runs of DIR... to DEST")
+    p.add_argument("--into", metavar="FILE", help="rewrite FILE's table block from DIR...")
+    p.add_argument("--plot", metavar="PATH", help="with --into: the chart, as PNG")
+    args = p.parse_args(argv)
+    if args.export:
+        for target in export_runs(args.export, args.folders):
+            print(f"exported: {target}")
+    if args.into:
+        changed = update_block(args.into, args.folders)
+        print(f"{args.into}: table {'rewritten' if changed else 'unchanged'}")
+        rows = chart_rows(args.folders)
+        if args.plot and rows:
+            from vaelab.runs.plots import save_reproduce_chart
+
+            print(f"chart: {save_reproduce_chart(args.plot, rows)}")
+        elif args.plot:
+            print("no evaluated row: no chart drawn", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -259,6 +259,12 @@ class MLflowTracker(Tracker):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise _missing("mlflow", "mlflow-skinny") from None
+        if "'" in log.experiment:
+            # the file store finds (and, before creating, checks) an experiment by the filter
+            # name = '<name>', the name written unquoted: a ' ends the string early
+            raise ConfigError(
+                f"log.experiment: {log.experiment!r} holds a ' (single quote), which MLflow's "
+                "file store cannot look up; choose a name without it")
         self._client_type, self._error = MlflowClient, MlflowException
         self._metric, self._param, self._tag = Metric, Param, RunTag
         root = out if log.dir is None else Path(log.dir).expanduser()
@@ -362,7 +368,8 @@ class Tracking:
         """The trackers ``cfg.log.backends`` names, for run folder ``out`` (nothing written).
 
         :raises ConfigError: a backend's library is not installed (one line naming the
-            ``pip install``).
+            ``pip install``), or ``log.experiment`` holds a ``'``, which MLflow's file store
+            cannot look up.
         """
         out = Path(out)
         return cls(cfg.log, out, cfg, [BACKENDS[name](cfg.log, out) for name in cfg.log.backends])

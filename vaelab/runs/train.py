@@ -1,7 +1,7 @@
 r"""The training loop: SVI semantics, exact resume, a function that reads top to bottom.
 
 Each step is what :meth:`pyro.infer.SVI.step` does — ``objective.loss_and_grads(model, guide,
-x)`` then an optimizer step — on one ``torch.optim.Adam`` over all parameters
+x)`` then an optimizer step — on one torch optimizer over all parameters (``train.optimizer``)
 (:class:`~vaelab.runs.stepper.Stepper`). Per epoch: the validation ELBO, ``metrics.jsonl``, an
 atomic ``checkpoints/last.pt`` (networks, optimizer, RNG states, epoch, resolved config) and
 ``checkpoints/best.pt`` at the best validation ELBO; optional early stopping and KL warm-up
@@ -35,7 +35,14 @@ from vaelab.inference.objectives._jit import TensorArgsMixin, compiled_matches_e
 from vaelab.notes import note
 from vaelab.runs.checkpoint import atomic_write_text
 from vaelab.runs.data_parallel import DataParallel, data_parallel
-from vaelab.runs.folder import Commit, StopSignals, best_state, commit, latest_commit
+from vaelab.runs.folder import (
+    Commit,
+    Interrupted,
+    StopSignals,
+    best_state,
+    commit,
+    latest_commit,
+)
 from vaelab.runs.resume import (
     Progress,
     check_folder,
@@ -235,6 +242,18 @@ def save_epoch(out: Path, cfg: RunConfig, vae: VAE, stepper: Stepper, progress: 
     commit(out, state, is_best)
 
 
+def stop_if_requested(stop: StopSignals, progress: Progress) -> None:
+    """After the last epoch's commit: a SIGINT/SIGTERM that arrived since the last step check
+    (while the epoch was validated and committed) is a stop request all the same, so
+    :class:`~vaelab.runs.folder.Interrupted` is raised and what follows training (the report,
+    ``--evaluate``) does not run; the folder holds every epoch (``vaelab report`` makes the
+    report later). Under torchrun (:class:`~vaelab.runs.data_parallel.SharedStop`, whose own
+    ``signum`` stays None) this is a no-op on every process alike: a signal that arrives after
+    the last step's shared check is not seen."""
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, progress.epoch, progress.step, progress.epoch)
+
+
 def restore(saved: Commit | None, out: Path, vae: VAE, stepper: Stepper
             ) -> tuple[Progress, dict | None]:
     """Load the commit resumed from (None: a fresh run) into ``vae`` and ``stepper``, and set
@@ -321,6 +340,8 @@ def train(
             tracking.epoch(row)
             if tc.progress and main:
                 tqdm.write(_epoch_line(row))
+        stop_if_requested(stop, progress)  # a SIGTERM during the last commit stops the job
+    stop_if_requested(stop, progress)  # ... and one while the trackers closed
     if parallel is not None:
         parallel.barrier()  # rank 0's last commit is on disk before any process reads it
     return TrainResult(out, cfg, vae, data, pre, progress.history, progress.best_epoch,

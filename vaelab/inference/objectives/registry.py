@@ -15,7 +15,7 @@ from pyro.infer import ELBO
 
 from vaelab.inference.objectives._jit import jit_blockers
 from vaelab.notes import note
-from vaelab.registry import Entry, Registry
+from vaelab.registry import ConfigError, Entry, Registry
 
 __all__ = ["OBJECTIVES", "build_objective", "compiles", "jit_fallback_reason", "objective_entry"]
 
@@ -33,9 +33,14 @@ def objective_entry(cfg: Any) -> Entry:
     (:attr:`~vaelab.config.NamedSection.entry`, no lookup), or, for an ``[objective]`` section
     written by hand (``ObjectiveConfig(name="iwae")``), looked up here, once.
 
-    :raises ConfigError: an unknown name (with the choices).
+    :raises ConfigError: an unknown name (with the choices), or ``auto`` unresolved.
     """
     entry = getattr(cfg, "entry", None)
+    if entry is None and cfg.name == "auto":
+        raise ConfigError(
+            "objective.name = 'auto' is decided from the prior and guide family when a config is "
+            "resolved (vaelab.load_config, vaelab.resolve.resolve): build from a resolved "
+            "config, or name the objective (e.g. 'mean_field' or 'trace')")
     return entry if entry is not None else OBJECTIVES.entry(cfg.name, key="objective.name")
 
 

@@ -1,0 +1,127 @@
+"""The reproducibility table (issue 24 items 1 and 6): a discrete row's headline is a bound on
+the discrete model, never the relaxed-sample figure; exported runs give the table their run
+folders give, paired cells included; the committed block of ``experiments/results/reproduce.md``
+is the one regenerated from the committed files, and the README quotes only its figures."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_reproduce import TINY
+
+from vaelab.runs.recipes import load_recipe
+from vaelab.runs.reproduce import reproduce
+from vaelab.runs.tables import (
+    block_of,
+    export_runs,
+    main,
+    missing_figures,
+    paired_table,
+    table,
+    update_block,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "experiments" / "results" / "reproduce"
+
+
+def _discrete_result(seed: int, jang: float, first: bool = True) -> dict:
+    """A result.json of the gumbel row, its relaxed-sample figure ``jang`` above every bound."""
+    stage = {"log_likelihood": -95.0 - seed, "log_likelihood_stderr": 0.3, "elbo": -107.0 - seed,
+             "elbo_stderr": 0.3, "num_samples": 5000, "num_points": 10000}
+    if first:
+        stage["first_draws"] = {"m": 1000, "iw_bound": -97.0 - seed, "iw_bound_stderr": 0.3,
+                                "elbo": -106.9 - seed, "elbo_stderr": 0.3, "num_points": 10000}
+    return {"recipe": "gumbel_softmax", "variant": "gumbel", "seed": seed, "overrides": [],
+            "budget_paper": "b", "machine": "m", "is": stage,
+            "paper_metric": {"jang_bound": jang, "jang_bound_stderr": 0.3},
+            "budget": {"epochs": 1, "steps": 1, "epochs_planned": 1, "best_epoch": 1,
+                       "early_stopped": False, "finished": True, "train_wall_s": 0.0}}
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first_draws", "before_first_draws"])
+def test_the_headline_of_a_discrete_row_is_never_the_relaxed_sample_figure(tmp_path, first):
+    """With the relaxed-sample figure the highest number of the row (−50, far above any bound),
+    the headline and the chart are the one-hot ELBO (of the first 1000 draws, or of all K for a
+    result from before), the IW bound of the same draws beside it; the relaxed figure appears
+    once, labelled as bounding neither model."""
+    from vaelab.runs.tables import _headline, chart_rows
+
+    for seed in (0, 1):
+        run = tmp_path / "gumbel" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps({**_discrete_result(seed, -50.0, first),
+                                                     "format_version": 1}))
+    rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/*/result.json"))]
+    label, values, _ = _headline(load_recipe("gumbel_softmax"), rows)
+    assert values == ([-106.9, -107.9] if first else [-107.0, -108.0]) and -50.0 not in values
+    assert label.startswith("one-hot ELBO")
+    [chart] = chart_rows([tmp_path])
+    assert chart["value"] == pytest.approx(sum(values) / 2) and chart["metric"] == label.strip()
+    text = table([tmp_path])
+    assert "-50.00 ± 0.00 (2 seeds), bounds neither model" in text
+    assert text.count("-50.00") == 1
+    assert ("IW bound, m = 1000: -97.50 ± 0.71 (2 seeds)" in text) == first
+
+
+@pytest.mark.slow
+def test_exported_runs_give_the_table_of_their_run_folders(tmp_path):
+    """Two tiny iwae_static variants and a gumbel row, run and exported: the table (paired cells
+    included) rebuilt from the exported files alone equals the one from the run folders; the
+    files carry no machine path and no checkpoint; ``--into`` rewrites a marked block."""
+    runs = tmp_path / "runs"
+    sets = [*TINY, "recipe.ais.points=0", "recipe.bdmc.points=0"]
+    reproduce("iwae_static", runs / "iwae_static", variants=["iwae_k1", "iwae_k5"],
+              overrides=sets)
+    reproduce("gumbel_softmax", runs / "gumbel_softmax", variants=["gumbel"],
+              overrides=[*TINY, "eval.limit=20"])
+    folders = [runs / "iwae_static", runs / "gumbel_softmax"]
+    dest = tmp_path / "export"
+    written = export_runs(dest, folders)
+    assert len(written) == 3
+    want = table(folders)
+    assert "| iwae_static | iwae_k5 − iwae_k1 |" in paired_table(folders)
+    assert table([dest / "iwae_static", dest / "gumbel_softmax"]) == want
+    assert table([dest]) == table([runs / "gumbel_softmax", runs / "iwae_static"])  # by name
+    for path in dest.rglob("*"):
+        assert path.suffix != ".pt"
+        if path.is_file():
+            assert str(tmp_path) not in path.read_text() and os.sep + "root" not in path.read_text()
+    points = (written[0] / "is_points.tsv").read_text().splitlines()
+    assert points[0].startswith("# vaelab reproduce export, format 1")
+    assert points[1] == "point\tlog_px\telbo" and len(points) == 2 + 30
+    assert all(len(v.split(".")[1]) == 4 for v in points[2].split("\t")[1:])
+    md = tmp_path / "r.md"
+    md.write_text("text\n<!-- table:begin -->\nold\n<!-- table:end -->\nmore\n")
+    assert main(["--into", str(md), str(dest / "iwae_static"), str(dest / "gumbel_softmax")]) == 0
+    assert block_of(md) == want and md.read_text().endswith("<!-- table:end -->\nmore\n")
+    assert not update_block(md, [dest / "iwae_static", dest / "gumbel_softmax"])
+
+
+def test_export_refuses_a_machine_path(tmp_path):
+    """A run whose result names a place on the machine (an override with an absolute path) is
+    not exported: one line naming the value."""
+    from vaelab.runs.tables import _machine_paths
+
+    assert _machine_paths({"overrides": ["data.path=/home/me/x"], "ok": "a/b"}, "r") == [
+        "r.overrides: 'data.path=/home/me/x'"]
+    assert _machine_paths({"run_dir": "~/runs"}, "r") == ["r.run_dir: '~/runs'"]
+
+
+def test_the_committed_table_block_is_the_regenerated_one():
+    """``experiments/results/reproduce.md``'s block is byte-identical to the table of whatever
+    ``experiments/results/reproduce/`` holds (today: no exported run, the table of zero runs),
+    and every figure the README quotes is in it."""
+    block = block_of(ROOT / "experiments" / "results" / "reproduce.md")
+    assert block == table([COMMITTED])
+    assert missing_figures((ROOT / "README.md").read_text(), block) == []
+
+
+def test_a_readme_figure_absent_from_the_table_is_found():
+    """:func:`missing_figures` is real: a README figure that the table lacks is reported, one it
+    holds (in either sign convention) is not."""
+    block = "| x | -88.32 (1 seed) | +0.45 ± 0.03 (se) |"
+    assert missing_figures("scores −88.32, DReG +0.45 nats", block) == []
+    assert missing_figures("scores −99.68 on the paper's metric, and −88.32", block) == ["-99.68"]
+    assert missing_figures("no figure, 2 seeds, 10,000 images", block) == []
