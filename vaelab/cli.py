@@ -853,7 +853,11 @@ def _os_error(err: OSError) -> str:
     """One line naming the path and the reason, e.g. "cannot write 'runs/x/checkpoints/...':
     No space left on device"."""
     path = err.filename if err.filename is not None else ""
-    return f"{err.strerror or err}: {str(path)!r}" if path else str(err)
+    line = f"{err.strerror or err}: {str(path)!r}" if path else str(err)
+    if err.errno == 28:  # ENOSPC: what is kept, and how to go on
+        line += ("; the run folder keeps its last committed epoch (every write is atomic): "
+                 "free the space and resume with --resume")
+    return line
 
 
 class Terminated(KeyboardInterrupt):
@@ -882,6 +886,15 @@ def _sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _quiet_sigterm() -> None:
+    """SIGTERM back to its default action (the process ends, exit 143, nothing printed)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _in_chain(err: BaseException, kinds) -> BaseException | None:
@@ -996,6 +1009,8 @@ def _run(args, argv: list[str], prefix: str, rank: str) -> int:
     finally:
         distributed = sys.modules.get("vaelab.runs.world")
         if distributed is not None:
+            if not done:  # the command's one line is said: a SIGTERM now (torchrun tearing
+                _quiet_sigterm()  # the job down) ends the process without a second line
             distributed.leave(synchronize=done)  # a torchrun job that succeeded leaves together
 
 
@@ -1011,9 +1026,7 @@ def _wrapped(err: Exception, prefix: str) -> int:
     if isinstance(inner, KeyboardInterrupt):
         raise inner from None  # main says it in one line
     if isinstance(inner, OSError):
-        held = ("; the run folder keeps its last committed epoch (every write is atomic): "
-                "free the space and resume with --resume") if inner.errno == 28 else ""
-        print(f"{prefix}: error: {_os_error(inner)}{held}", file=sys.stderr)
+        print(f"{prefix}: error: {_os_error(inner)}", file=sys.stderr)
         return 2
     raise err
 

@@ -318,7 +318,10 @@ def test_count_model_importance_sampling_converges_to_quadrature(spec):
     −0.028, and larger in magnitude than at K = 5000)."""
     cfg = load_config(None, ["model.latent_dim=1", "model.hidden_sizes=[]",
                              "guide.hidden_sizes=[64]", f"model.likelihood={spec}",
-                             "model.prior=standard_normal"])
+                             "model.prior=standard_normal",
+                             # the raw counts in, as measured above (log1p fits the guide closer,
+                             # which shrinks the K = 5 bias this test shows)
+                             "guide.input_transform=none"])
     name = cfg.model.likelihood.name
     library = bool(getattr(cfg.model.likelihood, "library_size", False))
     vae = build_vae(cfg, COUNT_D).double()

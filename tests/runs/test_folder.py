@@ -299,15 +299,7 @@ def test_a_full_disk_keeps_the_last_commit_and_resumes(cfg_file, reference, smal
     out = small_disk / "run"
     r = vaelab(*train_args(cfg_file, out), env={"VAELAB_FAULT": "after-best@2"})
     assert r.returncode == -signal.SIGKILL  # epoch 2 committed; now fill the disk
-    filler = small_disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:  # ENOSPC: the disk is full
-        pass
-    finally:
-        os.close(fd)
+    filler = _fill(small_disk)
     r = vaelab(*train_args(out / "config.toml", out, resume=True))
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()

@@ -1,11 +1,11 @@
 """Paper recipes: the ``[recipe]`` schema of ``vaelab/recipes/NAME.toml`` and its loading.
 
 A recipe is a config shipped in ``vaelab/recipes/NAME.toml`` (so an installed wheel has it) that
-follows a published protocol, each setting naming its source (``../shared/PROTOCOLS.md``), plus a
-``[recipe]`` table: the paper, its budget, the published numbers per variant, the variants (lists
-of ``--set`` overrides), the AIS / BDMC settings of the evaluation (typed: :class:`RecipeTable`,
-validated once when the recipe loads), and optionally the pairs of
-variants whose differences :func:`vaelab.runs.tables.paired_table` takes image by image
+follows a published protocol, each setting naming its source (the paper's section, the
+authors' code), plus a ``[recipe]`` table: the paper, its budget, the published numbers per
+variant, the variants (lists of ``--set`` overrides), the AIS / BDMC settings of the
+evaluation (typed: :class:`RecipeTable`, validated once when the recipe loads), and optionally
+the pairs of variants whose differences :func:`vaelab.runs.tables.paired_table` takes image by image
 (``paired``; a reference ``RECIPE/VARIANT`` names another recipe's variant, e.g. the VampPrior
 against the standard prior). :func:`vaelab.runs.reproduce.reproduce` runs them.
 

@@ -14,6 +14,7 @@ generators seeded by (seed, epoch), and the global RNG state is restored.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -162,7 +163,8 @@ def train_epoch(vae: VAE, stepper: Stepper, x_train: torch.Tensor, pre: Preproce
         n_batches = min(n_batches, tc.max_steps_per_epoch)
     batches = stepper.batches(x_train, pre, epoch, device)
     bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
-               disable=not (tc.progress and stepper.is_main), unit="step")
+               disable=not (tc.progress and stepper.is_main and sys.stderr.isatty()),
+               unit="step")
     vae.train()
     t0 = time.perf_counter()
     losses = StepLosses(cfg, progress, tracking, bar, stepper.sync_every)
@@ -338,7 +340,7 @@ def train(
             if main:
                 save_epoch(out, cfg, vae, stepper, progress, best_model, is_best)
             tracking.epoch(row)
-            if tc.progress and main:
+            if main:  # one line per epoch, bars or not
                 tqdm.write(_epoch_line(row))
         stop_if_requested(stop, progress)  # a SIGTERM during the last commit stops the job
     stop_if_requested(stop, progress)  # ... and one while the trackers closed
