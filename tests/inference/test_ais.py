@@ -182,6 +182,7 @@ def test_evaluate_ais_and_bdmc_commands(tmp_path, tiny_cfg_overrides, capsys):
     from vaelab.cli import main
 
     run = _train_tiny(tmp_path, tiny_cfg_overrides)
+    capsys.readouterr()  # training's epoch lines
     assert main(["evaluate", str(run), "--method", "ais", "--steps", "20", "--chains", "3",
                  "--leapfrog", "3", "--limit", "6", "--json"]) == 0
     m = json.loads(capsys.readouterr().out)

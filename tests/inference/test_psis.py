@@ -356,6 +356,7 @@ def test_evaluate_json_reports_diagnostics_and_curve(tmp_path, tiny_cfg_override
     from vaelab.cli import main
 
     run = _train_tiny(tmp_path, tiny_cfg_overrides)
+    capsys.readouterr()  # training's epoch lines
     png = tmp_path / "curve.png"
     rc = main(["evaluate", str(run), "-K", "200", "--limit", "30", "--json",
                "--proposal", "inflated:1.5", "--curve", str(png)])
@@ -381,6 +382,7 @@ def test_evaluate_reports_the_exact_log_likelihood_of_a_linear_gaussian_run(
         *tiny_cfg_overrides, "model.hidden_sizes=[]", "guide.hidden_sizes=[]",
         'model.likelihood={name = "normal", scale = 0.3}',
     ])
+    capsys.readouterr()  # training's epoch lines
     assert main(["evaluate", str(run), "-K", "5000", "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert "exact_log_likelihood" in m
