@@ -879,6 +879,9 @@ def _sigterm_raises() -> Iterator[None]:
         return
 
     def handle(signum, frame):
+        world = sys.modules.get("vaelab.runs.world")
+        if world is not None and world.peer_lost:
+            return  # torchrun stopping the job after a peer died: the PeerLost line says it
         raise Terminated()
 
     old = signal.signal(signal.SIGTERM, handle)

@@ -97,6 +97,10 @@ def share(n: int, world: World) -> slice:
     return slice(world.rank * n // world.size, (world.rank + 1) * n // world.size)
 
 
+#: set when a collective failed because a peer stopped (:class:`PeerLost`): the job is ending
+peer_lost = False
+
+
 @contextmanager
 def collective(what: str) -> Iterator[None]:
     """Turn the failure of a collective (a peer killed or failed) into :class:`PeerLost`."""
@@ -110,6 +114,8 @@ def collective(what: str) -> Iterator[None]:
         # gloo's "[.../pair.cc:537] Read error [HOST]:PORT: Connection reset by peer. This is
         # typically caused by ...": its first sentence, without the source location
         detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip()).split(". ")[0].splitlines()
+        global peer_lost
+        peer_lost = True  # torchrun's SIGTERM that follows is part of this failure, not news
         raise PeerLost(f"{what} failed: another process of this torchrun job stopped "
                        f"({detail[0][:160] if detail else type(err).__name__})") from err
 
