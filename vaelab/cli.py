@@ -780,7 +780,12 @@ def _cmd_reproduce(args) -> int:
             raise ValueError("--export DEST RUNS...: name the destination and at least one run")
         from vaelab.runs.tables import export_runs
 
-        for target in export_runs(args.export[0], args.export[1:]):
+        written = export_runs(args.export[0], args.export[1:])
+        if not written:  # a run folder named instead of its recipe folder, or nothing evaluated
+            raise ValueError(f"--export: no evaluated run under {', '.join(args.export[1:])} "
+                             "(name recipe folders, e.g. runs/iwae_static, whose runs finished "
+                             "their IS stage)")
+        for target in written:
             print(f"exported: {target}")
         return 0
     if args.list_recipes:

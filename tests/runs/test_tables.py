@@ -125,3 +125,15 @@ def test_a_readme_figure_absent_from_the_table_is_found():
     assert missing_figures("scores −88.32, DReG +0.45 nats", block) == []
     assert missing_figures("scores −99.68 on the paper's metric, and −88.32", block) == ["-99.68"]
     assert missing_figures("no figure, 2 seeds, 10,000 images", block) == []
+
+
+def test_export_of_a_folder_without_evaluated_runs_is_one_line(tmp_path, capsys):
+    """A run folder named instead of its recipe folder (or nothing evaluated) exports nothing:
+    one line, exit 2, not a silent success."""
+    from vaelab.cli import main
+
+    (tmp_path / "run").mkdir()
+    assert main(["reproduce", "--export", str(tmp_path / "out"), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no evaluated run" in err
+    assert not (tmp_path / "out").exists()
