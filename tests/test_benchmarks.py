@@ -50,3 +50,84 @@ def test_benchmark_smoke(script, capsys):
     assert header is not None, f"{script.name} --smoke printed no table of ratios:\n{out}"
     rows = lines[header + 1:]
     assert len(rows) >= 2, f"{script.name} --smoke printed an empty table:\n{out}"
+
+
+def _table_rows(out: str) -> list[str]:
+    lines = out.strip().splitlines()
+    header = next((i for i, line in enumerate(lines) if "ratio" in line.lower()), None)
+    return [] if header is None else lines[header + 1:]
+
+
+def test_gpu_sh_runs_on_the_cpu_in_smoke_mode():
+    """``benchmarks/gpu.sh --smoke``: the shell script itself (interpreter lookup, arguments)
+    runs end to end on the CPU at tiny sizes and prints its table."""
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh"), "--smoke"], capture_output=True,
+                          text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(_table_rows(proc.stdout)) >= 2, proc.stdout
+
+
+def test_gpu_sh_without_a_gpu_says_so_and_exits_2():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu.sh")], capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 2
+    assert "sees no CUDA device" in proc.stderr and "--smoke" in proc.stderr
+
+
+def test_limit_benchmark_values_match_the_hand_written_twin():
+    """``benchmarks/limit.py``'s hand-written IS and vaelab's fused and traced paths give the
+    same log p̂ per point on the same draws (tiny recipes' networks, K = 30, float32: rtol 1e-5),
+    so that its ratios compare equal work."""
+    import torch
+
+    limit = _load(BENCHMARKS / "limit.py")
+    x, _ = limit.load_points(3, smoke=True)
+    for name in limit.RECIPES:
+        vae = limit.recipe_vae(name, smoke=True)
+        fns = limit.paths(vae, x, 30, 7)
+        values = {}
+        for path in ("fused", "traced", "hand-written"):
+            torch.manual_seed(4)
+            values[path] = fns[path]().double()
+        for path in ("fused", "traced"):
+            torch.testing.assert_close(values[path], values["hand-written"], rtol=1e-5, atol=0.0)
+
+
+def test_estimators_benchmark_times_every_discrete_estimator_of_the_paulus2021_recipe(capsys):
+    """``benchmarks/estimators.py --smoke``: one row per discrete variant of the recipe, the
+    reference (``trace`` with the plain Gumbel-softmax guide) first, each a finite positive
+    time and ratio; and the timed step is a real training step (the loop's Stepper: one step
+    moves the parameters)."""
+    import math
+
+    import pyro
+
+    from vaelab.runs.recipes import load_recipe
+
+    bench = _load(BENCHMARKS / "estimators.py")
+    assert bench.main(["--smoke"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and not line.startswith("| estimator")]
+    names = [r[0].strip().split(" ")[0] for r in rows]
+    discrete = [v for v in load_recipe("paulus2021").table.variants if v != "gaussian"]
+    assert names[0] == "gumbel_softmax" and sorted(names) == sorted(discrete)
+    for r in rows:
+        ms, ref, ratio = (float(c) for c in r[1:])
+        assert all(math.isfinite(v) and v > 0 for v in (ms, ref, ratio))
+        assert ratio == pytest.approx(ms / ref, rel=2.0)  # a median of paired ratios
+    import torch
+
+    pyro.clear_param_store()
+    step, label = bench.make_step("disarm", bench.SMOKE, smoke=True)
+    x = torch.bernoulli(torch.full((16, bench.SMOKE.D), 0.3))
+    step(x)  # the first trace registers the parameters in the store
+    before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    step(x)
+    after = dict(pyro.get_param_store().items())
+    assert label == "disarm" and before
+    assert any(not torch.equal(before[k], after[k]) for k in before)

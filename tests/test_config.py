@@ -248,7 +248,9 @@ def test_options_of_a_latent_dependent_default_are_validated_against_that_defaul
     applies is the latent type's ('relaxed'), the one ``config show`` prints."""
     latent = "model.latent={name='categorical', num_variables=2, num_classes=3}"
     cfg = load_config(None, [latent, "guide.family.kl=categorical"])
-    assert cfg.guide.family.model_dump() == {"name": "relaxed", "kl": "categorical", "hard": False}
+    assert cfg.guide.family.model_dump() == {"name": "relaxed", "kl": "categorical", "hard": False,
+                                             "estimator": "gumbel_softmax", "num_gumbels": 10,
+                                             "gap": 1.0}
     assert cfg.model.prior.name == "categorical"
     assert main(["config", "show", "--set", latent, "--set", "guide.family.hard=true",
                  "--set", "guide.family.kl=categorical"]) == 0

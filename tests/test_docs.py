@@ -39,8 +39,9 @@ TUTORIAL = ROOT / "examples" / "tutorial.py"
 #: the pages whose examples run
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: the site's hand-written pages (besides index.md and api.rst) and the generated ones
-SITE_PAGES = ["install", "python", "cli", "configuration", "data", "estimators", "reproduce",
-              "results", "scaling", "tracking", "survival", "benchmarks", "dependencies"]
+SITE_PAGES = ["install", "python", "cli", "configuration", "data", "estimators", "hierarchical",
+              "reproduce", "results", "scaling", "tracking", "survival", "benchmarks",
+              "dependencies"]
 
 
 def _load_conf():

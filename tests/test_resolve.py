@@ -116,6 +116,12 @@ def _as_saved_by_version_2(cfg: RunConfig) -> dict:
     return {**raw, "version": 2, "train": {**raw["train"], "driver": "torch"}}
 
 
+#: the variants these recipes had when version 2 and 3 saved their runs (the later ones use keys
+#: those versions did not have: SGD's momentum, ``train.shuffle``, ...)
+OLD_VARIANTS = {"iwae_static": ["iwae_k1", "iwae_k5", "iwae_k50", "dreg_k5", "dreg_k50"],
+                "gumbel_softmax": ["gumbel", "straight_through", "reinforce"]}
+
+
 @pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("recipe", ["iwae_static", "gumbel_softmax"])
 def test_a_version_2_recipe_run_upgrades_to_the_new_resolution_of_its_recipe(recipe, version):
@@ -124,7 +130,7 @@ def test_a_version_2_recipe_run_upgrades_to_the_new_resolution_of_its_recipe(rec
     compares)."""
     saved_by = {2: _as_saved_by_version_2, 3: _as_saved_by_version_3}[version]
     r = load_recipe(recipe)
-    for variant in r.variants:
+    for variant in OLD_VARIANTS[recipe]:
         today = r.config(variant)
         upgraded = resolve(saved_by(today), saved=True)
         assert upgraded == today and to_dict(upgraded) == to_dict(today), variant
@@ -249,6 +255,8 @@ def test_a_version_2_reproduce_folder_with_half_its_blocks_finishes_to_the_old_n
         assert g.keys() == w.keys(), key
         for k in w:
             if isinstance(w[k], float):
+                assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (key, k)
+            elif isinstance(w[k], dict):  # e.g. the ESS quantiles: float32 sums, to 1e-5
                 assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (key, k)
             else:
                 assert g[k] == w[k], (key, k)

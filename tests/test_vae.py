@@ -188,3 +188,21 @@ def test_poisson_on_raw_counts_diverges_and_trains_on_log1p(tmp_path):
         train(load_config(None, [*base, "guide.input_transform=none"]), tmp_path / "raw")
     result = train(load_config(None, base), tmp_path / "log1p")
     assert result.best_epoch is not None and math.isfinite(result.best_valid_elbo)
+
+
+def test_a_categorical_familys_baseline_is_its_own_parameter_group():
+    """The score-function baseline (NVIL's network, RELAX's control variate) is no part of
+    q(z | x): ``parameter_groups`` lists it as ``baseline``, not under ``encoder``; every
+    parameter is in exactly one group."""
+    from vaelab import build_vae, load_config
+
+    cfg = load_config(None, ["model.latent={name = 'categorical', num_variables = 2, "
+                             "num_classes = 3}", 'guide.family={name = "categorical"}',
+                             "model.hidden_sizes=[8]"])
+    vae = build_vae(cfg, 6)
+    groups = vae.parameter_groups()
+    base = {id(p) for p in vae.inference.posterior.baseline.parameters()}
+    assert base and {id(p) for p in groups["baseline"]} == base
+    assert not base & {id(p) for p in groups["encoder"]}
+    listed = [id(p) for ps in groups.values() for p in ps]
+    assert sorted(listed) == sorted(id(p) for p in vae.parameters())

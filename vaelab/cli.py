@@ -233,6 +233,15 @@ def _add_diagnose(sub) -> None:
         "--json", nargs="?", const="-", default=None, metavar="PATH",
         help="write the results as JSON to PATH (bare --json: print JSON instead of the table)",
     )
+    p.add_argument("--exact", action="store_true",
+                   help="bias and cosine of each mean gradient against the exact gradient of the "
+                        "discrete ELBO (enumerable categorical latents only)")
+    p.add_argument("--bias", action="store_true",
+                   help="bias and cosine against a many-draw unbiased Monte Carlo ELBO gradient")
+    p.add_argument("--reference-draws", type=int, default=10_000,
+                   help="draws of the Monte Carlo reference (--bias; default 10000)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="with --exact or --bias: a chart of relative bias and cosine per group")
 
 
 def _add_bdmc(sub) -> None:
@@ -302,7 +311,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--out", help="folder of the recipe's runs (OUT/VARIANT/seedS)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant")
     p.add_argument("--variant", action="append", default=[],
-                   help="variant to run (repeatable; default: all)")
+                   help="variant to run (repeatable; default: all); a grid's name trains its "
+                        "members and evaluates the one the validation set selects")
     _add_set(p)
     p.add_argument("--train-only", action="store_true", help="train, do not evaluate")
     p.add_argument("--table", nargs="+", metavar="DIR", default=None,
@@ -677,9 +687,19 @@ def _cmd_diagnose(args) -> int:
         t = rows[min(run.epoch, len(rows) - 1)].get("temperature")
         temperature = None if t is None else torch.tensor(float(t))
     specs = [s for s in args.objectives.split(",") if s.strip()]
-    results = diagnose(
-        run.vae, x, specs, draws=args.draws, temperature=temperature, seed=args.seed
-    )
+    reference = None
+    if args.exact or args.bias:
+        from vaelab.inference.gradient_bias import reference_gradient
+
+        ref_args = (1.0,) if temperature is None else (1.0, temperature)
+        reference = reference_gradient(run.vae, x, ref_args, exact=args.exact,
+                                       draws=args.reference_draws, seed=args.seed)
+    results = diagnose(run.vae, x, specs, draws=args.draws, temperature=temperature,
+                       seed=args.seed, reference=reference)
+    if args.plot and reference is not None:
+        from vaelab.runs.plots import save_gradient_bias
+
+        save_gradient_bias(args.plot, results)
     payload = {
         "run_dir": str(run.dir), "checkpoint": args.checkpoint, "epoch": run.epoch + 1,
         "split": args.split, "results": [r.to_dict() for r in results],
@@ -688,6 +708,8 @@ def _cmd_diagnose(args) -> int:
         print(json.dumps(payload))
         return 0
     print(format_table(results))
+    if args.plot and reference is not None:
+        print(f"plot: {args.plot}")
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"JSON: {args.json}")
@@ -791,7 +813,10 @@ def _cmd_reproduce(args) -> int:
     if args.list_recipes:
         for name in rp.recipe_names():
             r = rp.load_recipe(name)
-            print(f"{name}: {r.meta.get('paper', '')}; variants: {', '.join(r.variants)}; "
+            grids = "".join(f"; grid {g} ({len(spec.members)} members, chosen on validation)"
+                            for g, spec in r.table.grids.items())
+            print(f"{name}: {r.meta.get('paper', '')}; variants: {', '.join(r.table.variants)}"
+                  f"{grids}; "
                   f"budget: {r.meta.get('budget', '?')}; {rp.cost_estimate(name, args.out)}")
         if args.out is None:
             print("(costs are measured from finished runs: --list-recipes --out DIR reads the "
@@ -811,8 +836,8 @@ def _cmd_reproduce(args) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     recipe = rp.load_recipe(args.recipe)
-    for v in args.variant:
-        recipe.config(v)  # an unknown variant fails before anything runs
+    for v in args.variant:  # an unknown variant fails before anything runs
+        recipe.config(recipe.table.grids[v].base if v in recipe.table.grids else v)
     rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, variants=args.variant or None,
                         overrides=rp.parse_overrides(args.overrides),
                         evaluate=not args.train_only, progress=_bars(args), say=_say)

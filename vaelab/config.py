@@ -72,7 +72,7 @@ __all__ = [
 
 #: the schema version written into every saved config (what each version changed:
 #: :func:`vaelab.resolve.migrate`)
-CONFIG_VERSION = 4
+CONFIG_VERSION = 5
 
 #: a component as written (a name or a table) or, once resolved, its typed options
 Component = str | dict[str, Any] | SerializeAsAny[Options]
@@ -184,11 +184,40 @@ class ModelConfig(_Section):
     #: ``data_mean``, the Bernoulli logit of the training mean per pixel, clipped to [0.001,
     #: 0.999] (Burda et al. 2016's code)
     output_bias: Literal["default", "data_mean"] = "default"
+    #: stochastic layers above z_1 (``[]``: the one-layer VAE, site ``"z"``): entry i declares
+    #: z_{i+2}, its size and the networks of p(z_{i+1} | z_{i+2}) and of its guide
+    #: conditional; the sites are then ``"z_1" … "z_L"``, z_1 of size ``latent_dim`` (see
+    #: :mod:`vaelab.model.hierarchy`)
+    layers: list[LayerConfig] = Field(default_factory=list)
+    #: with ``layers``: the decoder reads every layer, p(x | z_1, …, z_L) (z_1 … z_L
+    #: concatenated; Tomczak & Welling 2018's two-level model); ``false``: p(x | z_1)
+    skip: bool = False
 
     @field_validator("hidden_sizes")
     @classmethod
     def _positive(cls, v: list[int] | None) -> list[int] | None:
         return _positive_widths(v)
+
+    @model_validator(mode="after")
+    def _check_layers(self):
+        if self.skip and not self.layers:
+            raise ValueError("skip = true connects the decoder to the layers above z_1; "
+                             "declare them in model.layers (or set skip = false)")
+        return self
+
+
+class LayerConfig(_Section):
+    """One stochastic layer z_l (l ≥ 2) of ``model.layers``: the diagonal Gaussian
+    conditionals p(z_{l−1} | z_l) (model) and q(z_l | ·) (guide, its inputs as
+    ``guide.hierarchy`` says), each a network (a name or a table of
+    :mod:`vaelab.model.networks`, e.g. ``{name = "mlp", hidden_sizes = [100, 100],
+    activation = "tanh"}``) whose output is read as ``guide.family`` reads the encoder's."""
+
+    latent_dim: int = Field(gt=0)
+    #: the network of p(z_{l−1} | z_l); ``None``: the decoder's network type and options
+    network: Component | None = None
+    #: the network of the guide's q(z_l | ·); ``None``: ``network`` mirrored
+    encoder: Component | None = None
 
 
 def _positive_widths(v: list[int] | None) -> list[int] | None:
@@ -215,6 +244,12 @@ class GuideConfig(_Section):
     #: (``poisson``, ``negative_binomial``, ``zero_inflated_negative_binomial``), else ``none``
     #: (a resolved config says which, and why, in a comment)
     input_transform: Literal["auto", "none", "log1p"] = "auto"
+    #: with ``model.layers``, the order of the guide's layers (:mod:`vaelab.guide.hierarchical`):
+    #: ``bottom_up``, q(z_1 | x) q(z_2 | z_1) … (Burda et al. 2016); ``top_down``,
+    #: q(z_L | x) q(z_{L−1} | x, z_L) … (Tomczak & Welling 2018's two-level VAE); ``ladder``,
+    #: a bottom-up pass merged top-down with p(z_l | z_{l+1}) by precision (Sønderby et al.
+    #: 2016), each ``model.layers`` entry's ``encoder`` reading the step below it
+    hierarchy: Literal["bottom_up", "top_down", "ladder"] = "bottom_up"
 
     @field_validator("hidden_sizes")
     @classmethod
@@ -253,8 +288,14 @@ class TrainConfig(_Section):
     batch_size: int = Field(100, gt=0)
     lr: float = Field(1e-3, gt=0.0)
     seed: int = _seed()
+    #: shuffle the training points every epoch (by seed and epoch); ``false``: every epoch
+    #: visits the mini-batches in the file's order, as Burda et al.'s IWAE code does
+    shuffle: bool = True
     #: KL warm-up: β rises linearly from 0 to ``objective.beta`` over this many epochs (0 = off)
     warmup_epochs: int = Field(0, ge=0)
+    #: how β rises during the warm-up: ``step``, at every step (β = (e + i/n) / W at step i of
+    #: n in 0-based epoch e); ``epoch``, once per epoch (β = (e + 1) / W, the VampPrior code's)
+    warmup_per: Literal["step", "epoch"] = "step"
     #: early stopping patience in epochs on the validation ELBO (0 = off)
     patience: int = Field(0, ge=0)
     #: early stopping: whether epochs of the KL warm-up count towards ``patience``; ``false``
@@ -266,8 +307,10 @@ class TrainConfig(_Section):
     #: ``adam``; ``adam_normgrad``: Adam on each parameter's gradient divided by its own L2 norm,
     #: g / (‖g‖ + 1e-7) (the "AdamNormGrad" of the VampPrior code); ``sgd``: stochastic gradient
     #: descent with ``momentum`` (``torch.optim.SGD``: v ← μ v + g, θ ← θ − lr · v; Jang et
-    #: al. 2017 §4: momentum 0.9)
-    optimizer: Literal["adam", "adam_normgrad", "sgd"] = "adam"
+    #: al. 2017 §4: momentum 0.9); ``adam_burda``: Adam as Burda et al.'s IWAE code runs it
+    #: (second moments start at one, ε added to √v, the moments of the previous step;
+    #: :mod:`vaelab.runs.burda_adam`), with ``adam_betas`` and ``adam_eps``
+    optimizer: Literal["adam", "adam_normgrad", "adam_burda", "sgd"] = "adam"
     #: SGD's momentum μ (``optimizer = "sgd"`` only; 0: plain SGD)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     #: Adam's (β1, β2) and ε (Burda et al.'s IWAE code: [0.99, 0.999] and 1e-4)
@@ -361,12 +404,14 @@ class EvalConfig(_Section):
     proposal: Component = "guide"
     #: per-point Pareto k̂ of the importance weights
     diagnostics: bool = True
-    #: IS with the guide: compute the log weights without tracing where the model allows
-    #: (:mod:`vaelab.inference.fused`: normal guide; Bernoulli, normal or discretized logistic
-    #: likelihood), in particle chunks sized for the last-level cache; the same draws and
-    #: numbers as the traced path, to float rounding. Off by default: it measured no faster
-    #: (0.98x-1.02x the traced path, benchmarks/marginal.py (e))
-    fused: bool = False
+    #: compute the log weights without tracing where the model allows: IS with the guide
+    #: (:mod:`vaelab.inference.fused`: a normal or categorical guide; Bernoulli, normal or
+    #: discretized logistic likelihood) in particle chunks sized for the last-level cache, and
+    #: AIS's log joint for one continuous site (:mod:`vaelab.inference.fast_ais`); the same
+    #: draws and numbers as the traced path, to float rounding, about 1.3x faster
+    #: (``benchmarks/limit.py``, ``benchmarks/ais.py``); elsewhere the traced path, as
+    #: ``false`` always. Configs saved before version 5 meant ``false``
+    fused: bool = True
     #: also report the exact log p(x) where a closed form or an enumeration exists
     exact: bool = True
     #: AIS: intermediate distributions T, chains per point, leapfrog steps per HMC move
@@ -442,6 +487,8 @@ def dump_toml(cfg: RunConfig) -> str:
     def strip_none(d: Any) -> Any:
         if isinstance(d, dict):
             return {k: strip_none(v) for k, v in d.items() if v is not None}
+        if isinstance(d, list):  # e.g. model.layers, a list of tables
+            return [strip_none(v) for v in d]
         return d
 
     return _commented(tomli_w.dumps(strip_none(to_dict(cfg))), cfg.chosen)

@@ -15,20 +15,24 @@ import functools
 import math
 import os
 from dataclasses import dataclass
+from typing import Any, cast
 
+import pyro.poutine as poutine
 import torch
 from torch import nn
 
 from vaelab.config import RunConfig
 from vaelab.guide.amortized import AmortizedGuide
+from vaelab.guide.hierarchical import HIERARCHIES, HierarchicalGuide, layer_inputs
 from vaelab.guide.posteriors import Posterior
 from vaelab.model.generative import Generative
-from vaelab.model.latents import Latent
+from vaelab.model.hierarchy import GaussianConditional, HierarchicalGenerative
+from vaelab.model.latents import GaussianLatent, Latent
 from vaelab.model.likelihoods import Likelihood
-from vaelab.model.networks import Network, NetworkIO
+from vaelab.model.networks import NETWORKS, Network, NetworkIO
 from vaelab.registry import ConfigError, Options
 
-__all__ = ["VAE", "BuildContext", "build_vae"]
+__all__ = ["VAE", "BuildContext", "HierarchicalVAE", "build_hierarchical_vae", "build_vae"]
 
 
 @dataclass
@@ -44,7 +48,8 @@ class BuildContext:
 class VAE(nn.Module):
     """``generative`` (prior, decoder, likelihood) + ``inference`` (encoder, posterior family)."""
 
-    def __init__(self, generative: Generative, inference: AmortizedGuide):
+    def __init__(self, generative: Generative | HierarchicalGenerative,
+                 inference: AmortizedGuide | HierarchicalGuide):
         super().__init__()
         self.generative = generative
         self.inference = inference
@@ -90,7 +95,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, temperature=None) -> torch.Tensor:
         """E[x | z] at one draw z ~ q(z | x) (hard one-hot for discrete latents), ``(B, D)``."""
-        z = self.inference.posterior_dist(x, temperature).sample()
+        z = cast(AmortizedGuide, self.inference).posterior_dist(x, temperature).sample()
         if not self.latent.continuous:
             z = self.latent.hard(z)
         g = self.generative
@@ -123,13 +128,22 @@ class VAE(nn.Module):
         layers[-1].bias.copy_(torch.logit(mean).to(layers[-1].bias))
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by role, for per-group diagnostics: encoder, decoder, prior."""
+        """Parameters by role, for per-group diagnostics: encoder, decoder, prior, and the
+        score-function baseline of a categorical guide family (``baseline``: NVIL's network,
+        RELAX's control variate), which is no part of q(z | x)."""
         g, q = self.generative, self.inference
-        return {
-            "encoder": [*q.encoder.parameters(), *q.posterior.parameters()],
+        baseline = getattr(q.posterior, "baseline", None)
+        extra = list(baseline.parameters()) if isinstance(baseline, nn.Module) else []
+        own = {id(p) for p in extra}
+        groups = {
+            "encoder": [p for p in (*q.encoder.parameters(), *q.posterior.parameters())
+                        if id(p) not in own],
             "decoder": [*g.decoder.parameters(), *g.likelihood.parameters()],
             "prior": list(g.prior.parameters()),
         }
+        if extra:
+            groups["baseline"] = extra
+        return groups
 
 
 def build_vae(cfg: RunConfig, data_dim: int, shape: tuple[int, ...] | None = None) -> VAE:
@@ -146,6 +160,8 @@ def build_vae(cfg: RunConfig, data_dim: int, shape: tuple[int, ...] | None = Non
     """
     m, g = cfg.model, cfg.guide
     shape = _data_shape(data_dim, shape)
+    if m.layers:
+        return build_hierarchical_vae(cfg, data_dim, shape)
     latent, likelihood, posterior = _components(cfg, data_dim)
     check_size(cfg, data_dim, shape, (latent, likelihood, posterior))
     encoder, decoder = _networks(cfg, shape, latent, likelihood, posterior)
@@ -259,3 +275,137 @@ def resolved(spec):
             "vaelab.load_config or vaelab.resolve.resolve"
         )
     return spec
+
+
+# --------------------------------------------------------------------------------------------
+# several stochastic layers (model.layers)
+
+
+class HierarchicalVAE(VAE):
+    """A :class:`VAE` whose model has L ≥ 2 stochastic layers (:mod:`vaelab.model.hierarchy`)
+    and whose guide is a :mod:`~vaelab.guide.hierarchical` guide; sites ``"z_1" … "z_L"``."""
+
+    generative: HierarchicalGenerative
+    inference: HierarchicalGuide
+
+    @property
+    def sites(self) -> list[str]:
+        """The latent sites, bottom first."""
+        return list(self.generative.sites)
+
+    @torch.no_grad()
+    def encode_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One draw ``[z_1, …, z_L]`` of the guide for ``x (B, D)``, each ``(B, d_l)``."""
+        tr = poutine.trace(self.inference).get_trace(x)
+        return [torch.as_tensor(tr.nodes[name]["value"]) for name in self.sites]
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, temperature=None) -> torch.Tensor:
+        """E[x | z] at one draw z ~ q(z_{1:L} | x), ``(B, D)``."""
+        g = self.generative
+        return g.likelihood.mean(g.decoder(g.decoder_input(self.encode_layers(x))))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by role and layer, for per-group diagnostics: ``encoder z_l`` (the
+        guide's q(z_l | ·), l = 1 … L), ``decoder`` (p(x | ·) and its likelihood),
+        ``decoder z_l`` (the conditional p(z_l | z_{l+1}), l = 1 … L − 1), ``prior`` (of z_L);
+        every parameter in exactly one group. A guide whose layers share networks (``ladder``)
+        lists them under ``encoder`` (:meth:`HierarchicalGuide.parameter_groups`)."""
+        g, sites = self.generative, self.sites
+        groups = {f"encoder {name}": ps for name, ps in self.inference.parameter_groups(sites)}
+        groups["decoder"] = [*g.decoder.parameters(), *g.likelihood.parameters()]
+        for name, cond in zip(sites, g.conditionals):
+            groups[f"decoder {name}"] = list(cond.parameters())
+        groups["prior"] = list(g.prior.parameters())
+        return groups
+
+
+def _layer_network(spec, default: Options, key: str, io: NetworkIO) -> Network:
+    """A network of ``model.layers``: ``spec`` (a name, a table or options; ``None``:
+    ``default``) built for ``io``."""
+    opts = default if spec is None else NETWORKS.parse(spec, key)
+    return opts.build(io)
+
+
+def _check_hierarchy(cfg: RunConfig) -> None:
+    """Refuse what the L-layer model does not support, in one line naming the key."""
+    m, g = cfg.model, cfg.guide
+    if resolved(m.latent).name != "gaussian":
+        raise ConfigError(f"model.layers: stochastic layers are Gaussian; model.latent = "
+                          f"{resolved(m.latent).name!r} is not (use 'gaussian' or drop "
+                          "model.layers)")
+    if resolved(g.family).name != "normal":
+        raise ConfigError(f"model.layers: every layer's conditional is a diagonal normal; "
+                          f"guide.family = {resolved(g.family).name!r} is not (use 'normal')")
+    if resolved(m.prior).name == "vamp" and not HIERARCHIES[g.hierarchy].reads_x_at_top:
+        raise ConfigError(f"model.prior = 'vamp' on z_L mixes the guide's q(z_L | x), but "
+                          f"guide.hierarchy = {g.hierarchy!r} has no one network of x for "
+                          "z_L; use guide.hierarchy = 'top_down'")
+
+
+def _guide_layers(cfg: RunConfig, shape: tuple[int, ...], dims: list[int]
+                  ) -> list[GaussianConditional]:
+    """The guide's conditionals, bottom first: q(z_1 | ·) from ``guide.encoder``, q(z_l | ·)
+    from ``model.layers[l − 2].encoder`` (default: that layer's network mirrored)."""
+    m, g = cfg.model, cfg.guide
+    D = math.prod(shape)
+    widths = layer_inputs(g.hierarchy, D, dims)
+    out = []
+    for k, (d, width) in enumerate(zip(dims, widths)):
+        head = resolved(g.family).build(GaussianLatent(d))
+        data_shape = shape if width == D else (width,)
+        if k == 0:
+            io = NetworkIO("encoder", "guide.encoder", data_shape, head.param_size, width)
+            net = resolved(g.encoder).build(io)
+        else:
+            key = f"model.layers[{k - 1}]"
+            spec = m.layers[k - 1]
+            base = spec.network if spec.network is not None else resolved(m.decoder)
+            mirror = cast(Any, NETWORKS.parse(base, f"{key}.network")).mirrored()
+            io = NetworkIO("encoder", f"{key}.encoder", data_shape, head.param_size, width)
+            net = _layer_network(spec.encoder, NETWORKS.parse(mirror, f"{key}.encoder"),
+                                 f"{key}.encoder", io)
+        out.append(GaussianConditional(net, head))
+    return out
+
+
+def _model_conditionals(cfg: RunConfig, dims: list[int]) -> list[GaussianConditional]:
+    """p(z_l | z_{l+1}) for l = 1 … L − 1, from ``model.layers[l − 1].network``."""
+    m, g = cfg.model, cfg.guide
+    out = []
+    for k, spec in enumerate(m.layers):
+        head = resolved(g.family).build(GaussianLatent(dims[k]))
+        key = f"model.layers[{k}].network"
+        io = NetworkIO("decoder", key, (head.param_size,), dims[k + 1], head.param_size)
+        out.append(GaussianConditional(_layer_network(spec.network, resolved(m.decoder), key,
+                                                      io), head))
+    return out
+
+
+def build_hierarchical_vae(cfg: RunConfig, data_dim: int,
+                           shape: tuple[int, ...] | None = None) -> HierarchicalVAE:
+    """The L-layer VAE of ``model.layers`` (see :mod:`vaelab.model.hierarchy`) with the guide
+    ``guide.hierarchy`` names; the networks in the order guide (bottom first), decoder,
+    conditionals, then the prior of z_L.
+
+    :raises ConfigError: a non-Gaussian latent or guide family, a VampPrior without q(z_L | x).
+    """
+    m, g = cfg.model, cfg.guide
+    shape = _data_shape(data_dim, shape)
+    _check_hierarchy(cfg)
+    dims = [m.latent_dim, *(layer.latent_dim for layer in m.layers)]
+    likelihood = resolved(m.likelihood).build(data_dim)
+    layers = _guide_layers(cfg, shape, dims)
+    dec_in = sum(dims) if m.skip else dims[0]
+    dec_io = NetworkIO("decoder", "model.decoder", shape, dec_in, likelihood.param_size,
+                       cast(Any, getattr(likelihood, "param_layout", "planes")))
+    decoder = resolved(m.decoder).build(dec_io)
+    conditionals = _model_conditionals(cfg, dims)
+    guide = HIERARCHIES[g.hierarchy].build(layers, conditionals, g.input_transform)
+    top = guide.top_encoder
+    top_layer = cast(GaussianConditional, top if top is not None else guide.layers[-1])
+    ctx = BuildContext(data_dim, GaussianLatent(dims[-1]), top_layer.network,
+                       cast(Posterior, top_layer.head))
+    prior = resolved(m.prior).build(dims[-1], ctx)
+    generative = HierarchicalGenerative(dims, prior, conditionals, decoder, likelihood, m.skip)
+    return HierarchicalVAE(generative, guide)

@@ -34,6 +34,8 @@ CHANGED_DEFAULTS: list[tuple[int, str, Any]] = [
     (4, "objective.name", "trace"),
     # before 4, the encoder read the data as the likelihood scores them, counts included
     (4, "guide.input_transform", "none"),
+    # before 5, evaluation traced the model unless asked for the fused path
+    (5, "eval.fused", False),
 ]
 
 #: what :func:`migrate` said already in this process (a resumed run reads its config twice)
@@ -49,7 +51,11 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     ``model.hidden_sizes`` / ``guide.hidden_sizes`` into the networks they meant, and removed
     ``train.driver``. Version 4 made ``objective.name`` and ``guide.input_transform`` default to
     ``auto`` (older configs that lack them meant ``trace`` and ``none``), and refuses a
-    ``data.path`` that a built-in data set ignores (:func:`_upgrade_to_4` drops it).
+    ``data.path`` that a built-in data set ignores (:func:`_upgrade_to_4` drops it). Version 5
+    added keys, each defaulting to what a version-4 config meant (several stochastic layers,
+    the relaxed family's ``estimator``, protocol options such as ``train.shuffle`` and
+    ``train.warmup_per``), and made ``eval.fused`` default to ``true`` (older configs that
+    lack it meant ``false``; the numbers agree to float rounding).
 
     :raises ConfigError: the config is newer than this vaelab.
     """

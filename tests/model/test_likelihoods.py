@@ -581,3 +581,26 @@ def test_training_on_unstandardized_data_with_a_fixed_scale_says_so(standardize,
     assert main(argv) == 0
     notes = _notes(capsys.readouterr().err)
     assert len(notes) == (0 if standardize else 1), notes
+
+
+def test_bernoulli_clamp_is_the_vampprior_codes_clamped_probability():
+    """``model.likelihood = {name = "bernoulli", clamp = 1e-5}``: log p(x | ℓ) equals
+    Σ x log p̃ + (1 − x) log(1 − p̃) with p̃ = clamp(σ(ℓ), 1e-5, 1 − 1e-5) (the VampPrior code's
+    ``log_Bernoulli``), in float64 to 1e-9; unclamped logits score as without the option; the
+    fused IS path stands aside for it."""
+    from vaelab import build_vae, load_config
+    from vaelab.inference.fused import fused_log_weights
+
+    cfg = load_config(None, ['model.likelihood={name = "bernoulli", clamp = 1e-5}',
+                             "model.latent_dim=2", "model.hidden_sizes=[4]"])
+    vae = build_vae(cfg, 4)
+    lik = vae.generative.likelihood
+    logits = torch.tensor([[-30.0, -2.0, 0.5, 40.0]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    p = torch.sigmoid(logits).clamp(1e-5, 1 - 1e-5)
+    want = (x * p.log() + (1 - x) * (1 - p).log()).sum(-1)
+    assert torch.allclose(lik(logits).log_prob(x), want, rtol=0, atol=1e-9)
+    inner = torch.tensor([[-2.0, 0.5, 1.0, -1.0]], dtype=torch.float64)
+    plain = build_vae(load_config(None, ["model.latent_dim=2", "model.hidden_sizes=[4]"]), 4)
+    assert torch.equal(lik(inner).log_prob(x), plain.generative.likelihood(inner).log_prob(x))
+    assert fused_log_weights(vae) is None and fused_log_weights(plain) is not None

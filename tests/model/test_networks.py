@@ -438,3 +438,23 @@ def test_too_many_conv_stages_for_the_image_are_refused(tmp_path, capsys):
     line = _one_line(capsys)
     assert code == 2 and not out.exists()
     assert "model.decoder.channels" in line and "8×8" in line, line
+
+
+def test_he_keep_bias_draws_he_weights_and_keeps_pytorchs_biases():
+    """``init = "he_keep_bias"`` (the VampPrior code's ``he_init``, weights only): the same He
+    weights as ``he`` under one seed, and the biases PyTorch drew (U(±1/√fan_in), nonzero),
+    where ``he`` zeroes them."""
+    from vaelab.model.networks import MLP
+
+    torch.manual_seed(0)
+    keep = MLP(10, [20], 5, "relu", "he_keep_bias")
+    torch.manual_seed(0)
+    plain = MLP(10, [20], 5, "relu", "default")
+    torch.manual_seed(0)
+    he = MLP(10, [20], 5, "relu", "he")
+    lk, lp, lh = ([m for m in n.modules() if isinstance(m, torch.nn.Linear)]
+                  for n in (keep, plain, he))
+    for a, b, c in zip(lk, lp, lh):
+        assert torch.equal(a.weight, c.weight)
+        assert torch.equal(a.bias, b.bias) and float(a.bias.detach().abs().max()) > 0
+        assert float(c.bias.detach().abs().max()) == 0.0

@@ -99,6 +99,51 @@ def test_exported_runs_give_the_table_of_their_run_folders(tmp_path):
     assert not update_block(md, [dest / "iwae_static", dest / "gumbel_softmax"])
 
 
+def _conv() -> dict:
+    """A convergence.json as ``experiments/convergence.py`` writes it (format 1)."""
+    gain = {"mean": 0.31, "stderr": 0.04, "frac_positive": 0.9, "num_points": 100}
+    return {"format_version": 1, "points": 100,
+            "is": {"num_samples": {"5000": {"log_likelihood": -91.0, "gain_to_100000": gain},
+                                   "100000": {"log_likelihood": -90.69}}},
+            "ais": {"base": "prior", "chains": 4, "leapfrog": 5,
+                    "steps": {"500": {"log_likelihood": -90.2, "ess": 3.0},
+                              "2000": {"log_likelihood": -90.0, "ess": 3.2,
+                                       "gain_from_T500": {**gain, "mean": 0.2}}}},
+            "ais_minus_is": {**gain, "mean": 0.69}}
+
+
+def test_a_run_with_convergence_checks_gets_its_line_and_seeds_get_a_t_interval(tmp_path):
+    """A convergence.json beside an exported result adds its line under the table (IS gain,
+    AIS per T with its paired gain, AIS − IS); a pair over 3 seeds is the mean of the per-seed
+    paired means ± t(2)·sd/√3 (4.303 · sd / √3), with n said."""
+    from vaelab.runs.convergence import convergence_table
+
+    for variant, shift in (("iwae_k1", 0.0), ("iwae_k5", 1.0)):
+        for seed in (0, 1, 2):
+            run = tmp_path / variant / f"seed{seed}"
+            run.mkdir(parents=True)
+            r = {**_discrete_result(seed, -50.0), "recipe": "iwae_static", "variant": variant,
+                 "format_version": 1}
+            r["is"]["log_likelihood"] += shift
+            (run / "result.json").write_text(json.dumps(r))
+            d = shift + 0.1 * seed  # the per-image differences: shift + 0.1 seed, 4 images
+            (run / "is_points.tsv").write_text(
+                "# h\npoint\tlog_px\telbo\n" + "".join(
+                    f"{i}\t{(d if variant == 'iwae_k5' else 0.0) + i:.4f}\t0.0000\n"
+                    for i in range(4)))
+            r["is_points"] = {"file": "is_points.tsv", "split": "test", "limit": 4,
+                              "columns": ["point", "log_px", "elbo"]}
+            (run / "result.json").write_text(json.dumps(r))
+    (tmp_path / "iwae_k1" / "seed0" / "convergence.json").write_text(json.dumps(_conv()))
+    text = table([tmp_path])
+    assert "| iwae_static | iwae_k1 | 0 | 100 | K = 5000 → 100000: +0.31 ± 0.04 | from the " \
+           "prior, 4 chains: T = 500: -90.20; T = 2000: -90.00 (+0.20 ± 0.04) | +0.69 ± 0.04 |" \
+           in text
+    assert convergence_table({}) == ""
+    half = 4.303 * 0.1 / 3 ** 0.5  # per-seed means 1.0, 1.1, 1.2: sd 0.1
+    assert f"+1.10 ± {half:.2f} (95 % t-interval, n = 3 seeds)" in text
+
+
 def test_export_refuses_a_machine_path(tmp_path):
     """A run whose result names a place on the machine (an override with an absolute path) is
     not exported: one line naming the value."""

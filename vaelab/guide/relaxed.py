@@ -32,6 +32,15 @@ simplex-space version underflows at τ ≤ 0.2). Options:
 * ``hard = true`` (straight-through Gumbel, Bengio et al. 2013; Jang et al. 2017): the decoder sees
   the one-hot ``argmax`` of the sample, gradients flow through the soft sample. Only with
   ``kl = "categorical"`` (a Concrete density cannot score a one-hot point).
+* ``estimator`` (with ``kl = "categorical"``): the gradient estimator behind the one-hot decoder
+  input, ``"gumbel_softmax"`` (default: the soft sample, or straight-through when ``hard =
+  true``), ``"straight_through"`` (the same as ``hard = true``), or one of
+  :mod:`vaelab.guide.straight_through`: ``"gapped_st"`` (Fan et al. 2022; option ``gap``),
+  ``"gr_mck"`` (Paulus et al. 2021; option ``num_gumbels``, K), ``"reinmax"`` (Liu et al. 2023;
+  temperature ≥ 1). Config::
+
+      [guide]
+      family = {name = "relaxed", kl = "categorical", estimator = "gr_mck", num_gumbels = 100}
 
 ``categorical`` — the unrelaxed posterior :math:`q(z|x) = \prod_n \mathrm{Cat}(z_n;
 \mathrm{softmax}(\ell_n(x)))` (:class:`~vaelab.model.distributions.CategoricalProduct`), for the
@@ -49,10 +58,17 @@ References:
   3. Y. Bengio, N. Léonard, A. Courville. *Estimating or Propagating Gradients Through Stochastic
      Neurons for Conditional Computation*. arXiv:1308.3432, 2013.
   4. A. Mnih, K. Gregor. *Neural Variational Inference and Learning in Belief Networks*. ICML 2014.
+  5. T.-H. Fan, T.-C. Chi, A. I. Rudnicky, P. J. Ramadge. *Training Discrete Deep Generative
+     Models via Gapped Straight-Through Estimator*. ICML 2022.
+  6. M. B. Paulus, C. J. Maddison, A. Krause. *Rao-Blackwellizing the Straight-Through
+     Gumbel-Softmax Gradient Estimator*. ICLR 2021.
+  7. L. Liu, C. Dong, X. Liu, B. Yu, J. Gao. *Bridging Discrete and Backpropagation:
+     Straight-Through and Beyond*. NeurIPS 2023.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import pyro
@@ -61,6 +77,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from vaelab.guide.posteriors import FAMILIES, Posterior
+from vaelab.guide.straight_through import ESTIMATORS, StraightThroughCategorical, Surrogate
 from vaelab.model.distributions import (
     CategoricalProduct,
     ExpRelaxedCategorical,
@@ -100,16 +117,22 @@ class RelaxedPosterior(_CategoricalFamily):
     :param latent: the :class:`~vaelab.model.latents.CategoricalLatent` (configured here).
     :param kl: ``"relaxed"`` (Maddison et al.) or ``"categorical"`` (Jang et al.).
     :param hard: straight-through decoder input (only with ``kl = "categorical"``).
+    :param surrogate: the surrogate of a :mod:`vaelab.guide.straight_through` estimator, its
+        options bound (only with ``kl = "categorical"``; implies a one-hot decoder input).
     """
 
     reparameterized = True
     _prior: CategoricalPrior | None
 
-    def __init__(self, latent: CategoricalLatent, kl: KLConvention, hard: bool):
+    def __init__(self, latent: CategoricalLatent, kl: KLConvention, hard: bool,
+                 surrogate: Surrogate | None = None):
         super().__init__(latent)
-        self.kl, self.hard = kl, hard
+        if surrogate is not None and kl != "categorical":
+            raise ConfigError("guide.family.estimator: the straight-through estimators need "
+                              "kl = 'categorical'")
+        self.kl, self.hard, self.surrogate = kl, hard or surrogate is not None, surrogate
         self.default_temperature = latent.opts.temperature
-        latent.configure("straight_through" if hard else "soft", kl)
+        latent.configure("straight_through" if self.hard else "soft", kl)
         object.__setattr__(self, "_prior", None)  # bound by the prior's builder, not owned
 
     def bind_prior(self, prior: CategoricalPrior) -> None:
@@ -118,7 +141,10 @@ class RelaxedPosterior(_CategoricalFamily):
 
     def forward(self, h: Tensor, temperature: Tensor | None = None):
         tau = h.new_tensor(self.default_temperature) if temperature is None else temperature
-        q_z = ExpRelaxedCategorical(tau, logits=self.logits_from(h)).to_event(1)  # event (N, K)
+        logits = self.logits_from(h)  # (..., N, K)
+        base = (ExpRelaxedCategorical(tau, logits=logits) if self.surrogate is None
+                else StraightThroughCategorical(tau, self.surrogate, logits=logits))
+        q_z = base.to_event(1)  # event (N, K)
         return q_z.mask(False) if self.kl == "categorical" else q_z
 
     def guide_terms(self, q_z, z: Tensor) -> None:
@@ -189,20 +215,57 @@ class CategoricalPosterior(_CategoricalFamily):
         return self.hard_dist(h)  # batch (...), event (N, K): already the one-hot posterior
 
 
+#: ``guide.family.estimator`` of the relaxed family
+EstimatorName = Literal["gumbel_softmax", "straight_through", "gapped_st", "gr_mck", "reinmax"]
+#: the estimator that reads each estimator option
+_OWNER = {"num_gumbels": "gr_mck", "gap": "gapped_st"}
+
+
 class RelaxedOptions(Options):
     kl: Literal["relaxed", "categorical"] = Field(
         "relaxed", description="'relaxed' (Maddison et al.) or 'categorical' (Jang et al.)"
     )
     hard: bool = Field(False, description="straight-through one-hot decoder input")
+    estimator: EstimatorName = Field(
+        "gumbel_softmax",
+        description="gradient estimator: gumbel_softmax, straight_through (= hard), gapped_st, "
+                    "gr_mck, reinmax (the last three with kl = 'categorical')")
+    num_gumbels: int = Field(10, ge=1, description="K, conditional Gumbel draws (gr_mck)")
+    gap: float | Literal["p"] = Field(
+        1.0, description="δ > 0 of gapped_st, or 'p' for the adaptive -log(1 - π)/π")
+
+    @property
+    def resolved_estimator(self) -> str:
+        """The estimator in force: ``hard = true`` is ``"straight_through"``."""
+        return "straight_through" if self.hard else self.estimator
 
     @model_validator(mode="after")
     def _hard_needs_categorical_kl(self):
+        if self.hard and self.estimator not in ("gumbel_softmax", "straight_through"):
+            raise ValueError(f"hard = true is estimator = 'straight_through', not "
+                             f"{self.estimator!r}: drop hard or the estimator")
         if self.hard and self.kl == "relaxed":
             raise ValueError(
                 "hard = true (straight-through) needs kl = 'categorical': the relaxed KL scores "
                 "the decoder's input with a Concrete density, which a one-hot point does not have; "
                 "set guide.family.kl = 'categorical' or hard = false"
             )
+        if self.resolved_estimator != "gumbel_softmax" and self.kl == "relaxed":
+            raise ValueError(f"estimator = {self.estimator!r} needs kl = 'categorical': the "
+                             "decoder sees the one-hot sample, which a Concrete density cannot "
+                             "score; set guide.family.kl = 'categorical'")
+        return self._check_estimator_options()
+
+    def _check_estimator_options(self):
+        if not isinstance(self.gap, str) and self.gap <= 0:
+            raise ValueError(f"gap = {self.gap}: must be > 0 (or 'p')")
+        wanted = ESTIMATORS[self.estimator].options if self.estimator in ESTIMATORS else ()
+        for key in ("num_gumbels", "gap"):
+            # a resolved config echoes every default: only a value other than it is refused
+            if (key in self.model_fields_set and key not in wanted
+                    and getattr(self, key) != type(self).model_fields[key].default):
+                raise ValueError(f"{key} is an option of estimator = "
+                                 f"{_OWNER[key]!r}, not of {self.estimator!r}")
         return self
 
 
@@ -215,7 +278,17 @@ class CategoricalFamilyOptions(Options):
 @FAMILIES.register("relaxed", RelaxedOptions)
 def _relaxed(opts: RelaxedOptions, latent) -> Posterior:
     """Gumbel-softmax / Concrete in log space (Jang et al. 2017; Maddison et al. 2017)."""
-    return RelaxedPosterior(latent, opts.kl, opts.hard)
+    entry = ESTIMATORS.get(opts.resolved_estimator)
+    if entry is None:  # gumbel_softmax, straight_through
+        return RelaxedPosterior(latent, opts.kl, opts.hard or opts.estimator == "straight_through")
+    lo = latent.opts
+    tau_min = min(lo.temperature, lo.temperature_min) if lo.anneal_rate > 0 else lo.temperature
+    if tau_min < entry.min_temperature:
+        raise ConfigError(f"guide.family.estimator = {opts.estimator!r} needs temperature >= "
+                          f"{entry.min_temperature:g} (model.latent.temperature, and "
+                          f"temperature_min when annealed); got {tau_min:g}")
+    options = {key: getattr(opts, key) for key in entry.options}
+    return RelaxedPosterior(latent, opts.kl, False, partial(entry.surrogate, **options))
 
 
 @FAMILIES.register("categorical", CategoricalFamilyOptions)

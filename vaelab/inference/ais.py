@@ -40,7 +40,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,15 @@ from torch.distributions import constraints
 from tqdm.auto import tqdm
 
 from vaelab.config import EvalConfig
-from vaelab.inference.importance import DATA_PLATE, in_data_plate, site_fn, site_log_prob
+from vaelab.inference.importance import (
+    DATA_PLATE,
+    canonical_latent_names,
+    in_data_plate,
+    join_latents,
+    site_fn,
+    site_log_prob,
+    split_latents,
+)
 from vaelab.inference.marginal import MarginalEstimate, data_batches
 
 #: the AIS defaults, defined once in the ``[eval]`` schema
@@ -130,7 +138,9 @@ class LogJoint:
         inside the ``"data"`` plate and observed sites inside it.
     :param guide: Pyro guide with the same latent site (needed for ``base="guide"``).
     :param num_chains: C.
-    :param site: the name of the latent site (``"z"`` in vaelab).
+    :param site: the name of the latent site (``"z"`` in vaelab), or several, annealed jointly
+        as one vector (their values concatenated); ``None``: every latent site of the model
+        (``"z_L" … "z_1"`` of an L-layer model, HMC over all latents jointly).
     """
 
     def __init__(
@@ -141,7 +151,7 @@ class LogJoint:
         kwargs: dict,
         num_chains: int,
         base: str = AIS_BASE,
-        site: str = "z",
+        site: str | Sequence[str] | None = None,
     ):
         if base not in ("prior", "guide"):
             raise ValueError(f"AIS base must be 'prior' or 'guide', got {base!r}")
@@ -149,17 +159,20 @@ class LogJoint:
             raise ValueError("AIS from the guide needs a guide")
         self.model, self.guide = model, guide
         self.args, self.kwargs = args, kwargs
-        self.num_chains, self.base, self.site = num_chains, base, site
+        self.num_chains, self.base = num_chains, base
+        self.sites: list[str] | None = [site] if isinstance(site, str) else (
+            None if site is None else list(site))
+        self.widths: list[int] = []
         self.q_z: TorchDistribution | None = None  # the guide's site distribution, batch (C, B)
 
     def _chains(self):
         return pyro.plate(CHAIN_PLATE, self.num_chains, dim=-2)
 
     def _check_site(self, site: Mapping[str, Any]) -> None:
-        fn = site["fn"]
+        fn, name = site["fn"], site["name"]
         if fn.support.is_discrete:
             raise ValueError(
-                f"AIS needs a continuous latent: site {self.site!r} is discrete "
+                f"AIS needs a continuous latent: site {name!r} is discrete "
                 f"({type(fn).__name__}); use importance sampling (--method is) or the exact "
                 "enumeration instead"
             )
@@ -168,29 +181,62 @@ class LogJoint:
             support = support.base_constraint
         if support is not constraints.real:
             raise ValueError(
-                f"AIS runs HMC on z in R^d: site {self.site!r} has support {fn.support}"
+                f"AIS runs HMC on z in R^d: site {name!r} has support {fn.support}"
             )
 
     def sample_base(self) -> torch.Tensor:
-        """C draws of z per data point from f_0: ``(C, B, d)``."""
+        """C draws of z per data point from f_0: ``(C, B, d)`` (several sites: their values
+        concatenated in the model's order, ``(C, B, Σ d_l)``)."""
         with torch.no_grad(), self._chains():
             if self.base == "guide":
                 tr = poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)
-                self.q_z = site_fn(tr.nodes[self.site])
             else:
                 hidden = poutine.block(self.model, hide_fn=lambda m: bool(m.get("is_observed")))
                 tr = poutine.trace(hidden).get_trace(*self.args, **self.kwargs)
-        if self.site not in tr.nodes:
-            raise ValueError(f"AIS: no latent site {self.site!r} in the model/guide")
-        site = tr.nodes[self.site]
-        self._check_site(site)
-        value = site["value"]
-        assert value is not None, "a traced sample site has a value"
-        return value.detach()
+        if self.sites is None:
+            self.sites = canonical_latent_names(tr)
+        missing = [name for name in self.sites if name not in tr.nodes]
+        if missing:
+            raise ValueError(f"AIS: no latent site {missing[0]!r} in the model/guide")
+        for name in self.sites:
+            self._check_site(tr.nodes[name])
+        if self.base == "guide" and len(self.sites) == 1:
+            self.q_z = site_fn(tr.nodes[self.sites[0]])
+        values = [torch.as_tensor(tr.nodes[name]["value"]).detach() for name in self.sites]
+        self.widths = [v.shape[-1] for v in values]
+        return join_latents(values)
+
+    def _guide_log_q(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z_1, …, z_L | x) of the guide at the joined ``z``, ``(C, B)``, differentiable
+        in z (the guide re-run with every site conditioned on its part of z)."""
+        assert self.guide is not None and self.sites is not None
+        conditioned = poutine.condition(self.guide, data=split_latents(z, self.sites,
+                                                                        self.widths))
+        with self._chains():
+            tr = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
+        log_q = z.new_zeros(())
+        for name in self.sites:
+            log_q = log_q + site_log_prob(tr.nodes[name])  # (C, B)
+        return log_q
+
+    def _name_sites(self) -> None:
+        """The latent sites and their widths from one trace of the prior, where
+        :meth:`sample_base` has not named them (a caller that brings its own z)."""
+        hidden = poutine.block(self.model, hide_fn=lambda m: bool(m.get("is_observed")))
+        # the caller's random stream is left as it was: these draws only name the sites
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), self._chains():
+            tr = poutine.trace(hidden).get_trace(*self.args, **self.kwargs)
+        if self.sites is None:
+            self.sites = canonical_latent_names(tr)
+        self.widths = [torch.as_tensor(tr.nodes[n]["value"]).shape[-1] for n in self.sites]
 
     def _model_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``log p(z), log p(x | z)``, each ``(C, B)``, differentiable in z."""
-        conditioned = poutine.condition(self.model, data={self.site: z})
+        if self.sites is None or not self.widths:
+            self._name_sites()
+        assert self.sites is not None
+        conditioned = poutine.condition(self.model,
+                                        data=split_latents(z, self.sites, self.widths))
         with self._chains():
             tr = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
         log_prior = log_lik = z.new_zeros(())  # each term broadcasts to (C, B)
@@ -200,13 +246,13 @@ class LogJoint:
             if not in_data_plate(s):
                 raise ValueError(f"AIS: site {name!r} is outside pyro.plate({DATA_PLATE!r})")
             lp = site_log_prob(s)  # (C, B)
-            if name == self.site:
+            if name in self.sites:
                 log_prior = log_prior + lp
             elif s["is_observed"]:
                 log_lik = log_lik + lp
             else:
                 raise ValueError(
-                    f"AIS anneals the single latent site {self.site!r}; the model also samples "
+                    f"AIS anneals the latent sites {self.sites}; the model also samples "
                     f"{name!r}"
                 )
         return log_prior, log_lik
@@ -220,8 +266,8 @@ class LogJoint:
             grad_lik, = torch.autograd.grad(log_lik.sum(), z)
             log_fT, grad_fT = log_prior + log_lik, grad_prior + grad_lik
             if self.base == "guide":
-                assert self.q_z is not None, "sample_base sets the guide's q first"
-                log_q = self.q_z.log_prob(z)  # (C, B)
+                log_q = (self.q_z.log_prob(z) if self.q_z is not None
+                         else self._guide_log_q(z))  # (C, B)
                 grad_q, = torch.autograd.grad(log_q.sum(), z)
                 log_f0, grad_f0 = log_q, grad_q
             else:
@@ -308,8 +354,9 @@ def ais(
     adapt_rate: float = 0.05,
     step_size_range: tuple[float, float] = (1e-4, 1.0),
     z_init: torch.Tensor | None = None,
-    site: str = "z",
+    site: str | Sequence[str] | None = None,
     callback: Callable[[int], None] | None = None,
+    log_joint: LogJoint | None = None,
     **kwargs,
 ) -> AISResult:
     r"""AIS from ``base`` to the posterior on one data batch (``args`` = the model's arguments).
@@ -327,6 +374,9 @@ def ais(
         ×(1 − adapt_rate), kept within ``step_size_range``.
     :param z_init: ``(C, B, d)`` start states (e.g. exact posterior samples for reverse AIS);
         default: draws from :math:`f_0`.
+    :param log_joint: the path's two ends for these ``args``, built beforehand (e.g.
+        :class:`vaelab.inference.fast_ais.FusedLogJoint`: the same values without tracing);
+        ``None``: a traced :class:`LogJoint` of ``model`` and ``guide``.
     :returns: :class:`AISResult`; ``result.log_px`` estimates log p(x) (forward) or −log p(x)
         (reverse).
 
@@ -337,7 +387,8 @@ def ais(
     """
     schedule_t = beta_schedule(num_steps, schedule) if isinstance(schedule, str) else schedule
     betas = [float(b) for b in schedule_t]
-    log_joint = LogJoint(model, guide, args, kwargs, num_chains, base, site)
+    if log_joint is None:  # else a prebuilt one, e.g. vaelab.inference.fast_ais (no tracing)
+        log_joint = LogJoint(model, guide, args, kwargs, num_chains, base, site)
     z0 = log_joint.sample_base()  # also checks the site, sets the guide's q
     z = z0 if z_init is None else z_init.detach().to(z0)
     if z.shape != z0.shape:
@@ -377,12 +428,16 @@ def estimate_marginal_ais(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
+    log_joint_for: Callable[[torch.Tensor], LogJoint] | None = None,
     **ais_kwargs,
 ) -> MarginalEstimate:
     r"""AIS log p(x) for every row of ``data (N, D)``, in batches of data points.
 
     :param model: a vaelab model ``model(x)`` with one continuous latent site ``"z"``.
     :param guide: its guide (for ``base="guide"``; may be ``None`` with the prior as base).
+    :param log_joint_for: ``x → LogJoint`` of each batch (e.g. ``lambda x:
+        FusedLogJoint(vae, x, num_chains, base)``, :mod:`vaelab.inference.fast_ais`: the same
+        values without tracing); ``None``: the traced one.
     :param ais_kwargs: passed to :func:`ais` (``num_leapfrog``, ``base``, ``schedule``, ...).
     :returns: :class:`~vaelab.inference.marginal.MarginalEstimate` with ``method="ais"``,
         ``num_samples = C`` chains, ``elbo`` = mean log weight over chains, and in ``extra``
@@ -398,7 +453,8 @@ def estimate_marginal_ais(
         B = x.shape[0]
         r = ais(
             model, guide, x, num_steps=num_steps, num_chains=num_chains,
-            callback=advance_by(bar, B), **ais_kwargs,
+            callback=advance_by(bar, B),
+            log_joint=log_joint_for(x) if log_joint_for is not None else None, **ais_kwargs,
         )
         log_px.append(r.log_px.cpu())
         mean_lw.append(r.log_w.double().mean(0).cpu())

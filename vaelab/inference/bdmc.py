@@ -33,23 +33,30 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab.inference.ais import AIS_BASE, AIS_CHAINS, AIS_STEPS, advance_by, ais, beta_schedule
+from vaelab.inference.importance import canonical_latent_names, join_latents
 
 __all__ = ["BDMCResult", "simulate", "bdmc"]
 
 
 def simulate(
-    model: Callable, x_like: torch.Tensor, *args, site: str = "z", obs_site: str = "x", **kwargs
+    model: Callable, x_like: torch.Tensor, *args, site: str | None = None, obs_site: str = "x",
+    **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Draw :math:`z \sim p(z)`, :math:`x \sim p(x \mid z)` from a Pyro model.
 
     :param model: Pyro model ``model(x, *args, **kwargs)`` observing ``obs_site``.
     :param x_like: ``(N, D)``: only its shape, dtype and device are used.
+    :param site: the latent site; ``None``: every latent site, joined in the order AIS joins
+        them (:func:`~vaelab.inference.importance.canonical_latent_names`).
     :returns: ``x (N, D)`` and the latent ``z (N, d)`` that generated it (an exact posterior
         sample given x).
     """
     with torch.no_grad():
         tr = poutine.trace(poutine.uncondition(model)).get_trace(x_like, *args, **kwargs)
-    x, z = tr.nodes[obs_site]["value"], tr.nodes[site]["value"]
+    names = [site] if site is not None else [
+        n for n in canonical_latent_names(tr) if n != obs_site]
+    x = tr.nodes[obs_site]["value"]
+    z = join_latents([torch.as_tensor(tr.nodes[n]["value"]) for n in names])
     assert x is not None and z is not None, "traced sample sites have values"
     return x.detach(), z.detach()
 

@@ -30,6 +30,11 @@ parameters excluded) — the activation memory of a step, which dominates its pe
 process's peak resident set size (``resource.getrusage``, a high-water mark of the whole
 process, not of one step).
 
+With a reference gradient :math:`g^\star` (``vaelab diagnose --exact``: the exact gradient of
+the discrete ELBO by enumeration; ``--bias``: a many-draw unbiased Monte Carlo estimate), each
+group's bias :math:`\lVert \hat μ - g^\star \rVert`, relative bias and cosine similarity
+:math:`\cos(\hat μ, g^\star)` (:mod:`vaelab.inference.gradient_bias`).
+
 Posterior usage of a categorical latent: :func:`category_usage` reports, per variable, how many
 of the K classes the guide uses across a data set and how certain it is for one point
 (:class:`CategoryUsage`).
@@ -60,12 +65,14 @@ import pyro
 import torch
 
 from vaelab.config import ObjectiveConfig, json_safe, parse_value
+from vaelab.inference.gradient_bias import GradientBias, ReferenceGradient, compare
 from vaelab.registry import ConfigError
 
 __all__ = [
     "CategoryUsage",
     "GroupStats",
     "ObjectiveDiagnostics",
+    "bias_table",
     "category_usage",
     "diagnose",
     "format_table",
@@ -103,10 +110,18 @@ class ObjectiveDiagnostics:
     memory_mb: float = float("nan")
     memory_method: str = ""
     process_peak_rss_mb: float = float("nan")
+    #: per group, against the reference gradient (:mod:`vaelab.inference.gradient_bias`)
+    bias: dict[str, GradientBias] = field(default_factory=dict)
+    #: what the bias is measured against ("" when not measured)
+    reference: str = ""
+    #: per group, the mean gradient :math:`\hat μ` (not serialized)
+    mean_grads: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         """Plain data for JSON: non-finite numbers (an infinite SNR) become ``None``."""
-        return json_safe(asdict(self))
+        out = asdict(self)
+        out.pop("mean_grads")
+        return json_safe(out)
 
 
 def parse_objective_spec(spec: str) -> ObjectiveConfig:
@@ -253,9 +268,8 @@ def gradient_diagnostics(
     for p in params:
         p.grad = None
     b = torch.tensor(bounds, dtype=torch.float64)
-    stats = {
-        name: group_stats(torch.stack(gs)) for name, gs in grads.items() if gs and gs[0].numel()
-    }
+    stacked = {name: torch.stack(gs) for name, gs in grads.items() if gs and gs[0].numel()}
+    stats = {name: group_stats(g) for name, g in stacked.items()}
     cfg = objective_cfg.model_dump() if objective_cfg is not None else {}
     return ObjectiveDiagnostics(
         label=label or cfg.get("name", type(objective).__name__),
@@ -269,6 +283,7 @@ def gradient_diagnostics(
         memory_mb=memory,
         memory_method=method,
         process_peak_rss_mb=_peak_rss_mb(),
+        mean_grads={name: g.double().mean(0) for name, g in stacked.items()},
     )
 
 
@@ -280,6 +295,7 @@ def diagnose(
     beta: float = 1.0,
     temperature: torch.Tensor | None = None,
     seed: int = 0,
+    reference: ReferenceGradient | None = None,
 ) -> list[ObjectiveDiagnostics]:
     """Gradient diagnostics of several objectives on the same batch and parameters.
 
@@ -288,6 +304,9 @@ def diagnose(
     :param beta: the KL weight passed to model and guide (1: the bound itself).
     :param temperature: the relaxation temperature of a discrete latent (``None`` otherwise).
     :param seed: every objective starts from this seed.
+    :param reference: a reference gradient
+        (:func:`~vaelab.inference.gradient_bias.reference_gradient`): each objective's bias and
+        cosine similarity against it are filled in.
     :returns: one :class:`ObjectiveDiagnostics` per objective, in order.
     """
     from vaelab.inference.objectives import build_objective
@@ -299,9 +318,12 @@ def diagnose(
         objective = build_objective(cfg, vae)
         pyro.set_rng_seed(seed)
         args = (beta,) if temperature is None else (beta, temperature)
-        results.append(
-            gradient_diagnostics(vae, objective, x, draws, args, label=label, objective_cfg=cfg)
-        )
+        result = gradient_diagnostics(vae, objective, x, draws, args, label=label,
+                                      objective_cfg=cfg)
+        if reference is not None:
+            result.bias = compare(result.mean_grads, reference)
+            result.reference = reference.description
+        results.append(result)
     return results
 
 
@@ -323,12 +345,30 @@ def format_table(results: Sequence[ObjectiveDiagnostics]) -> str:
                 row += [f"{s.variance:.3g}", f"{s.snr:.3g}", f"{s.snr_norm:.3g}"]
         row += [f"{r.time_per_step_ms:.1f}", f"{r.memory_mb:.1f}"]
         lines.append("| " + " | ".join(row) + " |")
+    if any(r.bias for r in results):
+        lines += ["", bias_table(results)]
     if results:
         lines.append("")
         lines.append(
             f"{results[0].draws} gradient draws per objective, batch of {results[0].batch_size}; "
             f"memory: {results[0].memory_method}."
         )
+    return "\n".join(lines)
+
+
+def bias_table(results: Sequence[ObjectiveDiagnostics]) -> str:
+    """A Markdown table of each group's relative bias and cosine similarity against the
+    reference gradient, and a line saying what the reference is."""
+    names = [g for g in ("encoder", "decoder", "prior") if any(g in r.bias for r in results)]
+    head = ["objective"] + [f"{g} {k}" for g in names for k in ("rel. bias", "cosine")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        row = [r.label]
+        for g in names:
+            b = r.bias.get(g)
+            row += ["—"] * 2 if b is None else [f"{b.relative_bias:.3g}", f"{b.cosine:.4f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"bias against: {results[0].reference}."]
     return "\n".join(lines)
 
 

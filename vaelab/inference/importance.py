@@ -12,7 +12,8 @@ bounds stay per point whatever the plate structure (the RenyiELBO trap of pyro #
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ from pyro.distributions import TorchDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["LogWeights", "log_weights", "in_data_plate", "site_fn", "site_log_prob", "DATA_PLATE"]
+__all__ = ["LogWeights", "log_weights", "in_data_plate", "site_fn", "site_log_prob", "DATA_PLATE",
+           "join_latents", "latent_names", "canonical_latent_names", "split_latents"]
 
 #: the name of the data plate in vaelab models
 DATA_PLATE = "data"
@@ -93,3 +95,44 @@ def log_weights(
     if not torch.is_tensor(global_):
         global_ = local.new_zeros(K)
     return LogWeights(local, global_, model_tr, guide_tr)
+
+
+# --------------------------------------------------------------------------------------------
+# several latent sites as one vector (AIS and BDMC run HMC on all latents jointly)
+
+
+def latent_names(trace: poutine.Trace) -> list[str]:
+    """The unobserved sample sites of a trace, in the order drawn (subsample sites excluded):
+    ``["z"]`` for the one-layer VAE, ``["z_L", …, "z_1"]`` for an L-layer model's trace."""
+    return [name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+            and not site_is_subsample(site)]
+
+
+def canonical_latent_names(trace: poutine.Trace) -> list[str]:
+    """:func:`latent_names` in one order whichever of model and guide was traced: by name,
+    numbers compared as numbers (``"z_2"`` before ``"z_10"``), so that joined values of a model
+    trace and of a guide trace line up."""
+    def key(name: str) -> list:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    return sorted(latent_names(trace), key=key)
+
+
+def join_latents(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One site's value as it is; several (each ``(..., d_l)``) concatenated, ``(..., Σ d_l)``
+    (each a vector: the layers of a Gaussian hierarchy)."""
+    if len(values) == 1:
+        return values[0]
+    if any(v.dim() == 0 for v in values):
+        raise ValueError("joining latent sites needs vector-valued sites")
+    lead = torch.broadcast_shapes(*(v.shape[:-1] for v in values))
+    return torch.cat([v.expand(*lead, v.shape[-1]) for v in values], dim=-1)
+
+
+def split_latents(z: torch.Tensor, names: Sequence[str], widths: Sequence[int]
+                  ) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`join_latents`: ``{name: z[..., slice]}``."""
+    if len(names) == 1:
+        return {names[0]: z}
+    return dict(zip(names, z.split(list(widths), dim=-1)))

@@ -73,6 +73,7 @@ __all__ = [
     "LatentStats",
     "activity",
     "decode_mean",
+    "is_layered",
     "kl_per_unit",
     "latent_stats",
     "pca",
@@ -170,6 +171,8 @@ def _batch_means(vae, xb: torch.Tensor, num_draws: int) -> torch.Tensor:
     :func:`posterior_means`)."""
     if not vae.latent.continuous:
         return vae.inference.logits(xb).softmax(-1)  # (b, N, K)
+    if is_layered(vae):  # the top layer's (see layer_stats)
+        return vae.inference.common_noise_draws(xb, num_draws)[1][-1].mean(0)  # (b, d_L)
     q_z = vae.inference.posterior_dist(xb)
     try:
         mean = q_z.mean  # (b, d)
@@ -361,6 +364,8 @@ def decode_mean(vae, z: torch.Tensor, hard: bool = False) -> torch.Tensor:
     :param hard: ``z`` holds one-hot vectors of a categorical latent.
     """
     g = vae.generative
+    if is_layered(vae):  # z is the top layer; the lower ones at their conditional means
+        return g.decode_top(z)
     return g.likelihood.mean(g.decoder(g.latent.decoder_input(z, hard=hard)))
 
 
@@ -389,3 +394,9 @@ def traverse(vae, z0: torch.Tensor, units: list[int], steps: torch.Tensor | int 
     for i, u in enumerate(units):
         codes[i, :, u] = (loc[u] + values * scale[u]).to(anchor)
     return decode_mean(vae, codes).cpu(), values
+
+
+def is_layered(vae) -> bool:
+    """Whether ``vae`` has several stochastic layers (:class:`~vaelab.vae.HierarchicalVAE`;
+    their statistics: :mod:`vaelab.inference.layer_stats`)."""
+    return hasattr(vae.generative, "conditionals")

@@ -98,16 +98,23 @@ class PointNoise(Messenger):
     runs within one use (several particles in a loop) continue each point's stream.
 
     :param generators: one per point of the batch, in batch order (:func:`point_generators`).
-    :param sites: the names of the latent sites to draw.
+    :param sites: the names of the latent sites to draw (``None``: ``"z"``, ``"z_1"``, …).
     """
 
     def __init__(self, generators: Sequence[torch.Generator],
-                 sites: frozenset[str] = frozenset({"z"})):
+                 sites: frozenset[str] | None = None):
         super().__init__()
         self.generators, self.sites = list(generators), sites
 
+    def _drawn(self, name: str) -> bool:
+        """Whether site ``name`` is drawn here: one of ``sites``; by default ``"z"`` and the
+        layers ``"z_1" … "z_L"`` of an L-layer model."""
+        if self.sites is not None:
+            return name in self.sites
+        return name == "z" or (name.startswith("z_") and name[2:].isdigit())
+
     def _pyro_sample(self, msg) -> None:
-        if (msg["name"] not in self.sites or msg["is_observed"] or msg["value"] is not None
+        if (not self._drawn(msg["name"]) or msg["is_observed"] or msg["value"] is not None
                 or msg["infer"].get("enumerate")):
             return
         frame = next((f for f in msg["cond_indep_stack"] if f.name == DATA_PLATE), None)

@@ -290,12 +290,25 @@ LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
 
 class BernoulliLikelihood(Likelihood):
     r""":math:`x_d \sim \mathrm{Bernoulli}(\sigma(\ell_d))`, ℓ the decoder's logits (binary
-    data)."""
+    data).
+
+    ``clamp = c > 0`` scores :math:`\mathrm{Bernoulli}(\min(\max(\sigma(\ell_d), c), 1 - c))`,
+    as the VampPrior code's ``log_Bernoulli`` does (``utils/distributions.py``: c = 1e-5),
+    computed as the same clamp on the logits, :math:`\ell \mapsto \min(\max(\ell,
+    \operatorname{logit} c), \operatorname{logit}(1 - c))` (σ is increasing): no pixel then
+    costs more than :math:`-\log c` nats, and a clamped logit gets no gradient."""
 
     discrete = True
     domain = "binary"
 
+    def __init__(self, data_dim: int, clamp: float = 0.0):
+        super().__init__(data_dim)
+        self.clamp = clamp
+        self._bound = math.log(1.0 - clamp) - math.log(clamp) if clamp > 0 else math.inf
+
     def forward(self, params):
+        if self.clamp > 0:
+            params = params.clamp(-self._bound, self._bound)
         # one fused contraction over the pixels (see BernoulliImage); validate_args=False: the
         # support check costs ~0.2 ms per 128×784 batch (PYRO_NOTES), check_data did it once
         return BernoulliImage(params, validate_args=False)
@@ -691,6 +704,13 @@ def _softplus_inverse(y: float) -> float:
 # options and registration
 
 
+class BernoulliOptions(Options):
+    """Options of ``bernoulli``."""
+
+    clamp: float = Field(0.0, ge=0.0, lt=0.5, description="score probabilities clamped to "
+                         "[clamp, 1 - clamp] (0: none; the VampPrior code: 1e-5)")
+
+
 class ScaleOptions(Options):
     """Options of ``normal`` and ``laplace``."""
 
@@ -745,10 +765,10 @@ class DiscretizedLogisticOptions(LevelsOptions):
     min_scale: float = Field(1e-3, gt=0.0, description="floor added to the logistic scale")
 
 
-@LIKELIHOODS.register("bernoulli", component=BernoulliLikelihood)
+@LIKELIHOODS.register("bernoulli", BernoulliOptions, component=BernoulliLikelihood)
 def _bernoulli(opts, data_dim):
     """Bernoulli with logits: binary data only."""
-    return BernoulliLikelihood(data_dim)
+    return BernoulliLikelihood(data_dim, opts.clamp)
 
 
 @LIKELIHOODS.register("continuous_bernoulli", component=ContinuousBernoulliLikelihood)

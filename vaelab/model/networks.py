@@ -31,7 +31,8 @@ both roles, so one table describes an encoder and its mirror decoder.
 **Initialisation** (``init``): ``default`` is PyTorch's (Kaiming-uniform with a = √5, uniform
 bias); ``he`` draws :math:`W \sim \mathcal N(0, 2/\text{fan-in})` (He et al. 2015), ``xavier``
 :math:`W \sim U(\pm\sqrt{6/(\text{fan-in} + \text{fan-out})})` (Glorot & Bengio 2010), both with
-zero biases.
+zero biases; ``he_keep_bias`` draws He's weights and keeps PyTorch's biases, as the VampPrior
+code's ``he_init`` does (``utils/nn.py``: it sets the weights only).
 
 Every network declares :attr:`Network.activations_per_row`, the floats its weight layers output
 for one input row: particle chunks of importance sampling are sized from it
@@ -86,7 +87,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 Activation = Literal["relu", "tanh", "softplus", "elu", "gelu"]
-Init = Literal["default", "he", "xavier"]
+Init = Literal["default", "he", "he_keep_bias", "xavier"]
 
 
 def initialize(module: nn.Module, init: str) -> None:
@@ -96,13 +97,14 @@ def initialize(module: nn.Module, init: str) -> None:
         return
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            if init == "he":
+            if init in ("he", "he_keep_bias"):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             elif init == "xavier":
                 nn.init.xavier_uniform_(m.weight)
             else:
-                raise ValueError(f"unknown init {init!r}; choices: default, he, xavier")
-            if m.bias is not None:
+                raise ValueError(f"unknown init {init!r}; choices: default, he, he_keep_bias, "
+                                 "xavier")
+            if m.bias is not None and init != "he_keep_bias":
                 nn.init.zeros_(m.bias)
 
 
@@ -433,7 +435,8 @@ def _positive(v: list[int]) -> list[int]:
 class NetworkOptions(Options):
     """Options every network has; :meth:`mirrored` gives the encoder that mirrors a decoder."""
 
-    init: Init = Field("default", description="weight initialisation: default, he or xavier")
+    init: Init = Field("default",
+                       description="weight initialisation: default, he, he_keep_bias or xavier")
 
     def mirrored(self) -> dict:
         """These options for the other role (widths listed from its own input), as a table."""

@@ -221,8 +221,8 @@ class DataParallel:
         """Epoch ``epoch``'s batches: this process's share ``x (b, D)`` on ``device``, each
         point preprocessed with its own generator, and the :class:`GlobalBatch`."""
         tc = self.tc
-        for idx in batch_indices(x_train.shape[0], tc.batch_size, shuffle=True, seed=tc.seed,
-                                 epoch=epoch):
+        for idx in batch_indices(x_train.shape[0], tc.batch_size, shuffle=tc.shuffle,
+                                 seed=tc.seed, epoch=epoch):
             mine, _ = self._mine(idx)
             x = x_train[to_device(mine, x_train.device)]  # (b, D)
             if not pre.is_identity:

@@ -307,3 +307,37 @@ def save_reproduce_chart(path, rows: list[dict], title: str = "") -> Path:
         bx.legend(fontsize=8, loc="best")
     bx.grid(alpha=0.3, axis="x")
     return _save(fig, path)
+
+
+def save_gradient_bias(path, results) -> Path:
+    """``vaelab diagnose --exact`` / ``--bias``: per objective and parameter group, the relative
+    bias ‖μ̂ − g*‖ / ‖g*‖ (left, log scale) and the cosine similarity cos(μ̂, g*) (right) of the
+    mean estimated gradient against the reference g*, named in the title.
+
+    :param results: :class:`~vaelab.inference.diagnostics.ObjectiveDiagnostics` with ``bias``.
+    :raises ValueError: when no result carries a bias.
+    """
+    results = [r for r in results if r.bias]
+    if not results:
+        raise ValueError("no bias to plot: run diagnose with a reference gradient")
+    groups = [g for g in ("encoder", "decoder", "prior") if any(g in r.bias for r in results)]
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.0, 0.5 * len(results) * len(groups) + 1.8))
+    height = 0.8 / len(groups)
+    y = np.arange(len(results))
+    for k, g in enumerate(groups):
+        rel = [r.bias[g].relative_bias if g in r.bias else np.nan for r in results]
+        cos = [r.bias[g].cosine if g in r.bias else np.nan for r in results]
+        ax.barh(y + k * height, rel, height, label=g)
+        bx.barh(y + k * height, cos, height, label=g)
+    for axis in (ax, bx):
+        axis.set_yticks(y + 0.4 - height / 2, [r.label for r in results], fontsize=8)
+        axis.invert_yaxis()
+        axis.grid(alpha=0.3, axis="x")
+    ax.set_xscale("log")
+    ax.set_xlabel("relative bias ‖mean gradient − reference‖ / ‖reference‖")
+    bx.set_xlabel("cosine(mean gradient, reference)")
+    bx.axvline(1.0, c="0.5", lw=1)
+    ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"bias against: {results[0].reference}", fontsize=9)
+    return _save(fig, path)

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vaelab.config import ConfigError, RunConfig
 from vaelab.resolve import apply_overrides, parse_value, resolve
 
-__all__ = ["ChainSettings", "Recipe", "RecipeTable", "load_recipe", "parse_overrides",
-           "recipe_names", "with_recipe_overrides"]
+__all__ = ["ChainSettings", "Grid", "Recipe", "RecipeTable", "load_recipe", "member_name",
+           "parse_overrides", "recipe_names", "with_recipe_overrides"]
 
 
 class ChainSettings(BaseModel):
@@ -43,6 +43,24 @@ class ChainSettings(BaseModel):
     steps: int = Field(500, gt=0, description="intermediate distributions T")
     chains: int = Field(4, gt=0, description="chains per point")
     leapfrog: int = Field(5, gt=0, description="leapfrog steps per HMC move")
+
+
+class Grid(BaseModel):
+    """A hyperparameter grid chosen on the validation set (``[recipe.grids.NAME]``): every
+    member is the ``base`` variant plus its own overrides, trained at the first seed; the member
+    with the best validation score (the one that picks a run's best checkpoint,
+    :func:`~vaelab.runs.resume.valid_score`) is the one evaluated
+    (:func:`vaelab.runs.reproduce.reproduce` with ``--variant NAME``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str = Field(min_length=1, description="the variant every member extends")
+    members: list[list[str]] = Field(min_length=2, description="each member's overrides")
+    #: overrides of the screening runs only (e.g. ``train.epochs`` of a shorter screen, as
+    #: Paulus et al. 2021 screen at 10,000 steps): the members are then trained with them under
+    #: ``OUT/screen/``, and the selected member is trained anew at the full budget
+    screen: list[str] = Field(default_factory=list)
+    note: str = Field("", description="what the grid is, and its source")
 
 
 class RecipeTable(BaseModel):
@@ -65,6 +83,19 @@ class RecipeTable(BaseModel):
     paired: list[tuple[str, str]] = Field(default_factory=list)
     #: m, the draws of the discrete rows' m-sample bounds (Jang et al. 2017, §4: m = 1000)
     bound_draws: int = Field(1000, gt=0)
+    #: grids chosen on validation (:class:`Grid`); each member is a variant named
+    #: ``GRID@KEY=VALUE,...`` (:func:`member_name`)
+    grids: dict[str, Grid] = Field(default_factory=dict)
+
+
+def member_name(grid: str, overrides: list[str]) -> str:
+    """A grid member's variant name: the grid's, ``@``, and each override's last key part with
+    its value, e.g. ``paper_gumbel@lr=0.001`` for ``["train.lr=1e-3"]``."""
+    parts = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        parts.append(f"{key.strip().split('.')[-1]}={parse_value(value)}")
+    return f"{grid}@{','.join(parts)}"
 
 
 def _table(name: str, meta: dict[str, Any]) -> RecipeTable:
@@ -95,13 +126,23 @@ class Recipe:
 
     @property
     def variants(self) -> dict[str, list[str]]:
-        return dict(self.table.variants)
+        """The variants and every grid member (its base variant's overrides, then its own)."""
+        out = dict(self.table.variants)
+        for grid, spec in self.table.grids.items():
+            base = list(self.table.variants.get(spec.base, []))
+            out.update({member_name(grid, m): [*base, *m] for m in spec.members})
+        return out
+
+    def grid_members(self, grid: str) -> list[str]:
+        """The variant names of grid ``grid``'s members, in the recipe's order."""
+        return [member_name(grid, m) for m in self.table.grids[grid].members]
 
     def published(self, variant: str) -> float | None:
-        return self.table.published.get(variant)
+        """The published figure of ``variant`` (a grid member: its grid's)."""
+        return self.table.published.get(variant, self.table.published.get(_grid_of(variant)))
 
     def pythae(self, variant: str) -> float | None:
-        return self.table.pythae.get(variant)
+        return self.table.pythae.get(variant, self.table.pythae.get(_grid_of(variant)))
 
     def config(self, variant: str, seed_offset: int = 0,
                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -113,6 +154,11 @@ class Recipe:
         raw = apply_overrides(self.raw, list(self.variants[variant]))
         seed = raw.get("train", {}).get("seed", 0) + seed_offset
         return resolve(apply_overrides(raw, [f"train.seed={seed}", *overrides]))
+
+
+def _grid_of(variant: str) -> str:
+    """The grid a member variant belongs to (``GRID@...``), or ``""``."""
+    return variant.split("@", 1)[0] if "@" in variant else ""
 
 
 def with_recipe_overrides(recipe: Recipe, overrides) -> tuple[Recipe, list[str]]:
@@ -150,6 +196,11 @@ def load_recipe(name: str) -> Recipe:
               if v not in recipe.variants and not _other_variant(v)}
     if strays:
         raise ConfigError(f"recipe {name!r}: [recipe] paired names no variant: {sorted(strays)}")
+    for grid, spec in recipe.table.grids.items():
+        if spec.base not in recipe.table.variants or grid in recipe.table.variants:
+            raise ConfigError(f"recipe {name!r}: grid {grid!r} must extend a variant and not be "
+                              f"one (base {spec.base!r}; variants: "
+                              f"{', '.join(recipe.table.variants)})")
     return recipe
 
 

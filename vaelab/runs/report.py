@@ -14,7 +14,9 @@ The latent-space section (:func:`latent_section`, numbers from
 * ``latent_traversals.png``: a typical point decoded while one of its most active units moves
   over ±3 prior scales (a categorical variable: over its K classes); an image grid for image
   data, line plots of the features for tables;
-* ``latent_kl.png``: the mean KL per unit and its activity, Burda et al.'s active units marked;
+* ``latent_kl.png``: the mean KL per unit and its activity, Burda et al.'s active units marked
+  (several stochastic layers: ``latent_kl_z_1.png`` … per layer, the top layer z_L embedded
+  and traversed; :mod:`vaelab.runs.report_layers`);
 * ``latent_usage.png`` (categorical latents): the aggregate posterior, variables × classes.
 
 Example: ``write_report(load_run("runs/g"), html=True)`` writes ``report.md``, ``.html``, PNGs.
@@ -39,26 +41,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vaelab.data.subsets import spread_indices  # noqa: E402
 from vaelab.runs.checkpoint import atomic_write_text  # noqa: E402
 from vaelab.runs.folder import Interrupted, StopSignals  # noqa: E402
 from vaelab.runs.plots import write_figure  # noqa: E402
+from vaelab.runs.report_layers import eval_points, layer_blocks  # noqa: E402
 from vaelab.runs.run import read_history  # noqa: E402
 
-__all__ = [
-    "MAX_DRAWN_UNITS",
-    "Figure",
-    "ReportInterrupted",
-    "Table",
-    "image_grid",
-    "image_shape_of",
-    "latent_section",
-    "plot_curves",
-    "render_html",
-    "render_markdown",
-    "save_grid",
-    "write_report",
-]
+__all__ = ["MAX_DRAWN_UNITS", "Figure", "ReportInterrupted", "Table", "image_grid",
+           "image_shape_of", "latent_section", "plot_curves", "render_html", "render_markdown",
+           "save_grid", "write_report"]
 
 
 def image_shape_of(shape: tuple[int, ...] | None, D: int) -> tuple[int, int, int]:
@@ -255,17 +246,6 @@ def render_html(blocks: list[Block], folder: Path, title: str) -> str:
             + "\n".join(body) + "\n</body></html>\n")
 
 
-def _eval_points(run, limit: int) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """``limit`` points spread over the test split (valid when test is empty), preprocessed
-    with the fixed draw 0, their labels (``None`` when the split has none) and the split."""
-    split = "test" if run.data.test.shape[0] else "valid"
-    n = run.data.split(split).shape[0]
-    idx = spread_indices(n, limit)
-    labels = run.data.labels.get(split)
-    labels = labels[idx] if labels is not None and labels.shape[0] == n else None
-    return run.pre.eval_split(run.split(split, limit), 0), labels, split
-
-
 def _embedding(run, stats, labels, split: str, out: Path) -> Figure:
     from vaelab.inference.latent_space import pca
     from vaelab.runs.plots import save_embedding
@@ -388,10 +368,14 @@ def latent_section(run, out: Path, limit: int = 2000,
 
     :param check: called between batches and pictures (a stop request raises there).
     """
-    from vaelab.inference.latent_space import latent_stats
+    from vaelab.inference.latent_space import is_layered, latent_stats
+    from vaelab.inference.layer_stats import layer_stats
 
     check = check or (lambda: None)
-    x, labels, split = _eval_points(run, limit)
+    x, labels, split = eval_points(run, limit)
+    if is_layered(run.vae):  # several layers: the top one drawn, a KL figure and row per layer
+        return _layers_section(run, layer_stats(run.vae, x, check=check), x, labels, split,
+                               out, check)
     stats = latent_stats(run.vae, x, keep=MAX_DRAWN_UNITS, check=check)
     continuous = run.vae.latent.continuous
     U, A = stats.activity.numel(), stats.num_active
@@ -419,6 +403,18 @@ def latent_section(run, out: Path, limit: int = 2000,
             "q(z_n = k | x); per row, the classes that are some point's most probable."))
     blocks.insert(1, Table(["latent statistic", "value"], rows, "lr"))
     return blocks
+
+
+def _layers_section(run, layers: list, x: torch.Tensor, labels, split: str, out: Path,
+                    check: Callable[[], None]) -> list[Block]:
+    """:func:`latent_section` of a layered VAE: the top layer z_L's embedding and traversals, a
+    row and a KL figure per layer (:func:`~vaelab.runs.report_layers.layer_blocks`)."""
+    embedding = _embedding(run, layers[-1], labels, split, out)
+    check()
+    traversals = _traversals(run, layers[-1], x, out)
+    rows, figures = layer_blocks(run.vae.sites, layers, f"{x.shape[0]} {split} points", out)
+    return ["## Latent space", Table(["latent statistic", "value"], rows, "lr"), embedding,
+            traversals, *(Figure(*f) for f in figures)]
 
 
 class ReportInterrupted(Interrupted):

@@ -97,11 +97,16 @@ def reproduce(
     recipe, out = load_recipe(name), Path(out)
     given = list(overrides)
     recipe, overrides = with_recipe_overrides(recipe, given)
-    variants = variants or list(recipe.variants)
+    variants = variants or list(recipe.table.variants)
     results = []
     tell = _teller(say)
     # bars as asked, unless an override says otherwise (train.progress is a resumable key)
     overrides = [f"train.progress={str(progress).lower()}", *overrides]
+    selections = {}
+    for v in [v for v in variants if v in recipe.table.grids]:
+        sel = select_on_validation(recipe, v, out, overrides, tell)
+        selections[sel["selected"]] = sel
+    variants = [selections_of(selections, v) for v in variants]
     for i, (variant, s) in enumerate((v, s) for v in variants for s in range(seeds)):
         cfg = recipe.config(variant, s, overrides)
         run_dir = out / variant / f"seed{cfg.train.seed}"
@@ -119,6 +124,8 @@ def reproduce(
                   "budget_paper": recipe.meta.get("budget", ""),
                   "budget": _budget_reached(cfg, history),
                   "machine": _machine(world)}
+        if variant in selections:
+            result["selection"] = selections[variant]
         if evaluate:
             result.update(_evaluate(recipe, run_dir, history, progress, tell))
         if world.is_main:
@@ -129,6 +136,58 @@ def reproduce(
     if World.from_env().is_main:
         atomic_write_text(out / "reproduce.md", table([out]))
     return results
+
+
+def selections_of(selections: dict[str, dict], variant: str) -> str:
+    """``variant``, or the member selected for it where it names a grid."""
+    return next((m for m, sel in selections.items() if sel["grid"] == variant), variant)
+
+
+def select_on_validation(recipe: Recipe, grid: str, out: Path, overrides: list[str],
+                         tell: Callable[[str], None]) -> dict:
+    """Train (resuming) every member of ``grid`` at the recipe's first seed, and select the
+    one with the best validation score (:func:`~vaelab.runs.resume.valid_score`: the K-sample
+    bound where ``train.valid_particles`` > 1, else the ELBO) over its epochs; no test point
+    is read. With the grid's ``screen`` overrides, the members are screening runs under
+    ``out/screen/`` and the selected one is then trained at the full budget by the caller.
+    Writes ``out/GRID.selection.json``.
+
+    :returns: ``grid``, ``note``, ``score`` (the validation score's name), ``members`` (name →
+        its best validation score and epoch) and ``selected``."""
+    from vaelab.runs.folder import latest_commit
+    from vaelab.runs.resume import valid_score
+    from vaelab.runs.stepper import NonFiniteLossError
+    from vaelab.runs.train import train
+
+    members: dict[str, dict] = {}
+    names = recipe.grid_members(grid)
+    screen = recipe.table.grids[grid].screen
+    for j, member in enumerate(names):
+        cfg = recipe.config(member, 0, [*overrides, *screen])
+        run_dir = (out / "screen" if screen else out) / member / f"seed{cfg.train.seed}"
+        tell(f"grid {grid}, member {j + 1}/{len(names)}: {member} ({run_dir}): training, "
+             f"{_epochs(cfg.train.epochs)}, for the selection on validation")
+        try:
+            train(cfg, run_dir, resume=latest_commit(run_dir) is not None)
+        except NonFiniteLossError as err:  # a diverged member is recorded, never selected
+            members[member] = {"diverged": str(err).split("\n")[0]}
+            tell(f"grid {grid}: {member} diverged ({members[member]['diverged']}); left out")
+            continue
+        best = max(read_metrics(run_dir), key=valid_score)
+        members[member] = {"valid_score": valid_score(best), "best_epoch": best["epoch"]}
+    finite = [m for m in members if "valid_score" in members[m]]
+    if not finite:
+        raise NonFiniteLossError(f"grid {grid}: every member diverged; see {out}")
+    selected = max(finite, key=lambda m: members[m]["valid_score"])
+    score = "valid_bound" if recipe.config(names[0], 0, overrides).train.valid_particles > 1 \
+        else "valid_elbo"
+    sel = {"grid": grid, "note": recipe.table.grids[grid].note, "score": score,
+           "screen": screen, "members": members, "selected": selected}
+    tell(f"grid {grid}: selected {selected} (best {score} "
+         f"{members[selected]['valid_score']:.2f} of {len(finite)} finite members of "
+         f"{len(members)})")
+    atomic_write_text(out / f"{grid}.selection.json", json.dumps(json_safe(sel), indent=1))
+    return sel
 
 
 def _epochs(n: int) -> str:

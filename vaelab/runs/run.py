@@ -193,10 +193,25 @@ def _add_log_jacobian(est: MarginalEstimate, jac: float) -> None:
 def _fused_path(run: Run, ec: EvalConfig) -> dict:
     """``eval.fused``: the fused log weights and cache-sized chunks, where they apply."""
     guide_proposal = resolved(ec.proposal).name == "guide"
+    if ec.fused and guide_proposal and len(getattr(run.vae, "sites", ["z"])) > 1:
+        note("eval.fused does not apply to several latent sites (model.layers): the traced "
+             "importance-sampling path scores this model")
+        return {}
     fused = fused_log_weights(run.vae) if ec.fused and guide_proposal else None
     if fused is None:
         return {}
     return {"fused": fused, "chunk_rows": cache_rows(run.vae.generative.likelihood.param_size)}
+
+
+def _fused_log_joint(run: Run, ec: EvalConfig):
+    """``eval.fused`` for AIS: ``x → FusedLogJoint`` for one continuous latent site, else
+    ``None`` (the traced log joint)."""
+    if not ec.fused or not run.vae.latent.continuous or len(getattr(run.vae, "sites",
+                                                                     ["z"])) > 1:
+        return None
+    from vaelab.inference.fast_ais import FusedLogJoint
+
+    return lambda xb: FusedLogJoint(run.vae, xb, ec.ais_chains, ec.ais_base)
 
 
 def evaluate(
@@ -254,7 +269,7 @@ def evaluate(
             est = estimate_marginal_ais(
                 model, guide, x, num_steps=ec.ais_steps, num_chains=ec.ais_chains,
                 batch_size=ec.batch_size, progress=progress, num_leapfrog=ec.ais_leapfrog,
-                base=ec.ais_base,
+                base=ec.ais_base, log_joint_for=_fused_log_joint(run, ec),
             )
         if ec.exact:
             _attach_exact(est, run.vae, x, ec.batch_size)

@@ -355,7 +355,10 @@ def evaluate_run(recipe: Recipe, run_dir: Path, history: list[dict], *,
     m = min(table.bound_draws, ec.num_samples)
     curve = [m] if discrete and ec.method == "is" else None
     estimands: dict[str, Any] = {"is": block_estimand(run, ec, ec.block_size or BLOCK, curve)}
-    relaxed = bool(discrete and run.vae.latent.relaxed)
+    # the relaxed-sample figure: a Gumbel-softmax guide's own (a straight-through estimator's
+    # surrogate decodes one-hot samples: its figure would be the one-hot ELBO of the IS stage)
+    relaxed = bool(discrete and run.vae.latent.relaxed
+                   and getattr(run.vae.inference.posterior, "surrogate", None) is None)
     ais = table.ais if not discrete and table.ais and table.ais.points else None
     bdmc = table.bdmc if not discrete and table.bdmc and table.bdmc.points else None
     stage = _announcer(say, 1 + relaxed + 2 * (ais is not None) + (bdmc is not None), world,

@@ -21,6 +21,7 @@ from vaelab.config import RunConfig, TrainConfig
 from vaelab.data import Preprocessor
 from vaelab.data.batching import batch_indices
 from vaelab.devices import to_device
+from vaelab.runs.burda_adam import BurdaAdam
 from vaelab.runs.data_parallel import DataParallel, GlobalBatch
 from vaelab.runs.resume import Progress
 from vaelab.runs.tracking import Tracking
@@ -40,6 +41,8 @@ def make_optimizer(tc: TrainConfig, params: list[torch.nn.Parameter]) -> torch.o
 
     * ``adam`` and ``adam_normgrad`` (the gradients normalized first, by :class:`Stepper`):
       ``torch.optim.Adam`` with ``train.adam_betas`` and ``train.adam_eps``;
+    * ``adam_burda``: :class:`~vaelab.runs.burda_adam.BurdaAdam`, Adam as Burda et al.'s IWAE
+      code runs it (second moments start at one, a one-step lag), with the same betas and ε;
     * ``sgd``: ``torch.optim.SGD`` with ``train.momentum`` μ (v ← μ v + g, θ ← θ − lr · v; the
       first step's v is g). Its momentum buffers start at zero (μ · 0 + g = g, torch's first
       step), so that a step skipped on the device (``found_inf``, :meth:`Stepper.step`) leaves
@@ -53,6 +56,8 @@ def make_optimizer(tc: TrainConfig, params: list[torch.nn.Parameter]) -> torch.o
                 sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)
         return sgd
     betas = (tc.adam_betas[0], tc.adam_betas[1])
+    if tc.optimizer == "adam_burda":
+        return BurdaAdam(params, lr=tc.lr, betas=betas, eps=tc.adam_eps)
     return torch.optim.Adam(params, lr=tc.lr, betas=betas, eps=tc.adam_eps, fused=True)
 
 
@@ -109,8 +114,8 @@ class Stepper:
             return
         tc = self.tc
         noise = derived_generator(tc.seed, epoch, 1)
-        for idx in batch_indices(x_train.shape[0], tc.batch_size, shuffle=True, seed=tc.seed,
-                                 epoch=epoch):
+        for idx in batch_indices(x_train.shape[0], tc.batch_size, shuffle=tc.shuffle,
+                                 seed=tc.seed, epoch=epoch):
             x = x_train[to_device(idx, x_train.device)]  # (B, D)
             yield to_device(pre.train_batch(x, noise), device), GlobalBatch(epoch, idx)
 
@@ -136,8 +141,15 @@ class Stepper:
         elif deferred is not None and self.sync_every > 1:
             loss = deferred(self.vae.model, self.vae.guide, x, beta, temperature)
         else:
-            loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta,
-                                            temperature)
+            try:
+                loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta,
+                                                temperature)
+            except (RuntimeError, ValueError) as err:
+                if not _non_finite(err):
+                    raise
+                # a distribution fed NaN parameters (sampling a categorical guide raises before
+                # any loss exists): the run has diverged, as a non-finite loss says
+                raise NonFiniteLossError(f"step {self.steps}: {err}".split("\n")[0]) from err
         norm: torch.Tensor | None = None
         if self.normalize_grads:
             grads = [p.grad for p in self.params if p.grad is not None]
@@ -177,6 +189,12 @@ class Stepper:
         self.optimizer.load_state_dict(state)
 
 
+def _non_finite(err: Exception) -> bool:
+    """Whether ``err`` is torch's or a distribution's complaint about NaN or infinite values."""
+    text = str(err).lower()
+    return any(w in text for w in ("nan", "inf ", "inf,", "infinite", "contains either inf"))
+
+
 def learning_rate(tc: TrainConfig, epoch: int, step: int) -> float:
     r"""The learning rate at global step ``step`` of 0-based ``epoch`` (``train.lr_schedule``).
 
@@ -206,11 +224,20 @@ def iwae_stage(epoch: int) -> int:
 
 
 def kl_weight(epoch: int, step_in_epoch: int, steps_per_epoch: int, warmup_epochs: int,
-              beta: float) -> float:
-    """β at a step: linear from 0 to ``beta`` over ``warmup_epochs`` epochs, then constant."""
+              beta: float, per: str = "step") -> float:
+    r"""β at a step of 0-based ``epoch``: linear from 0 to ``beta`` over ``warmup_epochs``
+    epochs, then constant (``train.warmup_per``):
+
+    * ``step``: :math:`eta \min(1, (e + i / n) / W)` at step i of n in epoch e;
+    * ``epoch``: :math:`eta \min(1, (e + 1) / W)` for the whole epoch (the VampPrior code,
+      ``utils/training.py``: β = epoch / warmup with epochs counted from 1).
+    """
     if warmup_epochs <= 0:
         return beta
-    t = (epoch + step_in_epoch / max(1, steps_per_epoch)) / warmup_epochs
+    if per == "epoch":
+        t = (epoch + 1) / warmup_epochs
+    else:
+        t = (epoch + step_in_epoch / max(1, steps_per_epoch)) / warmup_epochs
     return beta if t >= 1.0 else beta * t
 
 

@@ -7,7 +7,9 @@ or of their exported files (:func:`export_runs`), into the Markdown table of
 images both scored; :func:`chart_rows` the table's rows as numbers for
 :func:`vaelab.runs.plots.save_reproduce_chart`. A figure over seeds follows one rule
 (:func:`vaelab.runs.stats.across_seeds`): one seed, its value ± its standard error over the
-test images; several, the mean ± the sample standard deviation of the seeds' values.
+test images; several, the mean ± the sample standard deviation of the seeds' values. A paired
+comparison across seeds is the mean of the per-seed paired differences ± t(n−1)·sd/√n, its
+95 % t-interval (:func:`vaelab.runs.stats.t_interval`).
 
 A row's headline is the published figure's quantity on the model that was evaluated: IS
 log p(x) with K = 5000, or, for a discrete latent (``metric = "elbo"``), the bounds on the
@@ -36,8 +38,9 @@ from pathlib import Path
 
 import torch
 
+from vaelab.runs.convergence import CONVERGENCE_FILE, convergence_table
 from vaelab.runs.recipes import Recipe, load_recipe
-from vaelab.runs.stats import across_seeds, stat
+from vaelab.runs.stats import across_seeds, stat, t_interval
 
 __all__ = ["BEGIN", "END", "EXPORT_FORMAT", "chart_rows", "export_runs", "missing_figures",
            "paired_table", "table", "update_block"]
@@ -158,10 +161,13 @@ def paired_table(folders: list[str | Path]) -> str:
 
 
 def _paired_cell(diffs: list[torch.Tensor]) -> str:
-    """One seed: mean ± standard error over the images; several: mean ± sd of the seeds' means."""
-    m, err = across_seeds([float(d.mean()) for d in diffs],
-                          [float(d.std() / math.sqrt(d.numel())) for d in diffs])
-    return f"{m:+.2f} ± {err:.2f} " + ("(se)" if len(diffs) == 1 else f"({len(diffs)} seeds)")
+    """One seed: mean ± standard error over the images; several: the mean of the seeds' paired
+    means ± t(n−1)·sd/√n, their 95 % t-interval (:func:`~vaelab.runs.stats.t_interval`)."""
+    if len(diffs) == 1:
+        d = diffs[0]
+        return f"{float(d.mean()):+.2f} ± {float(d.std() / math.sqrt(d.numel())):.2f} (se)"
+    m, half, n = t_interval([float(d.mean()) for d in diffs])
+    return f"{m:+.2f} ± {half:.2f} (95 % t-interval, n = {n} seeds)"
 
 
 def _picked_by(K: int) -> str:
@@ -295,10 +301,15 @@ def table(folders: list[str | Path]) -> str:
         "AIS | BDMC gap | budget paper / reached | wall | command |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
-    lines += [_row(name, variant, rs) for (name, variant), rs in _grouped(folders).items()]
+    groups = _grouped(folders)
+    lines += [_row(name, variant, rs) for (name, variant), rs in groups.items()]
     paired_md = paired_table(folders)
-    return "\n".join(lines) + "\n" + (f"\nPaired, on the same test images:\n\n{paired_md}"
-                                      if paired_md else "")
+    conv_md = convergence_table(groups)
+    return ("\n".join(lines) + "\n"
+            + (f"\nPaired, on the same test images:\n\n{paired_md}" if paired_md else "")
+            + (f"\nHow converged (`experiments/convergence.py`: IS with more draws, AIS with "
+               f"longer schedules, paired on the same spread test images):\n\n{conv_md}"
+               if conv_md else ""))
 
 
 def chart_rows(folders: list[str | Path]) -> list[dict]:
@@ -372,6 +383,9 @@ def export_runs(dest: str | Path, folders: list[str | Path]) -> list[Path]:
         (target / "metrics.jsonl").write_text(metrics)
         (target / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         (target / POINTS_FILE).write_text(_points_tsv(result, points[1], points[2]))
+        conv = run / "reproduce" / CONVERGENCE_FILE
+        if conv.is_file():
+            (target / CONVERGENCE_FILE).write_text(conv.read_text())
         written.append(target)
     return written
 

@@ -173,7 +173,8 @@ def train_epoch(vae: VAE, stepper: Stepper, x_train: torch.Tensor, pre: Preproce
             if i >= n_batches:
                 break
             stop.check(epoch + 1, step, progress.epoch)
-            beta = kl_weight(epoch, i, n_batches, tc.warmup_epochs, cfg.objective.beta)
+            beta = kl_weight(epoch, i, n_batches, tc.warmup_epochs, cfg.objective.beta,
+                             tc.warmup_per)
             lr = stepper.set_lr(epoch, step)
             tau = vae.latent.temperature_at(step)
             loss, grad_norm = stepper.step(x, beta, tau, batch)
@@ -188,7 +189,9 @@ def train_epoch(vae: VAE, stepper: Stepper, x_train: torch.Tensor, pre: Preproce
         "epoch": epoch + 1,
         "step": step,
         "train_loss": losses.total / max(1, losses.count),
-        "beta": float(kl_weight(epoch + 1, 0, 1, tc.warmup_epochs, cfg.objective.beta)),
+        "beta": float(kl_weight(epoch + 1, 0, 1, tc.warmup_epochs, cfg.objective.beta)
+                      if tc.warmup_per == "step" else
+                      kl_weight(epoch, 0, 1, tc.warmup_epochs, cfg.objective.beta, "epoch")),
         "temperature": None if temperature is None else float(temperature),
         "epoch_time": time.perf_counter() - t0,
     }

@@ -16,18 +16,37 @@ imports; this package collects the modules.
 
 from __future__ import annotations
 
-from vaelab.inference.objectives import dreg, enum, graph, iwae, mean_field, renyi, stl, trace
+from vaelab.inference.objectives import (
+    arm,
+    disarm,
+    dreg,
+    enum,
+    graph,
+    iwae,
+    mean_field,
+    reinforce_loo,
+    relax,
+    renyi,
+    stl,
+    trace,
+    vimco,
+)
 from vaelab.inference.objectives.registry import OBJECTIVES, build_objective
 
 __all__ = [
     "OBJECTIVES",
+    "arm",
     "build_objective",
+    "disarm",
     "dreg",
     "enum",
     "graph",
     "iwae",
     "mean_field",
+    "reinforce_loo",
+    "relax",
     "renyi",
     "stl",
     "trace",
+    "vimco",
 ]

@@ -31,11 +31,13 @@ References:
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import pyro.ops.jit
 from pyro.infer import JitTraceMeanField_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import torch_item
+from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
 from vaelab.inference.objectives._jit import TensorArgsMixin
@@ -43,7 +45,8 @@ from vaelab.inference.objectives._particles import fn_key, require_reparameteriz
 from vaelab.inference.objectives.registry import OBJECTIVES, compiles
 from vaelab.registry import ConfigError
 
-__all__ = ["MeanFieldELBO", "CachedJitTraceMeanField_ELBO", "build_mean_field", "refuse_flows"]
+__all__ = ["MeanFieldELBO", "CachedJitTraceMeanField_ELBO", "build_mean_field",
+           "monte_carlo_kl_sites", "refuse_flows"]
 
 
 class _ReparameterizedCheck:
@@ -58,7 +61,13 @@ class _ReparameterizedCheck:
     """
 
     def _get_trace(self, model, guide, args, kwargs):
-        model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+        with warnings.catch_warnings():
+            # the order check of Pyro is replaced by the per-site one of monte_carlo_kl_sites
+            warnings.filterwarnings("ignore", message="Failed to verify mean field restriction")
+            model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+        for name in monte_carlo_kl_sites(model_trace, guide_trace):
+            site = model_trace.nodes[name]
+            site["fn"] = site["fn"].mask(True)  # no KL registered: Pyro's Monte Carlo term
         require_reparameterized("mean_field", guide_trace=guide_trace)
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample" and site["is_observed"] and name not in model_trace.nodes:
@@ -69,6 +78,35 @@ class _ReparameterizedCheck:
                     )
                 site["infer"]["is_auxiliary"] = True
         return model_trace, guide_trace
+
+
+def _latent_order(trace) -> list[str]:
+    return [name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+            and not site_is_subsample(site)]
+
+
+def monte_carlo_kl_sites(model_trace, guide_trace) -> list[str]:
+    r"""Latent sites whose KL term must be sampled, not taken in closed form.
+
+    Replacing :math:`\mathbb E_q[\log p(s \mid \mathrm{pa}_p) - \log q(s \mid \mathrm{pa}_q)]`
+    by :math:`-\mathrm{KL}(q(s \mid \mathrm{pa}_q) \,\|\, p(s \mid \mathrm{pa}_p))` (conditional on
+    the sampled parents) is exact only when the model's parents of s are drawn *before* s in the
+    guide, so that integrating s out leaves every other term unchanged. The model's parents are
+    among the latent sites it draws before s; a site with one of those drawn after it by the
+    guide keeps its Monte Carlo term. A bottom-up guide q(z_1 | x) q(z_2 | z_1) under the model
+    p(z_2) p(z_1 | z_2): KL of z_2 in closed form, z_1 sampled; a top-down guide (the model's
+    order) and the one-layer VAE: every KL in closed form.
+    """
+    guide_order = _latent_order(guide_trace)
+    position = {name: i for i, name in enumerate(guide_order)}
+    out: list[str] = []
+    before: list[str] = []
+    for name in _latent_order(model_trace):
+        if name in position and any(position.get(p, -1) > position[name] for p in before):
+            out.append(name)
+        before.append(name)
+    return out
 
 
 class MeanFieldELBO(_ReparameterizedCheck, TraceMeanField_ELBO):

@@ -1,0 +1,151 @@
+"""The cost of one training step of every discrete-latent gradient estimator of the
+``paulus2021`` recipe, against ``trace`` with the plain Gumbel-softmax guide on the same network.
+
+Each estimator is the recipe's variant (``vaelab/recipes/paulus2021.toml``: its guide family,
+objective, particles and temperature) at the recipe's network (784-512-256 encoder, 256-512-784
+decoder, 120 binary latents), batch 200 and optimizer (SGD with momentum), on a fixed batch of
+synthetic binary data (the cost does not depend on the pixels). A step is what the training loop
+runs (:class:`vaelab.runs.stepper.Stepper`: the objective's loss and gradients, then the
+optimizer). Rounds alternate the reference and the estimator (paired: machine noise hits both
+alike); the table gives each median ms/step and the median of the per-round ratios to the
+reference measured in the same run.
+
+    python benchmarks/estimators.py [--rounds 7] [--steps 10] [--threads 1]
+    python benchmarks/estimators.py --smoke   # a 64-32 network, 6 binary latents: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import pyro
+import torch
+
+from vaelab.runs.recipes import load_recipe
+
+RECIPE = "paulus2021"
+#: the reference variant: ``trace`` with the plain Gumbel-softmax guide
+REFERENCE = "gumbel_softmax"
+
+
+class Sizes(NamedTuple):
+    D: int  #: data width
+    overrides: list[str]  #: the network and batch, as ``--set`` overrides
+
+
+#: the recipe's own network and batch
+FULL = Sizes(784, [])
+SMOKE = Sizes(64, ["model.hidden_sizes=[32]", "guide.hidden_sizes=[32]",
+                   "model.latent.num_variables=6", "train.batch_size=16"])
+
+
+def estimators() -> list[str]:
+    """The recipe's variants of a discrete latent, the reference first."""
+    recipe = load_recipe(RECIPE)
+    names = [v for v in recipe.table.variants if v != "gaussian"]
+    return [REFERENCE, *[v for v in names if v != REFERENCE]]
+
+
+def make_step(variant: str, sizes: Sizes, smoke: bool
+              ) -> tuple[Callable[[torch.Tensor], object], str]:
+    """One training step of the recipe's ``variant`` (the loop's :class:`Stepper`), its VAE
+    built on synthetic data of width ``sizes.D``, and its :func:`label`."""
+    from vaelab.data import DataSplits, Preprocessor
+    from vaelab.runs.stepper import Stepper
+    from vaelab.runs.train import choose_objective
+    from vaelab.vae import build_vae
+
+    over = list(sizes.overrides)
+    if smoke and variant == "gr_mck":
+        over.append('guide.family={name = "relaxed", kl = "categorical", estimator = "gr_mck", '
+                    'num_gumbels = 20}')
+    cfg = load_recipe(RECIPE).config(variant, 0, ["data.name=synthetic", *over])
+    vae = build_vae(cfg, sizes.D)
+    B = cfg.train.batch_size
+    x = torch.bernoulli(torch.full((4 * B, sizes.D), 0.3))
+    data = DataSplits(x, x[:B], x[:B], "bench", binary=True, levels=2)
+    stepper = Stepper(cfg.train, vae, *choose_objective(cfg, vae, data,
+                                                        Preprocessor(cfg.data, data)))
+    tau = vae.latent.temperature_at(0)
+    return (lambda xb: stepper.step(xb, 1.0, tau)), label(variant, cfg)
+
+
+def label(variant: str, cfg) -> str:
+    """The variant with what distinguishes it in ``cfg`` (particles, Gumbels, temperature)."""
+    family, parts = cfg.guide.family, []
+    if cfg.objective.num_particles > 1:
+        parts.append(f"K={cfg.objective.num_particles}")
+    if getattr(family, "estimator", None) == "gr_mck":
+        parts.append(f"{family.num_gumbels} Gumbels")
+    if family.name == "relaxed" or cfg.objective.name == "relax":
+        parts.append(f"τ={cfg.model.latent.temperature:g}")
+    return variant + (f" ({', '.join(parts)})" if parts else "")
+
+
+def measure(args, sizes: Sizes, smoke: bool) -> list[tuple[str, float, float, float]]:
+    """(label, ms/step, reference ms/step, ratio) per estimator, in paired rounds."""
+    B = load_recipe(RECIPE).config(REFERENCE, 0, ["data.name=synthetic",
+                                                  *sizes.overrides]).train.batch_size
+    x = torch.bernoulli(torch.full((B, sizes.D), 0.3))
+
+    def timed(step) -> float:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step(x)
+        return (time.perf_counter() - t0) / args.steps * 1e3
+
+    pyro.clear_param_store()
+    reference, _ = make_step(REFERENCE, sizes, smoke)
+    for _ in range(args.warmup):
+        reference(x)
+    rows = []
+    for variant in estimators():
+        # two models at once: vaelab's networks register their own tensors (eager steps)
+        step, name = make_step(variant, sizes, smoke)
+        for _ in range(args.warmup):
+            step(x)
+        ts, refs = [], []
+        for _ in range(args.rounds):  # paired: reference and estimator back to back
+            refs.append(timed(reference))
+            ts.append(timed(step))
+        ratio = statistics.median(t / r for t, r in zip(ts, refs))
+        rows.append((name, statistics.median(ts), statistics.median(refs), ratio))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, 1 round of 2 steps (tests/test_benchmarks.py)")
+    args = p.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.smoke:
+        args.rounds, args.steps, args.warmup = 1, 2, 1
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with pyro.validation_enabled(False):
+        rows = measure(args, sizes, args.smoke)
+    net = "64-32, 6 binary latents, batch 16" if args.smoke else \
+        "784-512-256 / 256-512-784, 120 binary latents, batch 200"
+    print(f"recipe {RECIPE}'s estimators, {net}, SGD step, {args.threads} thread(s), "
+          f"{args.rounds} paired rounds x {args.steps} steps\n")
+    print("| estimator | ms/step | reference ms/step | ratio to trace + Gumbel-softmax |")
+    print("|---|---:|---:|---:|")
+    for name, ms, ref, ratio in rows:
+        print(f"| {name} | {ms:.2f} | {ref:.2f} | {ratio:.2f} |")
+    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} "
+          "cores (a shared machine: ratios are paired per round, absolute times are not)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""Importance sampling at the hardware's limit: IS points per second of each vaelab path as a
+fraction of the GEMM limit, and against a hand-written torch IS with the same draws.
+
+**The limit.** The FLOPs of every model and guide GEMM of a dense reference implementation
+(the encoder's layers on the B points of a batch, once per batch; the decoder's layers on the
+k·B rows of every particle chunk, the one-hot input of a categorical latent as a dense GEMM), at
+the GEMM rate measured in this process at the very same shapes (``torch.addmm``, same rows,
+same thread count): the time those GEMMs alone take. A path's *fraction of the limit* is that
+time over the path's own time; 100 % would be an evaluation that is nothing but its GEMMs.
+
+**The models** are the decoder shapes of the reproduction rows, from the recipes'
+``[model]`` and ``[guide]`` sections (random weights: timings do not depend on training):
+``iwae_static`` (Gaussian z = 50, 50-200-200-784 tanh, log-variance guide) and
+``gumbel_softmax`` (20 × 10 categorical, 200-256-512-784 ReLU, scored as the discrete model).
+
+**The paths**, each a full :func:`~vaelab.inference.marginal.estimate_marginal` over the same
+points, K draws each, the chunks sized to the last-level cache as ``vaelab evaluate`` sizes them:
+
+* ``fused``: :mod:`vaelab.inference.fused` (no tracing; the one-hot input a gather);
+* ``traced``: Pyro's vectorized trace of the model and guide (``eval.fused = false``);
+* ``fused+k̂``: the fused path with the streamed Pareto k̂ diagnostics (evaluation's default);
+* ``hand-written``: plain torch a user would write (dense decoder, the Bernoulli log-likelihood
+  as Σ x ℓ − softplus ℓ), the same chunks and the same random draws: its log p̂ is compared
+  with the fused path's per point (``max |Δ|``).
+
+Rounds are paired (every variant once per round, from the same seed, in an order rotated from
+round to round); the table gives medians over ≥ 5 rounds of the per-round ratios, at 1 and 2
+threads, with the 1-minute load average read after each thread count's rounds (the machine is
+shared: ratios measured in one round are what count).
+
+    python benchmarks/limit.py [--rounds 5] [--num-samples 1000] [--points 100] [--threads 1 2]
+    python benchmarks/limit.py --smoke   # tiny networks, K = 20: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+import tomllib
+from collections.abc import Callable
+from importlib.resources import files
+
+import pyro
+import torch
+from torch.distributions import Normal
+from torch.nn import functional as F
+
+from vaelab.inference.fused import fused_log_weights
+from vaelab.inference.marginal import cache_rows, chunk_size_for, estimate_marginal
+from vaelab.resolve import resolve
+from vaelab.vae import build_vae
+
+D = 784
+#: recipe → its latent type's name in the table
+RECIPES = {"iwae_static": "gaussian", "gumbel_softmax": "categorical"}
+SMOKE_MODEL = {"iwae_static": {"latent_dim": 3, "hidden_sizes": [8]},
+               "gumbel_softmax": {"latent": {"name": "categorical", "num_variables": 3,
+                                             "num_classes": 4}, "hidden_sizes": [8]}}
+
+
+def recipe_vae(name: str, smoke: bool = False):
+    """The recipe's model and guide (random weights, ``output_bias`` left at its default)."""
+    raw = tomllib.loads(files("vaelab.recipes").joinpath(f"{name}.toml").read_text())
+    model = {k: v for k, v in raw["model"].items() if k != "output_bias"}
+    guide = dict(raw.get("guide", {}))
+    if smoke:
+        model.update(SMOKE_MODEL[name])
+        guide["hidden_sizes"] = [8]
+    torch.manual_seed(0)
+    vae = build_vae(resolve({"model": model, "guide": guide}), D)
+    vae.eval()
+    return vae
+
+
+def load_points(n: int, smoke: bool) -> tuple[torch.Tensor, str]:
+    """``n`` binarized-MNIST test images spread over the split, else random binary images."""
+    random = torch.rand(n, D, generator=torch.Generator().manual_seed(0)).round()
+    if smoke:
+        return random, "random binary images"
+    try:
+        from vaelab.data import load_dataset
+        from vaelab.data.subsets import spread_indices
+        from vaelab.resolve import load_config
+
+        test = load_dataset(load_config(None, ["data.name=binarized_mnist"]).data).test
+        return test[spread_indices(test.shape[0], n)].contiguous(), "binarized MNIST test"
+    except Exception:  # noqa: BLE001 - no data set on this machine
+        return random, "random binary images"
+
+
+# --- the hand-written twin ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def hand_written_is(vae, x: torch.Tensor, K: int, chunk: int) -> torch.Tensor:
+    """Plain torch IS with the VAE's networks and the same draws: log p̂(x) ``(B,)``."""
+    enc, dec, lat = vae.inference.encoder, vae.generative.decoder, vae.latent
+    h = enc(x)
+    if lat.continuous:  # the guide's scale map (one call per batch)
+        z_loc, z_scale = vae.inference.posterior.loc_scale(h)
+    else:
+        N, C = lat.num_variables, lat.num_classes
+        log_q = F.log_softmax(h.view(-1, N, C), -1)  # (B, N, C)
+        probs = torch.softmax(log_q, -1)
+        log_prior = F.log_softmax(vae.generative.prior.logits, -1)  # (N, C)
+    lse, done = None, 0
+    while done < K:
+        k = min(chunk, K - done)
+        if lat.continuous:
+            z = z_loc + z_scale * torch.randn(k, *z_loc.shape)  # (k, B, Z)
+            u = z
+            log_pz = (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)  # N(0, I)
+            log_pq = log_pz - Normal(z_loc, z_scale).log_prob(z).sum(-1)  # (k, B)
+        else:  # one exponential race per variable: multinomial's draw
+            c = (probs / torch.empty(k, *probs.shape).exponential_()).argmax(-1)  # (k, B, N)
+            u = F.one_hot(c, C).float()  # (k, B, N, C)
+            log_pq = (u * (log_prior - log_q)).sum((-2, -1))  # (k, B)
+            u = u.flatten(-2)
+        logits = dec(u)  # (k, B, D)
+        log_px_z = torch.einsum("kbd,bd->kb", logits, x) - F.softplus(logits).sum(-1)
+        c_lse = torch.logsumexp((log_px_z + log_pq).double(), 0)
+        lse = c_lse if lse is None else torch.logaddexp(lse, c_lse)
+        done += k
+    return lse - math.log(K)
+
+
+# --- the limit ------------------------------------------------------------------------------
+
+
+def gemm_shapes(vae) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(in, out) of the encoder's and the dense decoder's linear layers."""
+    def shapes(net):
+        return [(m.in_features, m.out_features) for m in net.modules()
+                if isinstance(m, torch.nn.Linear)]
+    return shapes(vae.inference.encoder), shapes(vae.generative.decoder)
+
+
+def gemm_limit(vae, K: int, B: int, chunk: int) -> tuple[Callable[[], None], float]:
+    """``(run, FLOPs)``: ``run()`` does the dense reference's GEMMs for one batch of B points and
+    K draws (``torch.addmm`` on preallocated operands of the very shapes), once each."""
+    enc, dec = gemm_shapes(vae)
+    rows = [B] + [min(chunk, K - d) * B for d in range(0, K, chunk)]
+    operands: dict[tuple[int, int, int], tuple] = {}
+    calls, flops = [], 0.0
+    for i, r in enumerate(rows):
+        for a, b in enc if i == 0 else dec:
+            if (r, a, b) not in operands:
+                x, w, bias = torch.randn(r, a), torch.randn(b, a), torch.randn(b)
+                operands[(r, a, b)] = (bias, x, w.t(), torch.empty(r, b))
+            calls.append(operands[(r, a, b)])
+            flops += 2.0 * r * a * b
+
+    def run() -> None:
+        for bias, x, wt, out in calls:
+            torch.addmm(bias, x, wt, out=out)
+
+    return run, flops
+
+
+# --- rounds ---------------------------------------------------------------------------------
+
+
+def paths(vae, x: torch.Tensor, K: int, chunk: int) -> dict:
+    model, guide = vae.eval_pair()
+    fused = fused_log_weights(vae)
+    B = x.shape[0]
+
+    def est(fn, diagnostics=False):
+        return lambda: estimate_marginal(model, guide, x, num_samples=K, batch_size=B,
+                                         chunk_size=chunk, diagnostics=diagnostics,
+                                         fused=fn).log_px
+    return {"fused": est(fused), "traced": est(None), "fused+k̂": est(fused, True),
+            "hand-written": lambda: hand_written_is(vae, x, K, chunk)}
+
+
+def paired(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per round of each variant, back to back from the same seed, order rotated."""
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            torch.manual_seed(r)
+            t = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
+    vae = recipe_vae(name, args.smoke)
+    K, B = args.num_samples, x.shape[0]
+    out = vae.generative.likelihood.param_size
+    chunk = max(1, min(chunk_size_for(K, B, 4 * 4 * 1024, 512.0), cache_rows(out) // B))
+    torch.set_num_threads(threads)
+    fns = paths(vae, x, K, chunk)
+    gemms, flops = gemm_limit(vae, K, B, chunk)
+    torch.manual_seed(1)
+    ref = fns["hand-written"]()
+    torch.manual_seed(1)
+    diff = float((fns["fused"]() - ref).abs().max())
+    t = paired({**fns, "limit": gemms}, args.rounds)
+    load = os.getloadavg()[0]
+    med = statistics.median
+    limit = med(t["limit"])
+    rows = []
+    for path in fns:
+        ratio = med(a / b for a, b in zip(t[path], t["hand-written"]))
+        frac = med(a / b for a, b in zip(t["limit"], t[path]))
+        rows.append(f"| {RECIPES[name]} ({name}) | {threads} | {path} "
+                    f"| {B * K / med(t[path]):,.0f} | {B * K / med(t[path]) / 5000:.1f} "
+                    f"| {frac:.0%} | {ratio:.3f}x | {load:.2f} |")
+    enc, dec = gemm_shapes(vae)
+    rows.append(f"| … limit: {flops / 1e9:.1f} GFLOP in {limit:.2f} s "
+                f"({flops / limit / 1e9:.1f} GFLOP/s), decoder {'-'.join(str(s[0]) for s in dec)}"
+                f"-{dec[-1][1]}, chunk {chunk} × {B} rows | {threads} | max |Δ log p̂| fused − "
+                f"hand-written = {diff:.1e} nats | | | | | {load:.2f} |")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--points", type=int, default=100)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--smoke", action="store_true", help="tiny networks, K = 20, 1 round")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.num_samples, args.points, args.threads = 1, 20, 4, [1]
+    x, source = load_points(args.points, args.smoke)
+    before = torch.get_num_threads()
+    print(f"# IS at the limit: K={args.num_samples}, {args.points} points ({source}), median of "
+          f"{args.rounds} paired rounds, torch {torch.__version__}, pyro {pyro.__version__}, "
+          f"{os.cpu_count()} cores; load average (1 min) beside each figure: a shared machine")
+    print("| latent (recipe) | threads | path | points·draws / s | points / s at K = 5000 "
+          "| fraction of the limit | ratio to hand-written | load |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    try:
+        with pyro.validation_enabled(False):
+            for threads in args.threads:
+                for name in args.recipes:
+                    print("\n".join(measure(name, args, x, threads)), flush=True)
+    finally:
+        torch.set_num_threads(before)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
