@@ -61,7 +61,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/mypy vaelab/model vaelab/guide vaelab/inference vaelab/runs
 
 # Every benchmark, its tables gathered into benchmarks/results.md (ratios measured in one run).
-BENCHMARKS := startup train_step epoch marginal limit ais shards estimators
+BENCHMARKS := startup train_step epoch marginal limit ais shards estimators rows
 bench: $(TEST_STAMP)
 	@set -e; out=benchmarks/results.md; tmp=$$out.tmp; \
 	echo "# Benchmark results" > $$tmp; \

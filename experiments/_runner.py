@@ -66,6 +66,30 @@ def run_parser(doc: str, run_help: str) -> argparse.ArgumentParser:
     return p
 
 
+#: the tiny ``vaelab reproduce vampprior_standard`` run that ``--smoke`` makes for the scripts
+#: that study one run folder (:func:`run_or_smoke`)
+SMOKE_RUN = ["data.name=synthetic", "data.limit=300", "train.epochs=2",
+             "train.max_steps_per_epoch=3", "train.valid_limit=50", "eval.limit=30",
+             "eval.num_samples=20", "recipe.ais.points=0", "recipe.bdmc.points=0"]
+
+
+def run_or_smoke(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
+    """Point ``args.run`` at the run folder to study: with ``--smoke``, a tiny reproduce run
+    made under ``args.out/runs`` (:data:`SMOKE_RUN`); else ``--run``, which is then required.
+    Creates ``args.out``. :returns: whether it is the smoke run (the caller shrinks its own
+    sizes)."""
+    from vaelab.runs.reproduce import reproduce
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        args.run = Path(reproduce("vampprior_standard", args.out / "runs",
+                                  overrides=SMOKE_RUN)[0]["run_dir"])
+        return True
+    if args.run is None:
+        parser.error("--run RUN_DIR is required (or --smoke)")
+    return False
+
+
 def write_markdown(out: Path, name: str, lines: list[str]) -> str:
     """Write ``lines`` as ``out/name`` (Markdown), print them, and return the text."""
     text = "\n".join(lines) + "\n"

@@ -33,16 +33,12 @@ from pathlib import Path
 
 import torch
 
-from vaelab.runs.reproduce import reproduce
 from vaelab.runs.run import eval_config, load_run
 from vaelab.runs.stages import AIS_BLOCK, evaluate_in_blocks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runner import run_parser, write_markdown  # noqa: E402
+from _runner import run_or_smoke, run_parser, write_markdown  # noqa: E402
 
-SMOKE = ["data.name=synthetic", "data.limit=300", "train.epochs=2",
-         "train.max_steps_per_epoch=3", "train.valid_limit=50", "eval.limit=30",
-         "eval.num_samples=20", "recipe.ais.points=0", "recipe.bdmc.points=0"]
 #: the format of ``convergence.json``
 FORMAT = 1
 
@@ -131,13 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--leapfrog", type=int, default=5)
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.smoke:
-        args.run = Path(reproduce("vampprior_standard", args.out / "runs",
-                                  overrides=SMOKE)[0]["run_dir"])
+    if run_or_smoke(args, parser):
         args.points, args.ks, args.steps, args.chains, args.leapfrog = 6, [5, 40], [3, 6], 2, 2
-    elif args.run is None:
-        parser.error("--run RUN_DIR is required (or --smoke)")
     if not (args.run / "reproduce" / "result.json").is_file():
         print(f"convergence: {args.run} has no reproduce/result.json (run vaelab reproduce "
               "first)", file=sys.stderr)

@@ -131,3 +131,26 @@ def test_estimators_benchmark_times_every_discrete_estimator_of_the_paulus2021_r
     after = dict(pyro.get_param_store().items())
     assert label == "disarm" and before
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_rows_benchmark_times_each_reproduction_row_before_and_after(capsys):
+    """``benchmarks/rows.py --smoke`` (4 random images, K = 20, 1 round): one row per
+    reproduction row, in order, each with finite positive points/s before and after, a ratio
+    within a factor 2 of after/before (a median of paired ratios; one round here), both paths
+    giving the same mean log p̂ (the same draws: float32 rounding, 1e-3 nats), and the fused
+    path applying to every row."""
+    import math
+
+    bench = _load(BENCHMARKS / "rows.py")
+    assert bench.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "seeded random binary images" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| row")]
+    assert [r[0].strip() for r in rows] == [f"{r}/{v}" for r, v in bench.ROWS]
+    for r in rows:
+        before, after = (float(c.replace(",", "")) for c in r[2:4])
+        ratio, diff = float(r[6].strip().rstrip("x")), float(r[7])
+        assert all(math.isfinite(v) and v > 0 for v in (before, after, ratio))
+        assert ratio == pytest.approx(after / before, rel=1.0)
+        assert diff < 1e-3 and r[1].strip() == "yes"

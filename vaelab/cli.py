@@ -726,7 +726,7 @@ def _cmd_bdmc(args) -> int:
     import pyro
 
     from vaelab.inference.exact import exact_log_likelihood
-    from vaelab.runs.run import eval_config, load_run
+    from vaelab.runs.run import eval_config, fused_log_joint, load_run
     from vaelab.runs.sharded import bdmc_sharded
     from vaelab.runs.world import World
     from vaelab.seed import seed_all
@@ -747,7 +747,7 @@ def _cmd_bdmc(args) -> int:
             model, guide, x_like, seed=args.seed, block=args.block_size,
             num_steps=ec.ais_steps, num_chains=ec.ais_chains, num_leapfrog=ec.ais_leapfrog,
             base=ec.ais_base, batch_size=args.batch_size,
-            progress=_bars(args) and not args.json,
+            progress=_bars(args) and not args.json, log_joint_for=fused_log_joint(run, ec),
         )
     if not World.from_env().is_main:
         return 0  # rank 0 reports

@@ -32,7 +32,15 @@ import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.inference.ais import AIS_BASE, AIS_CHAINS, AIS_STEPS, advance_by, ais, beta_schedule
+from vaelab.inference.ais import (
+    AIS_BASE,
+    AIS_CHAINS,
+    AIS_STEPS,
+    LogJoint,
+    advance_by,
+    ais,
+    beta_schedule,
+)
 from vaelab.inference.importance import canonical_latent_names, join_latents
 
 __all__ = ["BDMCResult", "simulate", "bdmc"]
@@ -113,6 +121,7 @@ def bdmc(
     schedule: str = "sigmoid",
     base: str = AIS_BASE,
     progress: bool = False,
+    log_joint_for: Callable[[torch.Tensor], LogJoint] | None = None,
     **ais_kwargs,
 ) -> BDMCResult:
     r"""Simulate ``N = len(x_like)`` points from ``model`` and bracket their log p(x).
@@ -124,6 +133,10 @@ def bdmc(
     :param num_chains: C chains per point in each direction; the reverse chains all start at the
         one exact posterior sample.
     :param base: the normalized end of the path, ``"prior"`` (Grosse et al.) or ``"guide"``.
+    :param log_joint_for: ``x → LogJoint`` of a batch of simulated points, built afresh for
+        each direction (e.g. ``lambda x: FusedLogJoint(vae, x, num_chains, base)``,
+        :mod:`vaelab.inference.fast_ais`: the same values and draws without tracing);
+        ``None``: the traced one.
     :param ais_kwargs: further options of :func:`~vaelab.inference.ais.ais`.
     :returns: :class:`BDMCResult`.
 
@@ -145,12 +158,14 @@ def bdmc(
         z = z_all[start : start + batch_size]  # (B, d)
         B = x.shape[0]
         fwd = ais(
-            model, guide, x, *args, schedule=betas, callback=advance_by(bar, B), **opts,
+            model, guide, x, *args, schedule=betas, callback=advance_by(bar, B),
+            log_joint=log_joint_for(x) if log_joint_for is not None else None, **opts,
         )
         z_init = z.unsqueeze(0).expand(num_chains, *z.shape)  # (C, B, d)
-        rev = ais(
+        rev = ais(  # its base draw is discarded for z_init; the log joint scores the same x
             model, guide, x, *args, schedule=betas.flip(0), z_init=z_init,
-            callback=advance_by(bar, B), **opts,
+            callback=advance_by(bar, B),
+            log_joint=log_joint_for(x) if log_joint_for is not None else None, **opts,
         )
         lower.append(fwd.log_px.cpu())
         upper.append(-rev.log_px.cpu())  # rev estimates log(1/p(x))

@@ -203,7 +203,7 @@ def _fused_path(run: Run, ec: EvalConfig) -> dict:
     return {"fused": fused, "chunk_rows": cache_rows(run.vae.generative.likelihood.param_size)}
 
 
-def _fused_log_joint(run: Run, ec: EvalConfig):
+def fused_log_joint(run: Run, ec: EvalConfig):
     """``eval.fused`` for AIS: ``x → FusedLogJoint`` for one continuous latent site, else
     ``None`` (the traced log joint)."""
     if not ec.fused or not run.vae.latent.continuous or len(getattr(run.vae, "sites",
@@ -269,7 +269,7 @@ def evaluate(
             est = estimate_marginal_ais(
                 model, guide, x, num_steps=ec.ais_steps, num_chains=ec.ais_chains,
                 batch_size=ec.batch_size, progress=progress, num_leapfrog=ec.ais_leapfrog,
-                base=ec.ais_base, log_joint_for=_fused_log_joint(run, ec),
+                base=ec.ais_base, log_joint_for=fused_log_joint(run, ec),
             )
         if ec.exact:
             _attach_exact(est, run.vae, x, ec.batch_size)

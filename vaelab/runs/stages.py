@@ -266,19 +266,24 @@ def ais_minus_is(run, ec_is, ec_ais, folder: Path, ais_folder: Path | None = Non
             "frac_ais_higher": float((d > 0).double().mean()), "num_points": d.numel()}
 
 
-def _bdmc(run, spec: ChainSettings, seed: int) -> dict:
+def _bdmc(run, spec: ChainSettings, seed: int, fused: bool = True) -> dict:
     """BDMC bounds on ``spec.points`` points simulated from the model: one pass seeded by
     ``seed`` in one process; under torchrun blocks shared among the processes
-    (:func:`~vaelab.runs.sharded.bdmc_sharded`)."""
+    (:func:`~vaelab.runs.sharded.bdmc_sharded`). ``fused`` (``eval.fused``): both directions'
+    AIS with the untraced log joint where it applies (the same values and draws)."""
     import pyro
 
+    from vaelab.runs.run import fused_log_joint
     from vaelab.runs.sharded import bdmc_sharded
 
     model, guide = run.vae.eval_pair()
     x_like = next(run.vae.parameters()).new_zeros(spec.points, run.data.train.shape[1])
+    ec = run.cfg.eval.model_copy(update={"fused": fused, "ais_chains": spec.chains,
+                                         "ais_base": "prior"})
     with pyro.validation_enabled(False):
         r = bdmc_sharded(model, guide, x_like, seed=seed, num_steps=spec.steps,
-                         num_chains=spec.chains, num_leapfrog=spec.leapfrog, base="prior")
+                         num_chains=spec.chains, num_leapfrog=spec.leapfrog, base="prior",
+                         log_joint_for=fused_log_joint(run, ec))
     return r.summary()
 
 
@@ -386,7 +391,8 @@ def evaluate_run(recipe: Recipe, run_dir: Path, history: list[dict], *,
         bd = bdmc
         estimands["bdmc"] = {**bd.model_dump(), "seed": ec.seed, "epoch": run.epoch,
                              "model_sha256": model_digest(run)}
-        out["bdmc"] = _stage(folder / "bdmc.json", lambda: _bdmc(run, bd, ec.seed), world,
+        out["bdmc"] = _stage(folder / "bdmc.json",
+                             lambda: _bdmc(run, bd, ec.seed, ec.fused), world,
                              estimands["bdmc"])
     out["estimands"] = estimands
     return out
