@@ -499,12 +499,17 @@ def test_reproduce_on_two_processes_gives_the_one_process_numbers_and_resumes(tm
 
     # BDMC: one block of 5 points (blocks of eval batch size 100 under torchrun), seeded by
     # (eval.seed, 0); Jang: blocks of eval.block_size images, block b seeded by (eval.seed, b)
+    # with the fused log joint the recipes' BDMC stage uses (eval.fused)
+    from vaelab.runs.run import fused_log_joint
+
     run = load_run(eval_two.parent)
     model, guide = run.vae.eval_pair()
+    ec = run.cfg.eval.model_copy(update={"ais_chains": 2, "ais_base": "prior"})
     with pyro.validation_enabled(False):
         want = bdmc_sharded(model, guide, torch.zeros(5, run.data.train.shape[1]),
                             seed=run.cfg.eval.seed, block=100, num_steps=3, num_chains=2,
-                            num_leapfrog=2, base="prior").summary()
+                            num_leapfrog=2, base="prior",
+                            log_joint_for=fused_log_joint(run, ec)).summary()
     assert {k: iw_two["bdmc"][k] for k in want} == want
     gumbel_dir, gumbel = _result(two, "gumbel_softmax")
     run = load_run(gumbel_dir.parent)
