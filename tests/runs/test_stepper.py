@@ -186,7 +186,7 @@ def test_warmup_per_epoch_is_the_vampprior_codes_beta():
 def test_a_guide_fed_nan_parameters_is_a_diverged_run_not_a_crash():
     """A categorical guide whose encoder went NaN makes torch's sampler raise before any loss
     exists; the step says so as :class:`NonFiniteLossError` (what stops a diverged run), and
-    an unrelated error still propagates as itself."""
+    an unrelated error with finite parameters still propagates as itself."""
     from vaelab.runs.stepper import NonFiniteLossError
 
     cfg = load_config(None, ["model.latent={name = 'categorical', num_variables = 2, "
@@ -200,5 +200,7 @@ def test_a_guide_fed_nan_parameters_is_a_diverged_run_not_a_crash():
             p.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="step 1"):
         stepper.step(_batches()[0], 1.0, None)
+    vae = _built(cfg)  # finite parameters: an unrelated error stays itself
+    stepper = Stepper(cfg.train, vae, build_objective(cfg.objective, vae))
     with pytest.raises(RuntimeError, match="shapes"):
         stepper.step(torch.ones(4, D + 1), 1.0, None)

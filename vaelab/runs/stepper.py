@@ -145,10 +145,10 @@ class Stepper:
                 loss = objective.loss_and_grads(self.vae.model, self.vae.guide, x, beta,
                                                 temperature)
             except (RuntimeError, ValueError) as err:
-                if not _non_finite(err):
+                if all(bool(torch.isfinite(p).all()) for p in self.params):
                     raise
-                # a distribution fed NaN parameters (sampling a categorical guide raises before
-                # any loss exists): the run has diverged, as a non-finite loss says
+                # the parameters went non-finite (sampling a categorical guide then raises
+                # before any loss exists): the run has diverged, as a non-finite loss says
                 raise NonFiniteLossError(f"step {self.steps}: {err}".split("\n")[0]) from err
         norm: torch.Tensor | None = None
         if self.normalize_grads:
@@ -187,12 +187,6 @@ class Stepper:
                 "(pyro.optim), which vaelab no longer has; the run cannot be resumed: train it "
                 "again, or evaluate its checkpoints as they are")
         self.optimizer.load_state_dict(state)
-
-
-def _non_finite(err: Exception) -> bool:
-    """Whether ``err`` is torch's or a distribution's complaint about NaN or infinite values."""
-    text = str(err).lower()
-    return any(w in text for w in ("nan", "inf ", "inf,", "infinite", "contains either inf"))
 
 
 def learning_rate(tc: TrainConfig, epoch: int, step: int) -> float:
