@@ -182,3 +182,29 @@ def test_export_of_a_folder_without_evaluated_runs_is_one_line(tmp_path, capsys)
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no evaluated run" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_row_over_seeds_states_every_seeds_best_epoch_and_the_command_that_trains_them():
+    """Three seeds whose best epochs differ (7, 5, 9) and whose seed 2 stopped early: the budget
+    cell lists every seed's best epoch, not the first seed's, and names the seed that stopped;
+    the command drops the per-seed ``train.seed`` override for ``--seeds 3``. Seeds 1 and 3
+    alone are not consecutive: the command is said once per seed."""
+    from vaelab.runs.tables import _command, _reached
+
+    def result(seed: int, best: int, stopped: bool) -> dict:
+        return {"seed": seed, "overrides": ["train.epochs=9", f"train.seed={seed}"],
+                "budget": {"epochs": 9, "steps": 90, "epochs_planned": 9, "best_epoch": best,
+                           "early_stopped": stopped, "finished": True, "train_wall_s": 0.0}}
+
+    rs = [result(0, 7, False), result(1, 5, False), result(2, 9, True)]
+    assert _reached(rs) == ("9 / 9 epochs (90 steps), best 7, 5, 9 (seeds 0, 1, 2), "
+                            "early-stopped (seeds 2)")
+    assert _reached(rs[:1]) == "9 / 9 epochs (90 steps), best 7"
+    assert _command("iwae_static", "iwae_k1", rs) == (
+        "vaelab reproduce iwae_static --out DIR --variant iwae_k1 --set 'train.epochs=9' "
+        "--seeds 3")
+    assert _command("iwae_static", "iwae_k1", rs[1:2]) == (
+        "vaelab reproduce iwae_static --out DIR --variant iwae_k1 --set 'train.epochs=9' "
+        "--set 'train.seed=1'")
+    assert _command("iwae_static", "iwae_k1", [rs[1], result(3, 5, False)]).endswith(
+        "--seeds 1, once per seed: --set 'train.seed=1'; --set 'train.seed=3'")

@@ -277,19 +277,54 @@ def _row(name: str, variant: str, rs: list[dict]) -> str:
         other = _mean_sd([r.get("is", {}).get("elbo") for r in rs])
     gaps = [r["bdmc"]["gap"] for r in rs if "bdmc" in r]
     gap_s = (f"{_mean_sd(gaps)} ({rs[0]['bdmc']['num_points']} sim. pts)" if gaps else "n/a")
-    b = rs[0]["budget"]
-    reached = (f"{b['epochs']} / {b['epochs_planned']} epochs ({b['steps']} steps), best "
-               f"{b['best_epoch']}" + _picked_by(b.get("valid_particles", 1))
-               + (", early-stopped" if b["early_stopped"] else "")
-               + ("" if b["finished"] else ", **unfinished**"))
     wall = sum(r["budget"]["train_wall_s"] + sum(_stage_seconds(r.get(k, {})) for k in
                                                  ("is", "paper_metric", "ais", "bdmc"))
                for r in rs) / 3600
-    sets = "".join(f" --set '{o}'" for o in rs[0].get("overrides", []))
     return (f"| {name} | {variant} | {_fmt(recipe.published(variant))} | "
             f"{_fmt(recipe.pythae(variant))} | {cell} | {other} | {_ais_cell(rs)} | {gap_s} | "
-            f"{rs[0]['budget_paper']} / {reached} | {wall:.1f} h, {rs[0]['machine']} | "
-            f"`vaelab reproduce {name} --out DIR --variant {variant}{sets}` |")
+            f"{rs[0]['budget_paper']} / {_reached(rs)} | {wall:.1f} h, {rs[0]['machine']} | "
+            f"`{_command(name, variant, rs)}` |")
+
+
+def _per_seed(rs: list[dict], values: list) -> str:
+    """One value if every seed has it, else each seed's, in seed order: ``117, 113 (seeds 0, 1)``."""
+    if len(set(map(str, values))) == 1:
+        return str(values[0])
+    return (", ".join(map(str, values))
+            + f" (seeds {', '.join(str(r.get('seed', '?')) for r in rs)})")
+
+
+def _reached(rs: list[dict]) -> str:
+    """The budget a row's seeds reached: epochs, steps and the best epoch of every seed (they
+    differ between seeds), early stopping and any seed left unfinished."""
+    bs = [r["budget"] for r in rs]
+    b = bs[0]
+    stopped = [str(r.get("seed", "?")) for r, x in zip(rs, bs) if x["early_stopped"]]
+    unfinished = [str(r.get("seed", "?")) for r, x in zip(rs, bs) if not x["finished"]]
+    several = len(rs) > 1
+    return (f"{_per_seed(rs, [x['epochs'] for x in bs])} / {b['epochs_planned']} epochs "
+            f"({_per_seed(rs, [x['steps'] for x in bs])} steps), best "
+            f"{_per_seed(rs, [x['best_epoch'] for x in bs])}"
+            + _picked_by(b.get("valid_particles", 1))
+            + (", early-stopped" + (f" (seeds {', '.join(stopped)})" if several else "")
+               if stopped else "")
+            + (", **unfinished**" + (f" (seeds {', '.join(unfinished)})" if several else "")
+               if unfinished else ""))
+
+
+def _command(name: str, variant: str, rs: list[dict]) -> str:
+    """The command that trains and scores a row's seeds: the runs' overrides but their seed,
+    which ``--seeds`` (from ``train.seed``) gives when the seeds are consecutive."""
+    seeds = sorted(int(r.get("seed", 0)) for r in rs)
+    sets = "".join(f" --set '{o}'" for o in rs[0].get("overrides", [])
+                   if not o.replace(" ", "").startswith("train.seed="))
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        first = f" --set 'train.seed={seeds[0]}'" if seeds[0] else ""
+        many = f" --seeds {len(seeds)}" if len(seeds) > 1 else ""
+        return f"vaelab reproduce {name} --out DIR --variant {variant}{sets}{first}{many}"
+    each = "; ".join(f"--set 'train.seed={s}'" for s in seeds)
+    return (f"vaelab reproduce {name} --out DIR --variant {variant}{sets} --seeds 1, "
+            f"once per seed: {each}")
 
 
 def table(folders: list[str | Path]) -> str:
