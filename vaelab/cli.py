@@ -838,11 +838,17 @@ def _cmd_reproduce(args) -> int:
     recipe = rp.load_recipe(args.recipe)
     for v in args.variant:  # an unknown variant fails before anything runs
         recipe.config(recipe.table.grids[v].base if v in recipe.table.grids else v)
+    from vaelab.runs.world import World
+
+    if not args.train_only:
+        tip = rp.faster_command(args.recipe, args.out, args.variant, args.overrides, args.seeds,
+                                cores=os.cpu_count() or 1, load=os.getloadavg()[0],
+                                world_size=World.from_env().size)
+        if tip:
+            _say(f"note: {tip}")
     rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, variants=args.variant or None,
                         overrides=rp.parse_overrides(args.overrides),
                         evaluate=not args.train_only, progress=_bars(args), say=_say)
-    from vaelab.runs.world import World
-
     if World.from_env().is_main:  # under torchrun, rank 0 reports
         print(f"{len(rows)} run(s); table: {Path(args.out) / 'reproduce.md'}")
     return 0

@@ -622,3 +622,23 @@ def test_the_recipe_table_is_typed_and_validated_once_at_load():
         with_recipe_overrides(recipe, ["recipe.ais.points='many'"])
     with pytest.raises(ConfigError, match="unknown \\[recipe\\] key 'nope'"):
         Recipe("x", {"paper": "p", "budget": "b", "nope": 1}, {})
+
+
+def test_reproduce_names_the_faster_command_only_when_it_is_the_machines_only_job():
+    """Alone on 2 cores (load 0.1): train with --train-only, then torchrun with one process per
+    core, the same arguments (overrides shell-quoted); a loaded machine (load at or above
+    ALONE_BELOW), one core, or a torchrun job already: no advice."""
+    from vaelab.runs.reproduce import ALONE_BELOW, faster_command
+
+    tip = faster_command("iwae_static", "runs/iw", ["iwae_k1"], ["train.epochs=121"], 3,
+                         cores=2, load=0.1)
+    args = "iwae_static --out runs/iw --variant iwae_k1 --set train.epochs=121 --seeds 3"
+    assert f"`vaelab reproduce {args} --train-only`" in tip
+    assert f"`torchrun --nproc_per_node=2 -m vaelab reproduce {args}`" in tip
+    quoted = faster_command("gumbel_softmax", "my runs", [], ['guide.family={name = "x"}'], 1,
+                            cores=4, load=0.0)
+    assert "--out 'my runs' --set 'guide.family={name = \"x\"}' --train-only`" in quoted
+    assert "--nproc_per_node=4" in quoted
+    assert faster_command("iwae_static", "d", [], [], 1, cores=2, load=ALONE_BELOW) is None
+    assert faster_command("iwae_static", "d", [], [], 1, cores=1, load=0.0) is None
+    assert faster_command("iwae_static", "d", [], [], 1, cores=2, load=0.0, world_size=2) is None

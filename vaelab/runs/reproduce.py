@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import json
 import platform
+import shlex
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -47,9 +48,39 @@ from vaelab.runs.tables import chart_rows, paired_table, table
 
 # the names of the recipes, stages and tables modules that ``vaelab reproduce`` uses, here too
 __all__ = ["Recipe", "ais_minus_is", "chart_rows", "cost_estimate", "evaluate_in_blocks",
-           "load_recipe",
-           "paired_table", "parse_overrides", "recipe_names", "reproduce", "table"]
+           "faster_command", "load_recipe", "paired_table", "parse_overrides", "recipe_names",
+           "reproduce", "table"]
 
+
+
+# 1-minute load average under which ``vaelab reproduce`` counts itself the machine's only job
+ALONE_BELOW = 0.5
+
+
+def faster_command(name: str, out: str | Path, variants: list[str], overrides: list[str],
+                   seeds: int, *, cores: int, load: float, world_size: int = 1) -> str | None:
+    """The faster way to score a recipe when this command is the machine's only job, or None.
+
+    ``vaelab reproduce`` keeps one thread (a recipe's ``train.num_threads = 1``) so that two long
+    runs can share a 2-core machine. Alone on ``cores`` ≥ 2 cores (1-minute ``load`` below
+    :data:`ALONE_BELOW`, one process), the evaluation stages are faster as ``cores`` processes of
+    one thread each (sharded evaluation; ``docs/scaling.md``: 0.90× the time of one process with
+    two threads, quiet, and 0.49× under load, ``benchmarks/shards.py``), and give the same
+    numbers point by point (``tests/runs/test_data_parallel.py``). Training stays one process:
+    data parallelism did not pay on 2 cores (``benchmarks/ddp.py``). The advice: train with
+    ``--train-only``, then score with the same command under ``torchrun``.
+    """
+    if world_size > 1 or cores < 2 or load >= ALONE_BELOW:
+        return None
+    args = f"{name} --out {shlex.quote(str(out))}" + "".join(f" --variant {v}" for v in variants)
+    args += "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    args += f" --seeds {seeds}" if seeds != 1 else ""
+    return (f"this is the only job on {cores} cores (load {load:.2f}): the evaluation stages run "
+            f"faster as {cores} processes of one thread (docs/scaling.md): "
+            f"`vaelab reproduce {args} --train-only`, then "
+            f"`torchrun --nproc_per_node={cores} -m vaelab reproduce {args}` (the same numbers, "
+            "point by point); this command keeps one thread so that two long runs can share "
+            "the machine")
 
 
 def _budget_reached(cfg: RunConfig, history: list[dict]) -> dict:

@@ -287,7 +287,7 @@ def _row(name: str, variant: str, rs: list[dict]) -> str:
 
 
 def _per_seed(rs: list[dict], values: list) -> str:
-    """One value if every seed has it, else each seed's, in seed order: ``117, 113 (seeds 0, 1)``."""
+    """One value if every seed has it, else each seed's in order: ``117, 113 (seeds 0, 1)``."""
     if len(set(map(str, values))) == 1:
         return str(values[0])
     return (", ".join(map(str, values))
