@@ -34,19 +34,18 @@ per-round ratios, with the 1-minute load average (the machine is shared).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pyro
 import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from limit import load_points, paired, recipe_vae  # noqa: E402
+from _common import measuring, paired, parse, parser  # noqa: E402
+from limit import load_points, recipe_vae  # noqa: E402
 
 from vaelab.inference.ais import ais, beta_schedule  # noqa: E402
 from vaelab.inference.fast_ais import FusedLogJoint  # noqa: E402
@@ -156,29 +155,21 @@ def measure(args, x: torch.Tensor, threads: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
+    p = parser(__doc__, rounds=5)
     p.add_argument("--steps", type=int, default=30, help="T annealing steps")
     p.add_argument("--points", type=int, default=100)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--smoke", action="store_true", help="tiny network, T = 4, 1 round")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.rounds, args.steps, args.points, args.threads = 1, 4, 3, [1]
+    args = parse(p, argv, threads=[1, 2], smoke_help="tiny network, T = 4, 1 round",
+                 smoke={"rounds": 1, "steps": 4, "points": 3, "threads": [1]})
     x, source = load_points(args.points, args.smoke)
-    before = torch.get_num_threads()
     print(f"# AIS from the prior, iwae_static network, T={args.steps}, C={CHAINS}, L={LEAPFROG}, "
           f"{args.points} points ({source}), median of {args.rounds} paired rounds; load average "
           "(1 min) beside each figure: a shared machine")
     print("| threads | path | HMC transitions / s | fraction of the limit | ratio to hand-written "
           "| load |")
     print("|---:|---|---:|---:|---:|---:|")
-    try:
-        with pyro.validation_enabled(False):
-            for threads in args.threads:
-                print("\n".join(measure(args, x, threads)), flush=True)
-    finally:
-        torch.set_num_threads(before)
+    with measuring():
+        for threads in args.threads:
+            print("\n".join(measure(args, x, threads)), flush=True)
     return 0
 
 

@@ -16,17 +16,19 @@ reference measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import pyro
 import torch
 
-from vaelab.runs.recipes import load_recipe
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import measuring, paired_rounds, parse, parser, warm_up  # noqa: E402
+
+from vaelab.runs.recipes import load_recipe  # noqa: E402
 
 RECIPE = "paulus2021"
 #: the reference variant: ``trace`` with the plain Gumbel-softmax guide
@@ -92,47 +94,28 @@ def measure(args, sizes: Sizes, smoke: bool) -> list[tuple[str, float, float, fl
     B = load_recipe(RECIPE).config(REFERENCE, 0, ["data.name=synthetic",
                                                   *sizes.overrides]).train.batch_size
     x = torch.bernoulli(torch.full((B, sizes.D), 0.3))
-
-    def timed(step) -> float:
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(x)
-        return (time.perf_counter() - t0) / args.steps * 1e3
-
     pyro.clear_param_store()
     reference, _ = make_step(REFERENCE, sizes, smoke)
-    for _ in range(args.warmup):
-        reference(x)
+    warm_up(reference, x, args.warmup)
     rows = []
     for variant in estimators():
         # two models at once: vaelab's networks register their own tensors (eager steps)
         step, name = make_step(variant, sizes, smoke)
-        for _ in range(args.warmup):
-            step(x)
-        ts, refs = [], []
-        for _ in range(args.rounds):  # paired: reference and estimator back to back
-            refs.append(timed(reference))
-            ts.append(timed(step))
-        ratio = statistics.median(t / r for t, r in zip(ts, refs))
-        rows.append((name, statistics.median(ts), statistics.median(refs), ratio))
+        rows.append((name, *paired_rounds(reference, step, x, rounds=args.rounds,
+                                          steps=args.steps, warmup=args.warmup)))
     return rows
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=7)
+    p = parser(__doc__, rounds=7)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, 1 round of 2 steps (tests/test_benchmarks.py)")
-    args = p.parse_args(argv)
+    args = parse(p, argv, threads=1,
+                 smoke_help="tiny sizes, 1 round of 2 steps (tests/test_benchmarks.py)",
+                 smoke={"rounds": 1, "steps": 2, "warmup": 1})
     sizes = SMOKE if args.smoke else FULL
-    if args.smoke:
-        args.rounds, args.steps, args.warmup = 1, 2, 1
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with pyro.validation_enabled(False):
+    with measuring(args.threads):
         rows = measure(args, sizes, args.smoke)
     net = "64-32, 6 binary latents, batch 16" if args.smoke else \
         "784-512-256 / 256-512-784, 120 binary latents, batch 200"

@@ -34,24 +34,27 @@ shared: ratios measured in one round are what count).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
-import time
+import sys
 import tomllib
 from collections.abc import Callable
 from importlib.resources import files
+from pathlib import Path
 
 import pyro
 import torch
 from torch.distributions import Normal
 from torch.nn import functional as F
 
-from vaelab.inference.fused import fused_log_weights
-from vaelab.inference.marginal import cache_rows, chunk_size_for, estimate_marginal
-from vaelab.resolve import resolve
-from vaelab.vae import build_vae
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import measuring, paired, parse, parser  # noqa: E402
+
+from vaelab.inference.fused import fused_log_weights  # noqa: E402
+from vaelab.inference.marginal import cache_rows, chunk_size_for, estimate_marginal  # noqa: E402
+from vaelab.resolve import resolve  # noqa: E402
+from vaelab.vae import build_vae  # noqa: E402
 
 D = 784
 #: recipe → its latent type's name in the table
@@ -176,19 +179,6 @@ def paths(vae, x: torch.Tensor, K: int, chunk: int) -> dict:
             "hand-written": lambda: hand_written_is(vae, x, K, chunk)}
 
 
-def paired(fns: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds per round of each variant, back to back from the same seed, order rotated."""
-    times: dict[str, list[float]] = {n: [] for n in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            torch.manual_seed(r)
-            t = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t)
-    return times
-
-
 def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
     vae = recipe_vae(name, args.smoke)
     K, B = args.num_samples, x.shape[0]
@@ -221,31 +211,23 @@ def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
+    p = parser(__doc__, rounds=5)
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--points", type=int, default=100)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    p.add_argument("--smoke", action="store_true", help="tiny networks, K = 20, 1 round")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.rounds, args.num_samples, args.points, args.threads = 1, 20, 4, [1]
+    args = parse(p, argv, threads=[1, 2], smoke_help="tiny networks, K = 20, 1 round",
+                 smoke={"rounds": 1, "num_samples": 20, "points": 4, "threads": [1]})
     x, source = load_points(args.points, args.smoke)
-    before = torch.get_num_threads()
     print(f"# IS at the limit: K={args.num_samples}, {args.points} points ({source}), median of "
           f"{args.rounds} paired rounds, torch {torch.__version__}, pyro {pyro.__version__}, "
           f"{os.cpu_count()} cores; load average (1 min) beside each figure: a shared machine")
     print("| latent (recipe) | threads | path | points·draws / s | points / s at K = 5000 "
           "| fraction of the limit | ratio to hand-written | load |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
-    try:
-        with pyro.validation_enabled(False):
-            for threads in args.threads:
-                for name in args.recipes:
-                    print("\n".join(measure(name, args, x, threads)), flush=True)
-    finally:
-        torch.set_num_threads(before)
+    with measuring():
+        for threads in args.threads:
+            for name in args.recipes:
+                print("\n".join(measure(name, args, x, threads)), flush=True)
     return 0
 
 

@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import pyro
@@ -43,12 +44,15 @@ import torch
 from torch.distributions import Normal
 from torch.nn import functional as F
 
-from vaelab.data.subsets import spread_indices
-from vaelab.inference.fused import fused_log_weights
-from vaelab.inference.marginal import cache_rows, chunk_size_for, estimate_marginal
-from vaelab.resolve import load_config
-from vaelab.runs.run import bytes_per_particle
-from vaelab.vae import build_vae
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import paired  # noqa: E402
+
+from vaelab.data.subsets import spread_indices  # noqa: E402
+from vaelab.inference.fused import fused_log_weights  # noqa: E402
+from vaelab.inference.marginal import cache_rows, chunk_size_for, estimate_marginal  # noqa: E402
+from vaelab.resolve import load_config  # noqa: E402
+from vaelab.runs.run import bytes_per_particle  # noqa: E402
+from vaelab.vae import build_vae  # noqa: E402
 
 
 class Sizes(NamedTuple):
@@ -122,22 +126,6 @@ def vaelab_is(vae, x, K, chunk, diagnostics=False, fused=False):
     return estimate_marginal(vae.model, vae.guide, x, num_samples=K, batch_size=x.shape[0],
                              chunk_size=chunk, diagnostics=diagnostics,
                              fused=fused_log_weights(vae) if fused else None).log_px
-
-
-def paired(fns: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds of each of ``fns`` per round, the variants back to back in every round, each
-    from the same seed; the order rotates from round to round, so that no variant always runs
-    first (after the previous round freed its buffers) or last."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            fn = fns[name]
-            torch.manual_seed(r)
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return times
 
 
 def gemm_time(s: Sizes, K: int, N: int, chunk: int) -> float:

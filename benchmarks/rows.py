@@ -28,19 +28,23 @@ ratios (after / before), the largest difference of the two paths' mean log p̂ o
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import pyro
 import torch
 
-from vaelab.data import DataSplits, Preprocessor, load_dataset
-from vaelab.inference.fused import fused_log_weights
-from vaelab.runs.recipes import load_recipe
-from vaelab.runs.run import Run, evaluate
-from vaelab.vae import build_vae
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import measuring, parse, parser  # noqa: E402
+
+from vaelab.data import DataSplits, Preprocessor, load_dataset  # noqa: E402
+from vaelab.inference.fused import fused_log_weights  # noqa: E402
+from vaelab.runs.recipes import load_recipe  # noqa: E402
+from vaelab.runs.run import Run, evaluate  # noqa: E402
+from vaelab.vae import build_vae  # noqa: E402
 
 #: the reproduction rows: (recipe, variant)
 ROWS = [("iwae_static", "iwae_k1"), ("vampprior_standard", "default"), ("vampprior", "default"),
@@ -105,40 +109,30 @@ def row_line(recipe: str, variant: str, run: Run, t: dict, n: int) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = parser(__doc__, rounds=3)
     p.add_argument("--points", type=int, default=1000)
     p.add_argument("--num-samples", type=int, default=5000)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
     names = [f"{r}/{v}" for r, v in ROWS + EXTRA_ROWS]
     p.add_argument("--rows", nargs="+", default=names[:len(ROWS)], choices=names)
-    p.add_argument("--smoke", action="store_true", help="random images, 4 points, K = 20")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.points, args.num_samples, args.rounds = 4, 20, 1
-    before_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
+    args = parse(p, argv, threads=1, smoke_help="random images, 4 points, K = 20",
+                 smoke={"points": 4, "num_samples": 20, "rounds": 1})
     header = False
-    try:
-        with pyro.validation_enabled(False):
-            for name in args.rows:
-                recipe, variant = name.split("/")
-                run, source = build_row(recipe, variant, args.points, args.smoke)
-                if not header:
-                    print(f"# Rows before/after: IS K={args.num_samples} on {args.points} points "
-                          f"({source}; points/s at {args.points} points is points/s at 1000), "
-                          f"median of {args.rounds} paired rounds, {args.threads} thread(s), "
-                          f"torch {torch.__version__}, pyro {pyro.__version__}, "
-                          f"{os.cpu_count()} cores; untrained weights")
-                    print("| row (recipe/variant) | fused applies | before points/s "
-                          "| after points/s | before s/1000 pts | after s/1000 pts "
-                          "| ratio after/before | max Δ mean log p̂ | load |")
-                    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-                    header = True
-                print(row_line(recipe, variant, run, time_row(run, args), args.points),
-                      flush=True)
-    finally:
-        torch.set_num_threads(before_threads)
+    with measuring(args.threads):
+        for name in args.rows:
+            recipe, variant = name.split("/")
+            run, source = build_row(recipe, variant, args.points, args.smoke)
+            if not header:
+                print(f"# Rows before/after: IS K={args.num_samples} on {args.points} points "
+                      f"({source}; points/s at {args.points} points is points/s at 1000), "
+                      f"median of {args.rounds} paired rounds, {args.threads} thread(s), "
+                      f"torch {torch.__version__}, pyro {pyro.__version__}, "
+                      f"{os.cpu_count()} cores; untrained weights")
+                print("| row (recipe/variant) | fused applies | before points/s "
+                      "| after points/s | before s/1000 pts | after s/1000 pts "
+                      "| ratio after/before | max Δ mean log p̂ | load |")
+                print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+                header = True
+            print(row_line(recipe, variant, run, time_row(run, args), args.points), flush=True)
     return 0
 
 

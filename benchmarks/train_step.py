@@ -11,10 +11,9 @@ rounds and the ratio to the hand-written step measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import math
-import statistics
-import time
+import sys
+from pathlib import Path
 from typing import NamedTuple
 
 import pyro
@@ -22,9 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vaelab.inference.objectives import build_objective
-from vaelab.resolve import load_config
-from vaelab.vae import build_vae
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import measuring, paired_rounds, parse, parser, warm_up  # noqa: E402
+
+from vaelab.inference.objectives import build_objective  # noqa: E402
+from vaelab.resolve import load_config  # noqa: E402
+from vaelab.vae import build_vae  # noqa: E402
 
 
 class Sizes(NamedTuple):
@@ -134,13 +136,6 @@ def objective_table(args, sizes: Sizes, warmup: int, reference) -> None:
     Pyro model at a time: the param store is process-global), and the ratio is that of their
     median ratios to the reference."""
     x = torch.bernoulli(torch.full((sizes.B, sizes.D), 0.3))
-
-    def timed(step) -> float:
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(x)
-        return (time.perf_counter() - t0) / args.steps * 1e3
-
     print(f"\nPer objective (default path), {sizes.D}-{sizes.H}-{sizes.Z}, batch {sizes.B}: "
           "ms/step and ratio to trace on the same latent type")
     print(f"{'objective':32s} {'ms/step':>8s} {'ratio':>6s}")
@@ -149,30 +144,20 @@ def objective_table(args, sizes: Sizes, warmup: int, reference) -> None:
         for label, overrides in group:
             pyro.clear_param_store()
             step = objective_step(sizes, overrides)
-            for _ in range(warmup):
-                step(x)
-            ts, refs = [], []
-            for _ in range(max(1, args.rounds // 3)):
-                refs.append(timed(reference))
-                ts.append(timed(step))
-            vs_ref = statistics.median(t / r for t, r in zip(ts, refs))
+            ms, _, vs_ref = paired_rounds(reference, step, x, rounds=max(1, args.rounds // 3),
+                                          steps=args.steps, warmup=warmup)
             base = vs_ref if base is None else base
-            print(f"{label:32s} {statistics.median(ts):8.2f} {vs_ref / base:6.2f}")
+            print(f"{label:32s} {ms:8.2f} {vs_ref / base:6.2f}")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=15)
+    p = parser(__doc__, rounds=15)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, 1 round of 2 steps (tests/test_benchmarks.py)")
-    args = p.parse_args(argv)
+    args = parse(p, argv, threads=2,
+                 smoke_help="tiny sizes, 1 round of 2 steps (tests/test_benchmarks.py)",
+                 smoke={"rounds": 1, "steps": 2})
     sizes, warmup = (SMOKE, 2) if args.smoke else (FULL, 10)
-    if args.smoke:
-        args.rounds, args.steps = 1, 2
-    torch.set_num_threads(args.threads)
-    with pyro.validation_enabled(False):
+    with measuring(args.threads):
         return _run(args, sizes, warmup)
 
 
@@ -191,30 +176,17 @@ def _run(args, sizes: Sizes, warmup: int) -> int:
         "vaelab literal SVI + pyro.optim (jit)": ("svi", "auto"),
     }
 
-    def timed(step) -> float:
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(x)
-        return (time.perf_counter() - t0) / args.steps * 1e3
-
-    for _ in range(warmup):
-        reference(x)
+    warm_up(reference, x, warmup)
     print(f"{sizes.D}-{sizes.H}-{sizes.Z} VAE, batch {sizes.B}, {args.threads} threads, "
           f"{args.rounds} paired rounds x {args.steps} steps")
     print(f"{'variant':40s} {'ms/step':>8s} {'ref ms':>7s} {'ratio':>6s}")
     for name, (driver, jit) in variants.items():
         # one model at a time: Pyro's param store is process-global
         pyro.clear_param_store()
-        step = make_vaelab(sizes, driver, jit)
-        for _ in range(warmup):  # warm-up (and JIT compilation)
-            step(x)
-        ts, refs = [], []
-        for _ in range(args.rounds):  # paired: reference and variant back to back
-            refs.append(timed(reference))
-            ts.append(timed(step))
-        ratio = statistics.median(t / r for t, r in zip(ts, refs))
-        print(f"{name:40s} {statistics.median(ts):8.2f} {statistics.median(refs):7.2f} "
-              f"{ratio:6.2f}")
+        step = make_vaelab(sizes, driver, jit)  # warmed up (and JIT-compiled) in the rounds
+        ms, ref_ms, ratio = paired_rounds(reference, step, x, rounds=args.rounds,
+                                          steps=args.steps, warmup=warmup)
+        print(f"{name:40s} {ms:8.2f} {ref_ms:7.2f} {ratio:6.2f}")
     objective_table(args, sizes, warmup, reference)
     return 0
 
