@@ -2,7 +2,7 @@ r"""Gaussian vs discrete latents on statically binarized MNIST, with one budget 
 
 Every run (configs ``experiments/configs/latents_*.toml``) has the same 784-512-256 encoder and
 256-512-784 decoder (Jang et al. 2017's widths), Bernoulli likelihood, Adam 1e-3, batch 100 and
-the same number of gradient steps. Two suites:
+the same number of gradient steps, on the same data. Two suites:
 
 ``--suite jang`` (default; ``latents.md``): Jang et al.'s latent, N = 20 variables × K = 10 classes.
 
@@ -20,20 +20,48 @@ at equal width; the question is how much of that gap each discrete estimator clo
 exact enumeration: the same runs plus ``enum`` (TraceEnum_ELBO, the exact ELBO gradient), a
 Gaussian with z ∈ ℝ^2, and the *exact* test log p(x) of every discrete model.
 
-The discrete models are always scored as discrete models, with hard one-hot latents
-(:meth:`vaelab.vae.VAE.eval_pair`, ``hard=True``): the test ELBO (exact log p(z) − log q(z|x),
-``--elbo-draws`` draws per point, the whole test set) and log p̂(x) by importance sampling with
-the categorical posterior as proposal (K = ``eval.num_samples`` on ``eval.limit`` = 500 test
-images spread evenly over the test split, which is ordered: its first images are all zeros), plus
-category usage (:func:`vaelab.inference.diagnostics.category_usage`). Writes ``<prefix>.md``,
-``<prefix>.json`` and PNGs (reconstructions, prior samples, one-variable-at-a-time traversals)
-into ``--out``; the runs go to ``runs/compare_latents[_small]`` (``--reuse`` resumes them).
+**Seeds.** ``--seeds N`` trains every model with ``train.seed`` = 0 … N − 1 (default 3 for the jang
+suite, 1 for ``--suite small`` and ``--smoke``), run folders ``RUNS/seedS/NAME``. Before
+``--seeds`` a run folder was ``RUNS/NAME``; such a folder is seed 0: move it to ``RUNS/seed0/NAME``
+to reuse it (the script says so when it sees one).
+
+**Scoring.** The discrete models are always scored as discrete models, with hard one-hot latents
+(:meth:`vaelab.vae.VAE.eval_pair`, ``hard=True``), the last checkpoint (equal steps):
+
+* log p̂(x) by importance sampling with the guide's (categorical) posterior as proposal, K =
+  ``eval.num_samples`` (5000), on **all** test images unless ``--is-limit N`` (N images spread
+  evenly over the ordered test split, :func:`vaelab.data.subsets.spread_indices`); the ELBO beside
+  it is the mean of the same K log-weights. The pass runs in resumable blocks
+  (:func:`vaelab.runs.stages.evaluate_in_blocks`: ``eval.block_size`` or 500 images, block b seeded
+  by ``eval.seed`` + b, saved to ``RUN/compare_latents/is/`` as it completes): after a kill,
+  ``--reuse`` resumes training and scoring where they stopped, to the same numbers;
+* the test ELBO with exact log p(z) − log q(z|x), ``--elbo-draws`` draws per point on the whole
+  test set, and the exact log p(x) where the joint states can be summed (``--suite small``);
+* category usage (:func:`vaelab.inference.diagnostics.category_usage`).
+
+**Outputs.** Each finished run's small files go to ``--export`` (default ``OUT/<prefix>/``, i.e.
+``experiments/results/latents/``), one folder ``NAME/seedS/`` in the format of ``vaelab
+reproduce``'s exports (:func:`vaelab.runs.tables.export_runs`, format
+:data:`~vaelab.runs.tables.EXPORT_FORMAT`): ``config.toml`` (resolved), ``metrics.jsonl``,
+``result.json`` (``format_version``, seed, the budget reached, the IS summary, the all-image ELBO,
+category usage; no machine path) and ``is_points.tsv`` (log p̂(x) and ELBO per test image, 4
+decimals); no checkpoint. The results block of ``<prefix>.md`` (between :data:`BEGIN` and
+:data:`END`) is built from those files alone (:func:`results_block`): per model the test −ELBO
+and −log p̂(x) as mean ± sd over seeds, and each model's paired difference to the Gaussian,
+image by image per seed, across seeds mean ± t(n−1)·sd/√n
+(:func:`vaelab.runs.stats.t_interval`). ``--table-from DIR`` rebuilds that block from ``DIR``
+alone. A page written by hand around the block (it holds the block but not the first line
+:data:`GENERATED`, as ``latents.md`` does) keeps its text: only the block is rewritten. Any other
+page is written whole (:func:`table`): the block, every run's details (``<prefix>.json``),
+figures (reconstructions, prior samples, one-variable-at-a-time traversals of the first seed)
+and the command.
 
 ::
 
-    python experiments/compare_latents.py --reuse              # latents.md (background!)
-    python experiments/compare_latents.py --suite small --reuse  # latents_small.md
-    python experiments/compare_latents.py --smoke --out /tmp/l  # seconds, synthetic data
+    python experiments/compare_latents.py --reuse --seeds 3          # latents.md (hours, resumable)
+    python experiments/compare_latents.py --table-from experiments/results/latents  # its block
+    python experiments/compare_latents.py --suite small --reuse      # latents_small.md
+    python experiments/compare_latents.py --smoke --out /tmp/l       # seconds, synthetic data
 
 References:
   1. E. Jang, S. Gu, B. Poole. *Categorical Reparameterization with Gumbel-Softmax*. ICLR 2017.
@@ -44,7 +72,9 @@ References:
 
 from __future__ import annotations
 
+import json
 import sys
+import tomllib
 from pathlib import Path
 
 import torch
@@ -52,7 +82,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runner import ROOT, Experiment, parser  # noqa: E402
 
+from vaelab.config import json_safe  # noqa: E402
+from vaelab.runs.tables import (  # noqa: E402  (one format: vaelab reproduce's exports)
+    EXPORT_FORMAT,
+    POINTS_FILE,
+    _exported_points,
+    _machine_paths,
+    _mean_sd,
+    _paired_cell,
+    _points_tsv,
+)
+
 HERE = Path(__file__).resolve().parent
+SCRIPT = "experiments/compare_latents.py"
 LABELS = {
     "gaussian": "Gaussian, z ∈ ℝ^{d} (Trace_ELBO)",
     "enum": "exact enumeration (TraceEnum_ELBO)",
@@ -61,15 +103,18 @@ LABELS = {
     "straight_through": "straight-through Gumbel, categorical KL",
     "reinforce": "REINFORCE + learned baseline (TraceGraph)",
 }
+#: the model every other one is paired with, image by image
+REFERENCE = "gaussian"
 SUITES = {
-    # name: (file prefix, runs folder, variants, (N, K) override or None, Gaussian dim or None)
+    # name: (file prefix, runs folder, variants, (N, K) override or None, Gaussian dim or None,
+    #        default --seeds)
     "jang": ("latents", "compare_latents",
              ["gaussian", "gumbel_relaxed", "gumbel_categorical", "straight_through", "reinforce"],
-             None, None),
+             None, None, 3),
     "small": ("latents_small", "compare_latents_small",
               ["gaussian", "enum", "gumbel_relaxed", "gumbel_categorical", "straight_through",
                "reinforce"],
-              (2, 10), 2),
+              (2, 10), 2, 1),
 }
 #: Jang et al. 2017, Table 2 (binarized MNIST, 784-512-256, 20 × 10 latents), fully trained:
 #: test −ELBO. Recalled from the paper, not re-measured here.
@@ -79,17 +124,39 @@ SMOKE = [
     "train.valid_limit=50", "train.max_steps_per_epoch=4", "train.epochs=2",
 ]
 SMOKE_LATENT = (4, 3)  # 81 states: every variant, enum included, and the exact log p(x)
-#: IS points of the non-smoke runs (``--test-limit`` overrides)
-TEST_LIMIT = 500
+#: the markers of the results block of ``<prefix>.md`` (:func:`results_block`)
+BEGIN, END = "<!-- latents-table:begin -->", "<!-- latents-table:end -->"
+#: the first line of a page this script writes whole (:func:`table`); a page with the block but
+#: without this line is written by hand around the block, which alone is rewritten
+GENERATED = "<!-- written whole by experiments/compare_latents.py -->"
+#: the IS blocks of a run folder (:func:`vaelab.runs.stages.evaluate_in_blocks`)
+IS_FOLDER = Path("compare_latents") / "is"
 
 
 def parse_args(argv):
     p = parser(__doc__, runs="runs/compare_latents[_small]")
     p.add_argument("--suite", choices=list(SUITES), default="jang")
     p.add_argument("--variants", nargs="+", default=None, choices=list(LABELS))
+    p.add_argument("--seeds", type=int, default=None,
+                   help="train.seed = 0 .. N-1, runs in RUNS/seedS/NAME (default: 3 for the "
+                   "jang suite, 1 for --suite small and --smoke)")
+    p.add_argument("--is-limit", type=int, default=None, metavar="N",
+                   help="IS on N test images spread evenly over the split (default: all; "
+                   "--smoke: 20)")
     p.add_argument("--elbo-draws", type=int, default=10, help="draws per point of the test ELBO")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="each finished run's small files, DIR/NAME/seedS/ (default: OUT/<prefix>)")
+    p.add_argument("--table-from", default=None, metavar="DIR",
+                   help="only rebuild the results block of OUT/<prefix>.md from the files "
+                   "exported to DIR (no training, no scoring)")
     args = p.parse_args(argv)
     args.default_runs = f"runs/{SUITES[args.suite][1]}"
+    if args.seeds is None:
+        args.seeds = 1 if args.smoke else SUITES[args.suite][5]
+    if args.seeds < 1:
+        p.error(f"--seeds needs at least 1 seed, got {args.seeds}")
+    if any(o.replace(" ", "").startswith("train.seed=") for o in args.overrides):
+        p.error("the seeds are --seeds N (train.seed = 0 .. N-1), not --set train.seed=...")
     return args
 
 
@@ -143,11 +210,15 @@ def write_figures(runs: dict, x_show: torch.Tensor, shape, out: Path, prefix: st
 # one run
 
 
-def run_variant(exp: Experiment, name: str, data) -> tuple[dict, object]:
+def run_variant(exp: Experiment, name: str, data, seed: int) -> tuple[dict, object, dict]:
+    """Train (or, with ``--reuse``, resume or reuse) ``RUNS/seedS/NAME`` and score its last
+    checkpoint. :returns: the row of the details table, the trained run, and its ``result.json``
+    (:func:`export_run`) with the IS pass's per-point values under ``"_points"``."""
     from vaelab.inference.diagnostics import category_usage
+    from vaelab.runs.stages import evaluate_in_blocks
 
-    _, _, _, latent_nk, gaussian_dim = SUITES[exp.args.suite]
-    overrides = [f"eval.limit={TEST_LIMIT}"]
+    _, _, _, latent_nk, gaussian_dim, _ = SUITES[exp.args.suite]
+    overrides = [f"train.seed={seed}"]
     if exp.args.smoke:
         latent_nk, gaussian_dim = SMOKE_LATENT, 4
     if name == "gaussian" and gaussian_dim:
@@ -157,18 +228,23 @@ def run_variant(exp: Experiment, name: str, data) -> tuple[dict, object]:
                       f"model.latent.num_classes={latent_nk[1]}"]
     cfg = exp.config(HERE / "configs" / f"latents_{name}.toml", overrides, smoke=SMOKE)
     # equal steps: the last checkpoint, not the best
-    run = exp.train(name, cfg, data=data, checkpoint="last")
+    run = exp.train(f"seed{seed}/{name}", cfg, data=data, checkpoint="last")
     history = exp.history(run)
     # the test ELBO of the whole split (and the exact log p(x) where the states can be summed)
     elbo_est = exp.score(run, exp.eval_config(run, [
         f"eval.num_samples={exp.args.elbo_draws}", "eval.limit=null", "eval.exact=true",
         "eval.diagnostics=false",
     ]))
-    is_est = exp.score(run, exp.eval_config(run, ["eval.exact=false"]))
+    limit = [f"eval.limit={exp.args.is_limit}"] if exp.args.is_limit else []
+    is_ec = exp.eval_config(run, ["eval.exact=false", *limit])
+    tag = f"[{exp.name}/seed{seed}/{name}]"
+    is_est = evaluate_in_blocks(run, is_ec, run.dir / IS_FOLDER,
+                                say=lambda line: print(f"{tag} {line}", flush=True))
     elbo, is_ = elbo_est.summary(), is_est.summary()
     latent = run.vae.latent
     row = {
         "name": name,
+        "seed": seed,
         "label": LABELS[name].format(d=cfg.model.latent_dim),
         "latent": "z ∈ ℝ^%d" % cfg.model.latent_dim if latent.continuous
         else f"N = {latent.num_variables} × K = {latent.num_classes}",
@@ -187,17 +263,221 @@ def run_variant(exp: Experiment, name: str, data) -> tuple[dict, object]:
         "epoch_time": sum(r["epoch_time"] for r in history) / len(history),
         "final_train_loss": history[-1]["train_loss"],
         "final_temperature": history[-1]["temperature"],
-        "eval_time": elbo_est.extra["eval_s"] + is_est.extra["eval_s"],
+        "eval_time": elbo_est.extra["eval_s"] + is_est.extra["compute_s"],
         "config": f"experiments/configs/latents_{name}.toml",
     }
+    usage = {}
     if not latent.continuous:
         x_test = run.pre.eval_split(run.split("test"), run.cfg.eval.seed)
-        row.update(category_usage(run.vae, x_test).summary())
-    return row, run
+        usage = category_usage(run.vae, x_test).summary()
+        row.update(usage)
+    result = {
+        "format_version": EXPORT_FORMAT, "script": SCRIPT, "suite": exp.args.suite,
+        "name": name, "seed": seed, "label": row["label"], "latent": row["latent"],
+        "config": row["config"], "checkpoint": "last",
+        "budget": {"epochs": len(history), "epochs_planned": cfg.train.epochs,
+                   "steps": history[-1]["step"], "finished": len(history) == cfg.train.epochs,
+                   "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
+                   "threads": cfg.train.num_threads,
+                   "train_wall_s": sum(r["epoch_time"] for r in history)},
+        "is": {**is_, "compute_s": is_est.extra["compute_s"],
+               "blocks_untimed": is_est.extra["blocks_untimed"]},
+        "is_points": {"file": POINTS_FILE, "split": is_ec.split, "limit": is_ec.limit,
+                      "split_size": getattr(run.data, is_ec.split).shape[0],
+                      "columns": ["point", "log_px", "elbo"]},
+        "elbo_all": {"draws": elbo_est.num_samples, "num_points": elbo_est.num_points,
+                     **{k: elbo[k] for k in ("elbo", "elbo_stderr", "exact_log_likelihood",
+                                             "exact_log_likelihood_stderr") if k in elbo},
+                     "compute_s": elbo_est.extra["eval_s"]},
+        **({"category_usage": usage} if usage else {}),
+        "_points": (is_est.log_px, is_est.elbo),
+    }
+    return row, run, result
 
 
 # --------------------------------------------------------------------------------------------
-# table
+# exported files
+
+
+def export_run(dest: Path, run, result: dict) -> Path:
+    """Write one scored run's small files to ``dest/NAME/seedS/``: ``config.toml``,
+    ``metrics.jsonl``, ``result.json`` and ``is_points.tsv`` (4 decimals), as
+    :func:`vaelab.runs.tables.export_runs` writes a reproduce run's.
+
+    :raises ValueError: a file would carry a machine path (named, in one line)."""
+    config = (run.dir / "config.toml").read_text()
+    metrics = (run.dir / "metrics.jsonl").read_text()
+    log_px, elbo = result["_points"]
+    out = json_safe({k: v for k, v in result.items() if not k.startswith("_")})
+    found = (_machine_paths(out, "result.json")
+             + _machine_paths(tomllib.loads(config), "config.toml")
+             + [p for ln in metrics.splitlines() if ln
+                for p in _machine_paths(json.loads(ln), "metrics.jsonl")])
+    if found:
+        raise ValueError(f"{run.dir}: would export a machine path, {found[0]}")
+    target = dest / result["name"] / f"seed{result['seed']}"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.toml").write_text(config)
+    (target / "metrics.jsonl").write_text(metrics)
+    (target / "result.json").write_text(json.dumps(out, indent=1) + "\n")
+    (target / POINTS_FILE).write_text(_points_tsv(out, log_px, elbo))
+    return target
+
+
+def read_exported(dest: Path) -> list[dict]:
+    """The runs exported to ``dest`` (``NAME/seedS/result.json``), in the order of
+    :data:`LABELS` then seed, each with ``"_points"``: (the points scored, log p̂(x) and the
+    ELBO per point as the TSV holds them, ``(N,)`` float64 each). A run without its TSV is left
+    out. :raises ValueError: a file of another format version."""
+    found = []
+    for path in sorted(Path(dest).glob("*/seed*/result.json")):
+        r = {**json.loads(path.read_text()), "_dir": str(path.parent)}
+        if r.get("format_version") != EXPORT_FORMAT:
+            raise ValueError(f"{path}: format_version {r.get('format_version')!r}, this script "
+                             f"reads {EXPORT_FORMAT}")
+        points = _exported_points(r)
+        if points is not None:
+            found.append({**r, "_points": points})
+    order = list(LABELS)
+    return sorted(found, key=lambda r: (order.index(r["name"]) if r["name"] in order else 99,
+                                        r["seed"]))
+
+
+# --------------------------------------------------------------------------------------------
+# the results block, from exported files alone
+
+
+def _budget(rs: list[dict]) -> str:
+    """The budget every run reached, stated once when they share it, else run by run."""
+    def one(b: dict) -> str:
+        return (f"{b['epochs']} epochs = {b['steps']} Adam steps (batch {b['batch_size']}, "
+                f"lr {b['lr']:g})")
+
+    kinds = {one(r["budget"]) for r in rs}
+    text = (f"{kinds.pop()} for every run" if len(kinds) == 1 else
+            "; ".join(f"{r['name']} seed {r['seed']}: {one(r['budget'])}" for r in rs))
+    unfinished = [f"{r['name']} seed {r['seed']}" for r in rs if not r["budget"]["finished"]]
+    planned = sorted({r["budget"]["epochs_planned"] for r in rs})
+    return (text + f" (of {', '.join(map(str, planned))} planned)"
+            + (f"; **unfinished**: {', '.join(unfinished)}" if unfinished else ""))
+
+
+def _points_text(rs: list[dict]) -> str:
+    """Which test images the IS pass scored (every run the same, or say each)."""
+    def one(r: dict) -> str:
+        spec, n = r["is_points"], r["_points"][1].numel()
+        if spec["limit"] is None or n == spec["split_size"]:
+            return f"all {n} {spec['split']} images"
+        return (f"{n} of the {spec['split_size']} {spec['split']} images, spread evenly over "
+                f"the split (`eval.limit` = {spec['limit']}: `--is-limit {spec['limit']}`)")
+
+    kinds = {one(r) for r in rs}
+    return kinds.pop() if len(kinds) == 1 else "; ".join(
+        f"{r['name']} seed {r['seed']}: {one(r)}" for r in rs)
+
+
+def _paired(rs: list[dict], ref: list[dict], column: int) -> str:
+    """The paired cell of a model against the reference: per seed both scored on the same
+    images, the mean of the per-image differences (column 1: log p̂(x), 2: ELBO);
+    :func:`vaelab.runs.tables._paired_cell` over the seeds."""
+    by_seed = {r["seed"]: r for r in ref}
+    diffs = []
+    for r in rs:
+        other = by_seed.get(r["seed"])
+        if other is not None and r["_points"][0] == other["_points"][0] and (
+                r["_points"][1].numel() == other["_points"][1].numel()):
+            diffs.append(r["_points"][column] - other["_points"][column])  # (N,)
+    return _paired_cell(diffs) if diffs else "—"
+
+
+def results_block(runs: list[dict], suite: str, export: str) -> str:
+    """The results block of ``<prefix>.md``, its markers included, from the exported runs
+    ``runs`` (:func:`read_exported`) alone. ``export``: where they are, as the page names it."""
+    command = ("python experiments/compare_latents.py"
+               + (f" --suite {suite}" if suite != "jang" else "") + f" --table-from {export}")
+    if not runs:
+        many = f" --seeds {SUITES[suite][5]}" if SUITES[suite][5] > 1 else ""
+        return "\n".join([
+            BEGIN,
+            f"No run exported to `{export}` yet: no "
+            f"{f'{SUITES[suite][5]}-seed ' if SUITES[suite][5] > 1 else ''}run yet. "
+            f"`python experiments/compare_latents.py{'' if suite == 'jang' else ' --suite small'}"
+            f" --reuse{many}` trains and scores every model and writes its files there; "
+            f"`{command}` rebuilds this block from those files alone.",
+            END])
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["name"], []).append(r)
+    ref = groups.get(REFERENCE, [])
+    seeds = sorted({r["seed"] for r in runs})
+    k = sorted({r["is"]["num_samples"] for r in runs})
+    exact = any("exact_log_likelihood" in r["elbo_all"] for r in runs)
+    train_h = sum(r["budget"]["train_wall_s"] for r in runs) / 3600
+    is_h = sum(r["is"]["compute_s"] for r in runs) / 3600
+    threads = sorted({r["budget"]["threads"] for r in runs})
+    lines = [
+        BEGIN,
+        f"Budget: {_budget(runs)}; seed{'s' if len(seeds) > 1 else ''} "
+        f"{', '.join(map(str, seeds))} (`train.seed`); the last "
+        "checkpoint is scored (equal steps). Every discrete model is scored as the discrete "
+        "model, with hard one-hot latents: IS log p̂(x) with "
+        f"K = {', '.join(map(str, k))} draws from the guide's posterior on {_points_text(runs)}; "
+        "the test ELBO is the mean of the same K log-weights. Compute, as measured: "
+        f"{train_h:.2f} h of training and {is_h:.2f} h of IS over {len(runs)} runs "
+        f"({'/'.join(map(str, threads))} thread(s) each).",
+        "",
+        "| run | latent | seeds | test −ELBO | −log p̂(x), IS | "
+        + ("exact −log p(x), all images | " if exact else "")
+        + f"Δ log p̂(x), run − {REFERENCE} (paired) | Δ ELBO, run − {REFERENCE} (paired) |",
+        "|---|---|---|---:|---:|" + ("---:|" if exact else "") + "---:|---:|",
+    ]
+    for name, rs in groups.items():
+        means = [[float(r["_points"][c].mean()) for r in rs] for c in (1, 2)]  # per seed
+        ex = [r["elbo_all"].get("exact_log_likelihood") for r in rs]
+        pair = (["—", "—"] if name == REFERENCE else
+                [_paired(rs, ref, c) for c in (1, 2)])
+        lines.append(
+            f"| {rs[0]['label']} | {rs[0]['latent']} | {', '.join(str(r['seed']) for r in rs)} "
+            f"| {_mean_sd([-v for v in means[1]])} | {_mean_sd([-v for v in means[0]])} | "
+            + (f"{_mean_sd([-v for v in ex if v is not None])} | " if exact else "")
+            + f"{pair[0]} | {pair[1]} |")
+    lines += [
+        "",
+        "Each run's figure is its mean over the scored test images; a cell is the mean ± sd of "
+        "the seeds' figures (n seeds). *Paired*: per seed, the mean over the same test images "
+        f"of the run's log p̂(x) (or ELBO) minus the {REFERENCE} run's of that seed; across n "
+        "seeds the mean ± t(n−1)·sd/√n, its 95 % t-interval (one seed: ± its standard error "
+        "over the images). Negative: the run is below the Gaussian. Per run, "
+        f"`{export}/NAME/seedS/`: `is_points.tsv` (log p̂(x) and ELBO per test image, 4 "
+        "decimals), `result.json`, `config.toml`, `metrics.jsonl`. This block, from those files "
+        f"alone: `{command}`.",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def _has_block(text: str) -> bool:
+    return BEGIN in text and END in text
+
+
+def put_block(page: Path, block: str) -> bool:
+    """Replace the results block of ``page`` (from :data:`BEGIN` to :data:`END`) by ``block``,
+    the rest of the page as it is. :returns: whether the file changed.
+    :raises ValueError: the page has no block."""
+    text = page.read_text() if page.is_file() else ""
+    if not _has_block(text):
+        raise ValueError(f"{page}: no {BEGIN} ... {END} block to rewrite")
+    head, rest = text.split(BEGIN, 1)
+    new = head + block + rest.split(END, 1)[1]
+    if new != text:
+        page.write_text(new)
+    return new != text
+
+
+def block_of(page: Path) -> str:
+    """The results block of ``page``, its markers included."""
+    text = page.read_text()
+    return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
 
 
 def _relative(path: Path) -> str:
@@ -207,18 +487,45 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def rebuild_block(page: Path, export: Path, suite: str) -> int:
+    """``--table-from``: the results block of ``page`` from the files in ``export`` alone."""
+    try:
+        changed = put_block(page, results_block(read_exported(export), suite, _relative(export)))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{page}: results block {'rewritten' if changed else 'unchanged'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# a new page: the block, then every run's details
+
+
 def _f(v, digits=2):
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def _is_points(r: dict) -> str:
+    """Which test images a details row's IS columns scored."""
+    if r["is_points"] == r["test_points_elbo"]:
+        return f"all {r['is_points']} test images"
+    return (f"{r['is_points']} test images spread evenly over the test split "
+            "(`vaelab.data.subsets.spread_indices`; the split is ordered by digit)")
+
+
 def table(rows: list[dict], meta: dict) -> list[str]:
-    """The Markdown of ``rows``; ``meta``: suite, smoke, threads, elbo_draws, runs, figures."""
+    """The Markdown of a new page: the results ``meta["block"]``, then ``rows`` (one per run and
+    seed); ``meta``: suite, smoke, threads, elbo_draws, runs, figures, block."""
     r0 = rows[0]
     has_exact = any(r.get("exact_log_px") is not None for r in rows)
     discrete = next((r["latent"] for r in rows if r["latent"].startswith("N")), "—")
     gaussian = next((r["latent"] for r in rows if r["latent"].startswith("z")), "—")
     jang = meta["suite"] == "jang"
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    points = sorted({_is_points(r) for r in rows})
     lines = [
+        GENERATED,
         f"# Gaussian vs discrete latents on binarized MNIST ({discrete})"
         + (" — SMOKE RUN" if meta["smoke"] else ""),
         "",
@@ -227,9 +534,14 @@ def table(rows: list[dict], meta: dict) -> list[str]:
              "check that everything runs.", ""]
             if meta["smoke"] else []
         ),
+        meta["block"],
+        "",
+        "## Every run",
+        "",
         f"Budget, identical for every run: {r0['epochs']} epochs = {r0['steps']} Adam steps "
         "(lr 1e-3, batch 100) on the 50,000 training images of statically binarized MNIST "
-        "(Larochelle), one latent sample per step (all states for enumeration), seed 0; encoder "
+        "(Larochelle), one latent sample per step (all states for enumeration), seed"
+        f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; encoder "
         "784-512-256, decoder 256-512-784 (Jang et al. 2017's widths); Bernoulli likelihood. "
         f"Discrete runs: {discrete}, uniform prior; Gumbel runs anneal "
         "τ = max(0.5, exp(−10⁻⁴ t)) every 500 steps (Jang et al.'s schedule, recalled) and the "
@@ -243,18 +555,17 @@ def table(rows: list[dict], meta: dict) -> list[str]:
         f"{r0['test_points_elbo']} test images"
         + (", and the exact log p(x) by summing over all joint states" if has_exact else "")
         + f"; log p̂(x) by importance sampling (K = {r0['K']}, the posterior as proposal) on "
-        f"{r0['is_points']} test images spread evenly over the test split (it is ordered by "
-        "digit: its first 500 images are zeros), with the mean of the same K log-weights as the "
-        "ELBO beside it. Last checkpoint (equal steps), not the best.",
+        f"{'; '.join(points)}, with the mean of the same K log-weights as the ELBO beside it. "
+        "Last checkpoint (equal steps), not the best.",
         "",
-        "| run | test −ELBO (all) | "
+        "| run | seed | test −ELBO (all) | "
         + ("exact −log p(x) (all) | " if has_exact else "")
         + "−ELBO (IS points) | −log p̂(x), IS | training loss (last epoch) | s / epoch | "
         "classes used / K | "
         "aggregate perplexity | posterior perplexity | final τ |"
         + (" Jang et al. −ELBO (recalled) |" if jang else ""),
-        "|---|---:|" + ("---:|" if has_exact else "") + "---:|---:|---:|---:|---:|---:|---:|---:|"
-        + ("---:|" if jang else ""),
+        "|---|---:|---:|" + ("---:|" if has_exact else "")
+        + "---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if jang else ""),
     ]
     for r in rows:
         usage = (
@@ -263,7 +574,8 @@ def table(rows: list[dict], meta: dict) -> list[str]:
         )
         ex = r.get("exact_log_px")
         lines.append(
-            f"| {r['label']} | {-r['test_elbo']:.2f} ± {r['test_elbo_stderr']:.2f} | "
+            f"| {r['label']} | {r.get('seed', 0)} | "
+            f"{-r['test_elbo']:.2f} ± {r['test_elbo_stderr']:.2f} | "
             + (f"{_f(None if ex is None else -ex)} | " if has_exact else "")
             + f"{-r['is_elbo']:.2f} | {-r['is_log_px']:.2f} ± {r['is_log_px_stderr']:.2f} | "
             f"{r['final_train_loss']:.2f} | {r['epoch_time']:.1f} | {usage} | "
@@ -301,7 +613,10 @@ def table(rows: list[dict], meta: dict) -> list[str]:
             "",
         ]
     return lines + [*[f"![{f}]({f})" for f in meta["figures"]], "",
-                    f"Runs: `{meta['runs']}` (`--reuse` resumes or reuses them)."]
+                    f"Runs: `{meta['runs']}/seedS/NAME` (`--reuse` resumes or reuses them); "
+                    f"figures: seed {seeds[0]}."]
+
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,30 +624,56 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    prefix, _, variants, _, _ = SUITES[args.suite]
-    with Experiment(prefix, args, argv, "experiments/compare_latents.py") as exp:
+    prefix, _, variants, _, _, _ = SUITES[args.suite]
+    with Experiment(prefix, args, argv, SCRIPT) as exp:
+        page = exp.out / f"{prefix}.md"
+        export = Path(args.export) if args.export else exp.out / prefix
+        # a page written by hand around the block keeps its text: only the block is rewritten
+        text = page.read_text() if page.is_file() else ""
+        kept = _has_block(text) and GENERATED not in text
+        if args.table_from is not None:
+            return rebuild_block(page, Path(args.table_from), args.suite)
+        if args.table_only and kept:  # no details table on the page: only its block
+            return rebuild_block(page, export, args.suite)
         meta = {"suite": args.suite, "smoke": args.smoke, "threads": args.threads,
                 "elbo_draws": args.elbo_draws, "runs": _relative(exp.runs)}
         if args.table_only:
             figures = sorted(p.name for p in exp.out.glob(f"{prefix}_*.png")
                              if prefix != "latents" or not p.name.startswith("latents_small"))
+            block = results_block(read_exported(export), args.suite, _relative(export))
             return exp.rewrite(lambda rows, saved: table(rows, {**meta, "figures": figures,
-                                                                **saved}))
+                                                                **saved, "block": block}))
         if args.smoke:
             variants = ["gaussian", "enum", "gumbel_relaxed", "gumbel_categorical",
                         "straight_through", "reinforce"]
         variants = args.variants or variants
+        for name in variants:  # the single-seed layout, before --seeds
+            if (exp.runs / name / "checkpoints").is_dir() and not (
+                    exp.runs / "seed0" / name).exists():
+                print(f"[{prefix}] {exp.runs / name} is a run folder of the single-seed layout: "
+                      f"move it to {exp.runs / 'seed0' / name} to reuse it as seed 0",
+                      flush=True)
         first = exp.config(HERE / "configs" / f"latents_{variants[0]}.toml", [], smoke=SMOKE)
-        data = load_dataset(first.data)  # one data set for every variant
+        data = load_dataset(first.data)  # one data set for every variant and seed
         rows, runs = [], {}
-        for name in variants:
-            row, runs[name] = run_variant(exp, name, data)
-            rows.append(row)
-            print(f"[{name}] {row}", flush=True)
+        for seed in range(args.seeds):
+            for name in variants:
+                row, run, result = run_variant(exp, name, data, seed)
+                print(f"[{prefix}/seed{seed}/{name}] exported: "
+                      f"{_relative(export_run(export, run, result))}", flush=True)
+                rows.append(row)
+                if seed == 0:  # the figures' runs
+                    runs[name] = run
+        block = results_block(read_exported(export), args.suite, _relative(export))
+        if kept:
+            put_block(page, block)
+            print(f"{page}: results block rewritten; the rest of the page is kept as it is "
+                  f"(a new page, with every run's details and figures: --reuse --out NEW_DIR)")
+            return 0
         first_run = runs[variants[0]]
         x_show = first_run.pre.eval_split(exp.images(first_run, 12), 0)
         meta["figures"] = write_figures(runs, x_show, data.image_shape, exp.out, prefix)
-        path = exp.write(table(rows, meta), rows, **meta)
+        path = exp.write(table(rows, {**meta, "block": block}), rows, **meta)
     print(path)
     return 0
 

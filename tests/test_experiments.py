@@ -68,3 +68,128 @@ def test_score_function_signal_parts_match_the_closed_form_kl_in_expectation():
     want = [torch.corrcoef(torch.stack([rec[:, b], kl_part[:, b]]))[0, 1] for b in range(8)]
     assert module._correlation(rec, kl_part) == pytest.approx(float(torch.stack(want).mean()),
                                                               abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# compare_latents: seeds, resumable IS, exported files and the results block rebuilt from them
+
+#: IS points of a smoke run (``SMOKE_EVAL``) and the block size the tests score them in
+LATENTS_POINTS, LATENTS_BLOCK = 20, 7
+
+
+@pytest.fixture(scope="module")
+def latents_smoke(tmp_path_factory):
+    """``compare_latents.py --smoke`` with 2 seeds of 3 models, IS on 20 test images in blocks
+    of 7 (3 blocks), run folders kept: (the module, --out, the arguments)."""
+    out = tmp_path_factory.mktemp("latents")
+    module = _load(EXPERIMENTS / "compare_latents.py")
+    argv = ["--smoke", "--out", str(out), "--runs", str(out / "runs"), "--seeds", "2",
+            "--variants", "gaussian", "enum", "gumbel_categorical",
+            "--set", f"eval.block_size={LATENTS_BLOCK}"]
+    assert module.main(argv) == 0
+    return module, out, argv
+
+
+def _tsv(path) -> list[tuple[float, float]]:
+    """(log_px, elbo) per point of an exported ``is_points.tsv``, as its text reads."""
+    rows = [ln.split("\t") for ln in path.read_text().splitlines()[2:] if ln]
+    return [(float(r[1]), float(r[2])) for r in rows]
+
+
+def test_latents_block_is_rebuilt_from_the_exported_files_alone(latents_smoke, tmp_path):
+    """The block the 2-seed run wrote into its page is the block ``--table-from`` rebuilds from
+    the exported files, with the run folders out of reach; the rest of the page is kept."""
+    module, out, _ = latents_smoke
+    page = out / "latents.md"
+    written = page.read_text()
+    block = module.block_of(page)
+    assert "seeds 0, 1 (`train.seed`)" in block and "n = 2 seeds" in block
+    for name in ("gaussian", "enum", "gumbel_categorical"):
+        for seed in (0, 1):
+            folder = out / "latents" / name / f"seed{seed}"
+            assert sorted(p.name for p in folder.iterdir()) == [
+                "config.toml", "is_points.tsv", "metrics.jsonl", "result.json"]
+    (out / "runs").rename(tmp_path / "runs")  # no run folder, no checkpoint
+    try:
+        page.write_text(written.replace(block, f"{module.BEGIN}\n{module.END}"))
+        assert module.main(["--out", str(out), "--table-from", str(out / "latents")]) == 0
+    finally:
+        (tmp_path / "runs").rename(out / "runs")
+    assert page.read_text() == written
+
+
+def test_latents_paired_cell_is_the_mean_of_per_seed_image_differences(latents_smoke):
+    """The block's cells against the exported TSVs, by hand: −log p̂(x) is the mean ± sd over
+    the 2 seeds of each seed's mean over the 20 images; the paired cell is, per seed, the mean
+    over the same images of log p̂_model − log p̂_gaussian, then mean ± t(1)·sd/√2 with
+    t_{0.975, 1} = 12.706."""
+    import math
+    import statistics
+
+    module, out, _ = latents_smoke
+    block = module.block_of(out / "latents.md")
+
+    def points(name: str, seed: int) -> list[tuple[float, float]]:
+        return _tsv(out / "latents" / name / f"seed{seed}" / "is_points.tsv")
+
+    per_seed, nll = [], []
+    for seed in (0, 1):
+        a, g = points("gumbel_categorical", seed), points("gaussian", seed)
+        assert len(a) == len(g) == LATENTS_POINTS
+        per_seed.append(sum(x[0] - y[0] for x, y in zip(a, g)) / len(a))
+        nll.append(-sum(x[0] for x in a) / len(a))
+    m, sd = statistics.mean(per_seed), statistics.stdev(per_seed)
+    paired = f"{m:+.2f} ± {12.706 * sd / math.sqrt(2):.2f} (95 % t-interval, n = 2 seeds)"
+    row = next(ln for ln in block.splitlines() if ln.startswith("| Gumbel-softmax, categorical"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == f"{statistics.mean(nll):.2f} ± {statistics.stdev(nll):.2f} (2 seeds)"
+    assert cells[-2] == paired
+
+
+def test_latents_is_pass_killed_and_resumed_gives_the_same_points(latents_smoke, tmp_path,
+                                                                  monkeypatch):
+    """A resumable IS pass: two of the three saved blocks of one run deleted, then a pass that
+    fails while scoring the last one (block 1 is saved, block 2 is not), then ``--reuse``
+    again: the exported per-point log p̂(x) and ELBO are those of the uninterrupted pass."""
+    import vaelab.runs.run as run_module
+
+    module, out, argv = latents_smoke
+    blocks = out / "runs" / "seed1" / "gumbel_categorical" / module.IS_FOLDER
+    assert sorted(p.name for p in blocks.glob("block_*.pt")) == [
+        "block_0000.pt", "block_0001.pt", "block_0002.pt"]
+    name = Path("gumbel_categorical") / "seed1" / "is_points.tsv"
+    want = (out / "latents" / name).read_text()
+    for b in (1, 2):
+        (blocks / f"block_000{b}.pt").unlink()
+    evaluate, scored = run_module.evaluate, []
+
+    def killed_at_block_2(run, ec=None, *, points=None, **kw):
+        if points is not None:
+            scored.append(points.start)
+            if points.start == 2 * LATENTS_BLOCK:
+                raise RuntimeError("killed while scoring block 2")
+        return evaluate(run, ec, points=points, **kw)
+
+    again = [*argv, "--reuse", "--out", str(tmp_path), "--export", str(tmp_path / "latents")]
+    monkeypatch.setattr(run_module, "evaluate", killed_at_block_2)
+    with pytest.raises(RuntimeError, match="block 2"):
+        module.main(again)
+    assert scored == [LATENTS_BLOCK, 2 * LATENTS_BLOCK]  # every other block was read back
+    assert (blocks / "block_0001.pt").is_file() and not (blocks / "block_0002.pt").exists()
+    monkeypatch.setattr(run_module, "evaluate", evaluate)
+    assert module.main(again) == 0
+    assert (tmp_path / "latents" / name).read_text() == want
+    assert _tsv(tmp_path / "latents" / name) == _tsv(out / "latents" / name)
+
+
+def test_the_committed_latents_block_is_the_regenerated_one():
+    """``experiments/results/latents.md``'s results block is the one ``--table-from
+    experiments/results/latents`` builds from the committed per-run files (none yet: the block
+    says so, and holds no number)."""
+    module = _load(EXPERIMENTS / "compare_latents.py")
+    export = EXPERIMENTS / "results" / "latents"
+    block = module.block_of(EXPERIMENTS / "results" / "latents.md")
+    assert block == module.results_block(module.read_exported(export), "jang",
+                                         module._relative(export))
+    if not export.exists():
+        assert "no 3-seed run yet" in block
