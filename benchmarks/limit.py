@@ -3,15 +3,20 @@ fraction of the GEMM limit, and against a hand-written torch IS with the same dr
 
 **The limit.** The FLOPs of every model and guide GEMM of a dense reference implementation
 (the encoder's layers on the B points of a batch, once per batch; the decoder's layers on the
-k·B rows of every particle chunk, the one-hot input of a categorical latent as a dense GEMM), at
+k·B rows of every particle chunk, the one-hot input of a categorical latent as a dense GEMM;
+with two stochastic layers, q(z_1 | x) once per batch and q(z_2 | z_1), p(z_1 | z_2) and
+p(x | z_1) on the k·B rows of every chunk), at
 the GEMM rate measured in this process at the very same shapes (``torch.addmm``, same rows,
 same thread count): the time those GEMMs alone take. A path's *fraction of the limit* is that
 time over the path's own time; 100 % would be an evaluation that is nothing but its GEMMs.
 
 **The models** are the decoder shapes of the reproduction rows, from the recipes'
 ``[model]`` and ``[guide]`` sections (random weights: timings do not depend on training):
-``iwae_static`` (Gaussian z = 50, 50-200-200-784 tanh, log-variance guide) and
-``gumbel_softmax`` (20 × 10 categorical, 200-256-512-784 ReLU, scored as the discrete model).
+``iwae_static`` (Gaussian z = 50, 50-200-200-784 tanh, log-variance guide),
+``gumbel_softmax`` (20 × 10 categorical, 200-256-512-784 ReLU, scored as the discrete model) and
+``iwae_static_2layer`` (Burda et al.'s two stochastic layers, z_1 = 100, z_2 = 50, tanh,
+log-variance scales: q(z_1 | x) 784-200-200-(2·100), q(z_2 | z_1) 100-100-100-(2·50),
+p(z_1 | z_2) 50-100-100-(2·100), p(x | z_1) 100-200-200-784).
 
 **The paths**, each a full :func:`~vaelab.inference.marginal.estimate_marginal` over the same
 points, K draws each, the chunks sized to the last-level cache as ``vaelab evaluate`` sizes them:
@@ -22,6 +27,14 @@ points, K draws each, the chunks sized to the last-level cache as ``vaelab evalu
 * ``hand-written``: plain torch a user would write (dense decoder, the Bernoulli log-likelihood
   as Σ x ℓ − softplus ℓ), the same chunks and the same random draws: its log p̂ is compared
   with the fused path's per point (``max |Δ|``).
+
+The fused path does not apply to several latent sites
+(:func:`~vaelab.inference.fused.fused_log_weights` returns ``None``): the two-layer model's rows
+are the traced path, what ``vaelab evaluate`` runs for it (``traced (fused does not apply)``,
+and ``traced+k̂`` with the diagnostics), with the chunks ``vaelab evaluate`` gives it (the
+memory budget's, no cache cap), against a hand-written two-layer IS with the same draws (ε_1
+of z_1 = μ_1(x) + σ_1(x) ε_1, then ε_2 of z_2 = μ_2(z_1) + σ_2(z_1) ε_2, per chunk): its
+log p̂ is compared with the traced path's.
 
 Rounds are paired (every variant once per round, from the same seed, in an order rotated from
 round to round); the table gives medians over ≥ 5 rounds of the per-round ratios, at 1 and 2
@@ -58,10 +71,19 @@ from vaelab.vae import build_vae  # noqa: E402
 
 D = 784
 #: recipe → its latent type's name in the table
-RECIPES = {"iwae_static": "gaussian", "gumbel_softmax": "categorical"}
+RECIPES = {"iwae_static": "gaussian", "gumbel_softmax": "categorical",
+           "iwae_static_2layer": "2 gaussian layers"}
+_SMOKE_MLP = {"name": "mlp", "hidden_sizes": [8], "activation": "tanh"}
 SMOKE_MODEL = {"iwae_static": {"latent_dim": 3, "hidden_sizes": [8]},
                "gumbel_softmax": {"latent": {"name": "categorical", "num_variables": 3,
-                                             "num_classes": 4}, "hidden_sizes": [8]}}
+                                             "num_classes": 4}, "hidden_sizes": [8]},
+               "iwae_static_2layer": {"latent_dim": 3, "hidden_sizes": [8], "layers": [
+                   {"latent_dim": 2, "network": _SMOKE_MLP, "encoder": _SMOKE_MLP}]}}
+
+
+def hierarchical(vae) -> bool:
+    """Whether ``vae`` has several stochastic layers (sites ``z_1 … z_L``)."""
+    return len(getattr(vae, "sites", ["z"])) > 1
 
 
 def recipe_vae(name: str, smoke: bool = False):
@@ -130,15 +152,74 @@ def hand_written_is(vae, x: torch.Tensor, K: int, chunk: int) -> torch.Tensor:
     return lse - math.log(K)
 
 
+def log_var_gaussian(h: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Gaussian layer's ``(loc, scale)`` from its network's output ``h (..., 2 d)``: the mean
+    and σ = exp(½ log σ²), the log-variance unclamped (Burda et al.'s σ = exp(linear))."""
+    loc, log_var = h.split(d, dim=-1)  # (..., d) each
+    return loc, torch.exp(0.5 * log_var)
+
+
+@torch.no_grad()
+def hand_written_is_2layer(vae, x: torch.Tensor, K: int, chunk: int) -> torch.Tensor:
+    """Plain torch IS of the two-layer model with its networks and the traced path's draws
+    (ε_1 then ε_2 per chunk): log p̂(x) ``(B,)``."""
+    q1, q2 = (layer.network for layer in vae.inference.layers)
+    cond, = vae.generative.conditionals
+    p1, dec = cond.network, vae.generative.decoder
+    for head in (*(layer.head for layer in vae.inference.layers), cond.head):
+        if (head.scale, head.log_var_min, head.log_var_max) != ("log_var", None, None):
+            raise ValueError("hand_written_is_2layer writes σ = exp(½ log σ²), unclamped")
+    d1, d2 = vae.generative.latent_dims
+    loc1, scale1 = log_var_gaussian(q1(x), d1)  # (B, d1) each, once per batch
+    lse, done = None, 0
+    while done < K:
+        k = min(chunk, K - done)
+        z1 = loc1 + torch.randn(k, *loc1.shape) * scale1  # (k, B, d1)
+        loc2, scale2 = log_var_gaussian(q2(z1), d2)  # (k, B, d2) each
+        z2 = loc2 + torch.randn(loc2.shape) * scale2  # (k, B, d2)
+        loc_p, scale_p = log_var_gaussian(p1(z2), d1)  # p(z_1 | z_2), (k, B, d1) each
+        log_pz = ((-0.5 * z2.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)  # N(0, I)
+                  + Normal(loc_p, scale_p).log_prob(z1).sum(-1))  # (k, B)
+        log_qz = (Normal(loc1, scale1).log_prob(z1).sum(-1)
+                  + Normal(loc2, scale2).log_prob(z2).sum(-1))  # (k, B)
+        logits = dec(z1)  # (k, B, D)
+        log_px_z = torch.einsum("kbd,bd->kb", logits, x) - F.softplus(logits).sum(-1)
+        c_lse = torch.logsumexp((log_px_z + log_pz - log_qz).double(), 0)
+        lse = c_lse if lse is None else torch.logaddexp(lse, c_lse)
+        done += k
+    return lse - math.log(K)
+
+
 # --- the limit ------------------------------------------------------------------------------
 
 
+def linear_shapes(net: torch.nn.Module) -> list[tuple[int, int]]:
+    """(in, out) of a network's linear layers, in order."""
+    return [(m.in_features, m.out_features) for m in net.modules()
+            if isinstance(m, torch.nn.Linear)]
+
+
+def per_particle_networks(vae) -> list[tuple[str, torch.nn.Module]]:
+    """The networks run on every particle's rows, named: the decoder; with two stochastic
+    layers q(z_2 | z_1), p(z_1 | z_2) and p(x | z_1) (a bottom-up guide's q(z_1 | x) runs once
+    per batch)."""
+    if not hierarchical(vae):
+        return [("decoder", vae.generative.decoder)]
+    if type(vae.inference).__name__ != "BottomUpGuide" or vae.generative.skip:
+        raise ValueError("the two-layer limit counts Burda et al.'s model: a bottom-up guide, "
+                         "p(x | z_1) without skip")
+    _, q2 = vae.inference.layers
+    cond, = vae.generative.conditionals
+    return [("q(z_2|z_1)", q2.network), ("p(z_1|z_2)", cond.network),
+            ("p(x|z_1)", vae.generative.decoder)]
+
+
 def gemm_shapes(vae) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(in, out) of the encoder's and the dense decoder's linear layers."""
-    def shapes(net):
-        return [(m.in_features, m.out_features) for m in net.modules()
-                if isinstance(m, torch.nn.Linear)]
-    return shapes(vae.inference.encoder), shapes(vae.generative.decoder)
+    """(in, out) of the linear layers run once per batch (the encoder; q(z_1 | x) of the
+    two-layer model) and on every particle (:func:`per_particle_networks`)."""
+    once = vae.inference.layers[0].network if hierarchical(vae) else vae.inference.encoder
+    return linear_shapes(once), [s for _, net in per_particle_networks(vae)
+                                 for s in linear_shapes(net)]
 
 
 def gemm_limit(vae, K: int, B: int, chunk: int) -> tuple[Callable[[], None], float]:
@@ -166,6 +247,10 @@ def gemm_limit(vae, K: int, B: int, chunk: int) -> tuple[Callable[[], None], flo
 # --- rounds ---------------------------------------------------------------------------------
 
 
+#: the path column of the traced path where the fused one does not apply (the two-layer model)
+TRACED_ONLY = "traced (fused does not apply)"
+
+
 def paths(vae, x: torch.Tensor, K: int, chunk: int) -> dict:
     model, guide = vae.eval_pair()
     fused = fused_log_weights(vae)
@@ -175,6 +260,11 @@ def paths(vae, x: torch.Tensor, K: int, chunk: int) -> dict:
         return lambda: estimate_marginal(model, guide, x, num_samples=K, batch_size=B,
                                          chunk_size=chunk, diagnostics=diagnostics,
                                          fused=fn).log_px
+    if hierarchical(vae):  # vaelab's path for several latent sites: traced
+        if fused is not None:
+            raise RuntimeError("fused_log_weights applies to several latent sites: add its row")
+        return {TRACED_ONLY: est(None), "traced+k̂": est(None, True),
+                "hand-written": lambda: hand_written_is_2layer(vae, x, K, chunk)}
     return {"fused": est(fused), "traced": est(None), "fused+k̂": est(fused, True),
             "hand-written": lambda: hand_written_is(vae, x, K, chunk)}
 
@@ -183,14 +273,17 @@ def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
     vae = recipe_vae(name, args.smoke)
     K, B = args.num_samples, x.shape[0]
     out = vae.generative.likelihood.param_size
-    chunk = max(1, min(chunk_size_for(K, B, 4 * 4 * 1024, 512.0), cache_rows(out) // B))
+    chunk = chunk_size_for(K, B, 4 * 4 * 1024, 512.0)  # vaelab evaluate's traced chunks
+    if not hierarchical(vae):  # the fused path's: capped to the last-level cache
+        chunk = max(1, min(chunk, cache_rows(out) // B))
     torch.set_num_threads(threads)
     fns = paths(vae, x, K, chunk)
     gemms, flops = gemm_limit(vae, K, B, chunk)
+    vaelab_path = TRACED_ONLY if hierarchical(vae) else "fused"
     torch.manual_seed(1)
     ref = fns["hand-written"]()
     torch.manual_seed(1)
-    diff = float((fns["fused"]() - ref).abs().max())
+    diff = float((fns[vaelab_path]() - ref).abs().max())
     t = paired({**fns, "limit": gemms}, args.rounds)
     load = os.getloadavg()[0]
     med = statistics.median
@@ -202,10 +295,14 @@ def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
         rows.append(f"| {RECIPES[name]} ({name}) | {threads} | {path} "
                     f"| {B * K / med(t[path]):,.0f} | {B * K / med(t[path]) / 5000:.1f} "
                     f"| {frac:.0%} | {ratio:.3f}x | {load:.2f} |")
-    enc, dec = gemm_shapes(vae)
+    nets = ", ".join(f"{label} {'-'.join(str(s[0]) for s in shapes)}-{shapes[-1][1]}"
+                     for label, shapes in ((label, linear_shapes(net))
+                                           for label, net in per_particle_networks(vae)))
+    if hierarchical(vae):
+        nets = "per particle " + nets
     rows.append(f"| … limit: {flops / 1e9:.1f} GFLOP in {limit:.2f} s "
-                f"({flops / limit / 1e9:.1f} GFLOP/s), decoder {'-'.join(str(s[0]) for s in dec)}"
-                f"-{dec[-1][1]}, chunk {chunk} × {B} rows | {threads} | max |Δ log p̂| fused − "
+                f"({flops / limit / 1e9:.1f} GFLOP/s), {nets}, chunk {chunk} × {B} rows "
+                f"| {threads} | max |Δ log p̂| {vaelab_path.split(' ')[0]} − "
                 f"hand-written = {diff:.1e} nats | | | | | {load:.2f} |")
     return rows
 

@@ -80,21 +80,64 @@ def test_gpu_sh_without_a_gpu_says_so_and_exits_2():
 
 
 def test_limit_benchmark_values_match_the_hand_written_twin():
-    """``benchmarks/limit.py``'s hand-written IS and vaelab's fused and traced paths give the
-    same log p̂ per point on the same draws (tiny recipes' networks, K = 30, float32: rtol 1e-5),
-    so that its ratios compare equal work."""
+    """``benchmarks/limit.py``'s hand-written IS and vaelab's paths give the same log p̂ per
+    point on the same draws (tiny recipes' networks, K = 30 in chunks of 7, float32: rtol 1e-5),
+    so that its ratios compare equal work: the fused and traced paths of the one-layer rows,
+    the traced path of the two-layer row (where the fused one does not apply)."""
     import torch
+
+    from vaelab.inference.fused import fused_log_weights
 
     limit = _load(BENCHMARKS / "limit.py")
     x, _ = limit.load_points(3, smoke=True)
+    assert "iwae_static_2layer" in limit.RECIPES
     for name in limit.RECIPES:
         vae = limit.recipe_vae(name, smoke=True)
         fns = limit.paths(vae, x, 30, 7)
+        compared = ([limit.TRACED_ONLY] if name == "iwae_static_2layer"
+                    else ["fused", "traced"])
+        assert set(compared) < set(fns)
+        assert (fused_log_weights(vae) is None) == (name == "iwae_static_2layer")
         values = {}
-        for path in ("fused", "traced", "hand-written"):
+        for path in (*compared, "hand-written"):
             torch.manual_seed(4)
             values[path] = fns[path]().double()
-        for path in ("fused", "traced"):
+        for path in compared:
+            torch.testing.assert_close(values[path], values["hand-written"], rtol=1e-5, atol=0.0)
+
+
+def test_limit_benchmark_counts_the_two_layer_gemms_of_burda2016():
+    """The two-layer row's limit counts the recipe's networks (Burda et al. 2016, Sec. 5):
+    q(z_1 | x) 784-200-200-(2·100) once per batch; q(z_2 | z_1) 100-100-100-(2·50),
+    p(z_1 | z_2) 50-100-100-(2·100) and p(x | z_1) 100-200-200-784 on every particle."""
+    limit = _load(BENCHMARKS / "limit.py")
+    once, per_particle = limit.gemm_shapes(limit.recipe_vae("iwae_static_2layer"))
+    assert once == [(784, 200), (200, 200), (200, 200)]
+    assert per_particle == [(100, 100), (100, 100), (100, 100),
+                            (50, 100), (100, 100), (100, 200),
+                            (100, 200), (200, 200), (200, 784)]
+
+
+def test_ais_benchmark_values_match_the_hand_written_twin():
+    """``benchmarks/ais.py``'s hand-written HMC AIS and vaelab's AIS paths give the same log p̂
+    per point from the same draws (tiny recipes' networks, 3 points, T = 4, C = 4, L = 5,
+    float32: rtol 1e-5; float rounding of the gradients could flip an accept decision near its
+    threshold, which these seeds do not): the traced and fused log joints of ``iwae_static``,
+    the traced one over (z_1, z_2) jointly of ``iwae_static_2layer``."""
+    import torch
+
+    bench = _load(BENCHMARKS / "ais.py")
+    x, _ = bench.load_points(3, smoke=True)
+    assert set(bench.RECIPES) == {"iwae_static", "iwae_static_2layer"}
+    for name in bench.RECIPES:
+        fns = bench.paths(bench.recipe_vae(name, smoke=True), x, 4)
+        assert (bench.TRACED_ONLY in fns) == (name == "iwae_static_2layer")
+        values = {}
+        for path in fns:
+            torch.manual_seed(4)
+            values[path] = fns[path]().double()
+        assert len(values) >= 2
+        for path in values:
             torch.testing.assert_close(values[path], values["hand-written"], rtol=1e-5, atol=0.0)
 
 
