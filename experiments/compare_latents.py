@@ -41,8 +41,8 @@ to reuse it (the script says so when it sees one).
 
 **Outputs.** Each finished run's small files go to ``--export`` (default ``OUT/<prefix>/``, i.e.
 ``experiments/results/latents/``), one folder ``NAME/seedS/`` in the format of ``vaelab
-reproduce``'s exports (:func:`vaelab.runs.tables.export_runs`, format
-:data:`~vaelab.runs.tables.EXPORT_FORMAT`): ``config.toml`` (resolved), ``metrics.jsonl``,
+reproduce``'s exports (:mod:`vaelab.runs.export`, format
+:data:`~vaelab.runs.export.EXPORT_FORMAT`): ``config.toml`` (resolved), ``metrics.jsonl``,
 ``result.json`` (``format_version``, seed, the budget reached, the IS summary, the all-image ELBO,
 category usage; no machine path) and ``is_points.tsv`` (log p̂(x) and ELBO per test image, 4
 decimals); no checkpoint. The results block of ``<prefix>.md`` (between :data:`BEGIN` and
@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import torch
@@ -83,15 +82,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runner import ROOT, Experiment, parser  # noqa: E402
 
 from vaelab.config import json_safe  # noqa: E402
-from vaelab.runs.tables import (  # noqa: E402  (one format: vaelab reproduce's exports)
-    EXPORT_FORMAT,
-    POINTS_FILE,
-    _exported_points,
-    _machine_paths,
-    _mean_sd,
-    _paired_cell,
-    _points_tsv,
-)
+from vaelab.runs.export import EXPORT_FORMAT, POINTS_FILE, read_points, write_export  # noqa: E402
+from vaelab.runs.tables import _mean_sd, _paired_cell  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = "experiments/compare_latents.py"
@@ -305,23 +297,10 @@ def export_run(dest: Path, run, result: dict) -> Path:
     :func:`vaelab.runs.tables.export_runs` writes a reproduce run's.
 
     :raises ValueError: a file would carry a machine path (named, in one line)."""
-    config = (run.dir / "config.toml").read_text()
-    metrics = (run.dir / "metrics.jsonl").read_text()
     log_px, elbo = result["_points"]
     out = json_safe({k: v for k, v in result.items() if not k.startswith("_")})
-    found = (_machine_paths(out, "result.json")
-             + _machine_paths(tomllib.loads(config), "config.toml")
-             + [p for ln in metrics.splitlines() if ln
-                for p in _machine_paths(json.loads(ln), "metrics.jsonl")])
-    if found:
-        raise ValueError(f"{run.dir}: would export a machine path, {found[0]}")
-    target = dest / result["name"] / f"seed{result['seed']}"
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "config.toml").write_text(config)
-    (target / "metrics.jsonl").write_text(metrics)
-    (target / "result.json").write_text(json.dumps(out, indent=1) + "\n")
-    (target / POINTS_FILE).write_text(_points_tsv(out, log_px, elbo))
-    return target
+    return write_export(dest / result["name"] / f"seed{result['seed']}", run.dir, out, log_px,
+                        elbo)
 
 
 def read_exported(dest: Path) -> list[dict]:
@@ -335,7 +314,7 @@ def read_exported(dest: Path) -> list[dict]:
         if r.get("format_version") != EXPORT_FORMAT:
             raise ValueError(f"{path}: format_version {r.get('format_version')!r}, this script "
                              f"reads {EXPORT_FORMAT}")
-        points = _exported_points(r)
+        points = read_points(r)
         if points is not None:
             found.append({**r, "_points": points})
     order = list(LABELS)

@@ -147,7 +147,7 @@ def test_a_run_with_convergence_checks_gets_its_line_and_seeds_get_a_t_interval(
 def test_export_refuses_a_machine_path(tmp_path):
     """A run whose result names a place on the machine (an override with an absolute path) is
     not exported: one line naming the value."""
-    from vaelab.runs.tables import _machine_paths
+    from vaelab.runs.export import machine_paths as _machine_paths
 
     assert _machine_paths({"overrides": ["data.path=/home/me/x"], "ok": "a/b"}, "r") == [
         "r.overrides: 'data.path=/home/me/x'"]

@@ -20,7 +20,7 @@ never a headline, and where the table shows it, it says so.
 
 **Regenerable.** :func:`export_runs` writes a run's small results (resolved config,
 ``metrics.jsonl``, ``result.json`` without machine paths, and IS log p̂ and ELBO per test point
-as TSV with 4 decimals; format :data:`EXPORT_FORMAT`) under ``DEST/RECIPE/VARIANT/seedS/``;
+as TSV with 4 decimals; :mod:`vaelab.runs.export`) under ``DEST/RECIPE/VARIANT/seedS/``;
 :func:`table` reads those folders as it reads run folders, and gives the same table, paired cells
 included (the per-point values are rounded to 4 decimals in both). :func:`update_block`
 rewrites the marked block of a Markdown file; ``python -m vaelab.runs.tables`` does both
@@ -33,22 +33,18 @@ import argparse
 import json
 import math
 import sys
-import tomllib
 from pathlib import Path
 
 import torch
 
 from vaelab.runs.convergence import CONVERGENCE_FILE, convergence_table
+from vaelab.runs.export import EXPORT_FORMAT, POINTS_FILE, read_points, write_export
 from vaelab.runs.recipes import Recipe, load_recipe
 from vaelab.runs.stats import across_seeds, stat, t_interval
 
 __all__ = ["BEGIN", "END", "EXPORT_FORMAT", "chart_rows", "export_runs", "missing_figures",
            "paired_table", "table", "update_block"]
 
-#: the version of an exported run's files (``DEST/RECIPE/VARIANT/seedS/``)
-EXPORT_FORMAT = 1
-#: an exported run's IS per test point: ``point``, ``log_px``, ``elbo`` (4 decimals)
-POINTS_FILE = "is_points.tsv"
 #: the markers of the regenerated block in a Markdown file
 BEGIN, END = "<!-- table:begin -->", "<!-- table:end -->"
 
@@ -92,21 +88,9 @@ def _is_points(result: dict) -> tuple[dict, torch.Tensor, torch.Tensor] | None:
     ``split`` and ``limit``; log p̂(x) and the ELBO, each ``(N,)``, rounded to 4 decimals as
     exported); None where the stage is not complete."""
     if "format_version" in result:  # exported
-        return _exported_points(result)
+        return read_points(result)
     raw = _block_points(result)
     return None if raw is None else (raw[0], _rounded(raw[1]), _rounded(raw[2]))
-
-
-def _exported_points(result: dict) -> tuple[dict, torch.Tensor, torch.Tensor] | None:
-    """:func:`_is_points` of an exported run (its :data:`POINTS_FILE`)."""
-    path = Path(result["_dir"]) / POINTS_FILE
-    if "is" not in result or not path.is_file():
-        return None
-    rows = [ln.split("\t") for ln in path.read_text().splitlines()[2:] if ln]
-    log_px = torch.tensor([float(r[1]) for r in rows], dtype=torch.float64)
-    elbo = torch.tensor([float(r[2]) for r in rows], dtype=torch.float64)
-    spec = result["is_points"]
-    return {"split": spec["split"], "limit": spec["limit"]}, log_px, elbo
 
 
 def _block_points(result: dict) -> tuple[dict, torch.Tensor, torch.Tensor] | None:
@@ -298,18 +282,17 @@ def _reached(rs: list[dict]) -> str:
     """The budget a row's seeds reached: epochs, steps and the best epoch of every seed (they
     differ between seeds), early stopping and any seed left unfinished."""
     bs = [r["budget"] for r in rs]
-    b = bs[0]
-    stopped = [str(r.get("seed", "?")) for r, x in zip(rs, bs) if x["early_stopped"]]
-    unfinished = [str(r.get("seed", "?")) for r, x in zip(rs, bs) if not x["finished"]]
-    several = len(rs) > 1
-    return (f"{_per_seed(rs, [x['epochs'] for x in bs])} / {b['epochs_planned']} epochs "
+
+    def flagged(text: str, which: list[bool]) -> str:
+        seeds = [str(r.get("seed", "?")) for r, w in zip(rs, which) if w]
+        return (text + (f" (seeds {', '.join(seeds)})" if len(rs) > 1 else "")) if seeds else ""
+
+    return (f"{_per_seed(rs, [x['epochs'] for x in bs])} / {bs[0]['epochs_planned']} epochs "
             f"({_per_seed(rs, [x['steps'] for x in bs])} steps), best "
             f"{_per_seed(rs, [x['best_epoch'] for x in bs])}"
-            + _picked_by(b.get("valid_particles", 1))
-            + (", early-stopped" + (f" (seeds {', '.join(stopped)})" if several else "")
-               if stopped else "")
-            + (", **unfinished**" + (f" (seeds {', '.join(unfinished)})" if several else "")
-               if unfinished else ""))
+            + _picked_by(bs[0].get("valid_particles", 1))
+            + flagged(", early-stopped", [x["early_stopped"] for x in bs])
+            + flagged(", **unfinished**", [not x["finished"] for x in bs]))
 
 
 def _command(name: str, variant: str, rs: list[dict]) -> str:
@@ -375,18 +358,6 @@ def chart_rows(folders: list[str | Path]) -> list[dict]:
     return out
 
 
-def _machine_paths(obj, where: str) -> list[str]:
-    """The strings of ``obj`` (nested) that name a place on a machine (an absolute or home
-    path), each as ``where: value``."""
-    if isinstance(obj, dict):
-        return [p for k, v in obj.items() for p in _machine_paths(v, f"{where}.{k}")]
-    if isinstance(obj, list):
-        return [p for v in obj for p in _machine_paths(v, where)]
-    if isinstance(obj, str) and any(obj.startswith(a) or f"={a}" in obj for a in ("/", "~")):
-        return [f"{where}: {obj!r}"]
-    return []
-
-
 def export_runs(dest: str | Path, folders: list[str | Path]) -> list[Path]:
     """Write the small results of every evaluated run under the recipe folders ``folders`` to
     ``dest/RECIPE/VARIANT/seedS/``: ``config.toml`` (the resolved config), ``metrics.jsonl``,
@@ -401,39 +372,16 @@ def export_runs(dest: str | Path, folders: list[str | Path]) -> list[Path]:
         if points is None:
             continue
         run = Path(r["_dir"])
-        config = (run / "config.toml").read_text()
-        metrics = (run / "metrics.jsonl").read_text()
         result = {k: v for k, v in r.items() if not k.startswith("_") and k != "run_dir"}
         result.update(format_version=EXPORT_FORMAT, is_points={
             "file": POINTS_FILE, **points[0], "columns": ["point", "log_px", "elbo"]})
-        found = (_machine_paths(result, "result.json")
-                 + _machine_paths(tomllib.loads(config), "config.toml")
-                 + [p for ln in metrics.splitlines() if ln
-                    for p in _machine_paths(json.loads(ln), "metrics.jsonl")])
-        if found:
-            raise ValueError(f"{run}: would export a machine path, {found[0]}")
-        target = Path(dest) / r["recipe"] / r["variant"] / f"seed{r['seed']}"
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "config.toml").write_text(config)
-        (target / "metrics.jsonl").write_text(metrics)
-        (target / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-        (target / POINTS_FILE).write_text(_points_tsv(result, points[1], points[2]))
+        target = write_export(Path(dest) / r["recipe"] / r["variant"] / f"seed{r['seed']}",
+                              run, result, points[1], points[2])
         conv = run / "reproduce" / CONVERGENCE_FILE
         if conv.is_file():
             (target / CONVERGENCE_FILE).write_text(conv.read_text())
         written.append(target)
     return written
-
-
-def _points_tsv(result: dict, log_px: torch.Tensor, elbo: torch.Tensor) -> str:
-    """:data:`POINTS_FILE`: a comment line (the format and what was scored), a header, one line
-    per test point with 4 decimals."""
-    spec, k = result["is_points"], result["is"]["num_samples"]
-    head = (f"# vaelab reproduce export, format {EXPORT_FORMAT}: IS with K = {k} per point of "
-            f"the {spec['split']} split (limit {spec['limit']}), nats\n"
-            "point\tlog_px\telbo\n")
-    return head + "".join(f"{i}\t{a:.4f}\t{b:.4f}\n"
-                          for i, (a, b) in enumerate(zip(log_px.tolist(), elbo.tolist())))
 
 
 def update_block(path: str | Path, folders: list[str | Path]) -> bool:
