@@ -23,10 +23,10 @@ log p(z_2) + log p(z_1 | z_2) through the conditional's network by ``autograd.gr
 
 **Paths**: ``vaelab ais`` (the traced :class:`~vaelab.inference.ais.LogJoint`, what
 ``vaelab evaluate --method ais`` runs) and ``vaelab ais, FusedLogJoint``
-(:mod:`vaelab.inference.fast_ais`: the same values without the Pyro trace per leapfrog step).
-``FusedLogJoint`` scores one latent site: the two-layer model's path is the traced one, what
-``vaelab evaluate --method ais`` runs for it (``vaelab ais (traced; FusedLogJoint does not
-apply)``).
+(:mod:`vaelab.inference.fast_ais`: the same values without the Pyro trace per leapfrog step;
+for the two-layer model the layers' log p(z_2) + log p(z_1 | z_2) written out over the joined
+z = (z_1, z_2)). A model that ``FusedLogJoint`` would score with the traced terms has the traced
+path alone (``vaelab ais (traced; FusedLogJoint does not apply)``).
 
 **The limit**: every leapfrog step evaluates the decoder and its gradient in z, so its GEMMs
 are the forward ``addmm`` of every layer on the C·B rows and the backward ``mm`` of the
@@ -67,7 +67,7 @@ from vaelab.inference.fast_ais import FusedLogJoint  # noqa: E402
 CHAINS, LEAPFROG = 4, 5  # both recipes' ais = { chains = 4, leapfrog = 5 }
 #: the recipes timed, one table each
 RECIPES = ("iwae_static", "iwae_static_2layer")
-#: the path column of vaelab's AIS where FusedLogJoint does not apply (several latent sites)
+#: the path column of vaelab's AIS where FusedLogJoint does not apply (layers it does not cover)
 TRACED_ONLY = "vaelab ais (traced; FusedLogJoint does not apply)"
 
 #: ``terms(z) → (log p(z), log p(x | z), ∇ log p(z), ∇ log p(x | z))`` at ``z (C, B, d)``
@@ -188,7 +188,7 @@ def gemm_limit(vae, rows: int, evaluations: int) -> Callable[[], None]:
 
 def paths(vae, x: torch.Tensor, T: int) -> dict[str, Callable[[], torch.Tensor]]:
     """vaelab's AIS paths (the traced one first) and the hand-written twin, each ``() → log p̂
-    (B,)``; the two-layer model's vaelab path is the traced one over both latents."""
+    (B,)``; the two-layer model's over both latents jointly."""
     model, guide = vae.eval_pair()
 
     def vaelab(log_joint=None):
@@ -197,7 +197,7 @@ def paths(vae, x: torch.Tensor, T: int) -> dict[str, Callable[[], torch.Tensor]]
                            log_joint=None if log_joint is None else log_joint()).log_px
     twin = hand_written_ais_2layer if hierarchical(vae) else hand_written_ais
     hand = {"hand-written": lambda: twin(vae, x, T, CHAINS, LEAPFROG)}
-    if hierarchical(vae):
+    if hierarchical(vae) and not FusedLogJoint(vae, x, CHAINS, "prior").layered:
         return {TRACED_ONLY: vaelab(), **hand}
     return {"vaelab ais": vaelab(),
             "vaelab ais, FusedLogJoint": vaelab(lambda: FusedLogJoint(vae, x, CHAINS, "prior")),

@@ -28,13 +28,12 @@ points, K draws each, the chunks sized to the last-level cache as ``vaelab evalu
   as Σ x ℓ − softplus ℓ), the same chunks and the same random draws: its log p̂ is compared
   with the fused path's per point (``max |Δ|``).
 
-The fused path does not apply to several latent sites
-(:func:`~vaelab.inference.fused.fused_log_weights` returns ``None``): the two-layer model's rows
-are the traced path, what ``vaelab evaluate`` runs for it (``traced (fused does not apply)``,
-and ``traced+k̂`` with the diagnostics), with the chunks ``vaelab evaluate`` gives it (the
-memory budget's, no cache cap), against a hand-written two-layer IS with the same draws (ε_1
-of z_1 = μ_1(x) + σ_1(x) ε_1, then ε_2 of z_2 = μ_2(z_1) + σ_2(z_1) ε_2, per chunk): its
-log p̂ is compared with the traced path's.
+The two-layer model's fused path is :mod:`vaelab.inference.fused_hierarchy` (what
+``vaelab evaluate`` runs for it), its hand-written twin a two-layer IS with the same draws (ε_1
+of z_1 = μ_1(x) + σ_1(x) ε_1, then ε_2 of z_2 = μ_2(z_1) + σ_2(z_1) ε_2, per chunk). A model
+the fused path refuses would have the traced path alone (``traced (fused does not apply)``
+and ``traced+k̂``), with the chunks ``vaelab evaluate`` gives it (the memory budget's, no cache
+cap).
 
 Rounds are paired (every variant once per round, from the same seed, in an order rotated from
 round to round); the table gives medians over ≥ 5 rounds of the per-round ratios, at 1 and 2
@@ -247,7 +246,7 @@ def gemm_limit(vae, K: int, B: int, chunk: int) -> tuple[Callable[[], None], flo
 # --- rounds ---------------------------------------------------------------------------------
 
 
-#: the path column of the traced path where the fused one does not apply (the two-layer model)
+#: the path column of the traced path where the fused one does not apply
 TRACED_ONLY = "traced (fused does not apply)"
 
 
@@ -260,13 +259,11 @@ def paths(vae, x: torch.Tensor, K: int, chunk: int) -> dict:
         return lambda: estimate_marginal(model, guide, x, num_samples=K, batch_size=B,
                                          chunk_size=chunk, diagnostics=diagnostics,
                                          fused=fn).log_px
-    if hierarchical(vae):  # vaelab's path for several latent sites: traced
-        if fused is not None:
-            raise RuntimeError("fused_log_weights applies to several latent sites: add its row")
-        return {TRACED_ONLY: est(None), "traced+k̂": est(None, True),
-                "hand-written": lambda: hand_written_is_2layer(vae, x, K, chunk)}
-    return {"fused": est(fused), "traced": est(None), "fused+k̂": est(fused, True),
-            "hand-written": lambda: hand_written_is(vae, x, K, chunk)}
+    twin = hand_written_is_2layer if hierarchical(vae) else hand_written_is
+    hand = {"hand-written": lambda: twin(vae, x, K, chunk)}
+    if fused is None:  # vaelab's path where the fused one does not apply: traced
+        return {TRACED_ONLY: est(None), "traced+k̂": est(None, True), **hand}
+    return {"fused": est(fused), "traced": est(None), "fused+k̂": est(fused, True), **hand}
 
 
 def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
@@ -274,12 +271,13 @@ def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
     K, B = args.num_samples, x.shape[0]
     out = vae.generative.likelihood.param_size
     chunk = chunk_size_for(K, B, 4 * 4 * 1024, 512.0)  # vaelab evaluate's traced chunks
-    if not hierarchical(vae):  # the fused path's: capped to the last-level cache
+    applies = fused_log_weights(vae) is not None
+    if applies:  # the fused path's: capped to the last-level cache
         chunk = max(1, min(chunk, cache_rows(out) // B))
     torch.set_num_threads(threads)
     fns = paths(vae, x, K, chunk)
     gemms, flops = gemm_limit(vae, K, B, chunk)
-    vaelab_path = TRACED_ONLY if hierarchical(vae) else "fused"
+    vaelab_path = "fused" if applies else TRACED_ONLY
     torch.manual_seed(1)
     ref = fns["hand-written"]()
     torch.manual_seed(1)

@@ -462,9 +462,9 @@ def test_sample_of_two_layers_draws_top_down_through_every_layer(two_layer_run, 
     assert torch.equal(got, want.double())
 
 
-def test_evaluate_of_two_layers_with_eval_fused_is_the_traced_path(two_layer_run, capsys):
-    # the fused path handles one site "z": with model.layers it falls back, with one note, and
-    # the numbers are those of eval.fused = false (same seed, same draws: exactly equal)
+def test_evaluate_of_two_layers_with_eval_fused_gives_the_traced_numbers(two_layer_run, capsys):
+    # the fused path of several Gaussian layers (vaelab.inference.fused_hierarchy): no note,
+    # and the numbers of eval.fused = false (same seed, same draws: float32 rounding, 1e-6)
     results = {}
     for fused in ("true", "false"):
         capsys.readouterr()
@@ -472,7 +472,25 @@ def test_evaluate_of_two_layers_with_eval_fused_is_the_traced_path(two_layer_run
                      "--set", f"eval.fused={fused}"]) == 0
         outerr = capsys.readouterr()
         results[fused] = json.loads(outerr.out)
-        notes = [s for s in outerr.err.splitlines() if "does not apply to several latent" in s]
-        assert len(notes) == (1 if fused == "true" else 0), outerr.err
+        assert "does not apply" not in outerr.err, outerr.err
     for key in ("log_likelihood", "elbo", "ess_mean"):
-        assert results["true"][key] == results["false"][key], key
+        assert results["true"][key] == pytest.approx(results["false"][key], rel=1e-6), key
+
+
+def test_evaluate_notes_a_two_layer_model_the_fused_path_refuses(capsys):
+    # a likelihood without a fused path (beta): no fused function, one note
+    from types import SimpleNamespace
+
+    from vaelab.resolve import resolve
+    from vaelab.runs.run import _fused_path
+    from vaelab.vae import build_vae
+
+    cfg = resolve({"model": {"latent_dim": 3, "hidden_sizes": [7], "likelihood": "beta",
+                             "layers": [{"latent_dim": 2}]}, "guide": {"hidden_sizes": [7]}})
+    run = SimpleNamespace(vae=build_vae(cfg, 6))
+    capsys.readouterr()
+    assert cfg.eval.fused and _fused_path(run, cfg.eval) == {}
+    notes = [s for s in capsys.readouterr().err.splitlines() if "eval.fused does not" in s]
+    assert len(notes) == 1 and "several latent sites" in notes[0]
+    assert _fused_path(run, cfg.eval.model_copy(update={"fused": False})) == {}
+    assert "eval.fused" not in capsys.readouterr().err

@@ -7,6 +7,17 @@ gradient in z; on the C·B rows of one batch (4 chains × 100 points in the ``iw
 recipe's AIS) the Pyro trace of the model costs as much as the decoder itself.
 ``benchmarks/ais.py`` measures both against a hand-written torch HMC AIS with the same draws.
 
+With L Gaussian layers (``model.layers``) z is the layers' values concatenated bottom first,
+:math:`z = [z_1, \dots, z_L]` (the traced ``LogJoint``'s layout: its sites by name, z_1 … z_L),
+and
+
+.. math:: \log f_T(z) = \log p(z_L) + \sum_{l=1}^{L-1} \log \mathcal N\big(z_l; μ_l(z_{l+1}),
+    σ_l(z_{l+1})^2\big) + \log p_θ(x \mid z_1 [, \dots, z_L]),
+
+from the guide (``base = "guide"``) :math:`\log f_0(z) = \log q(z_{1:L} \mid x)` by the guide's
+own walk with the values given (:mod:`vaelab.inference.fused_hierarchy`; what it reads of x alone
+computed once per batch).
+
 Example::
 
     lj = FusedLogJoint(vae, x, num_chains=16)
@@ -19,16 +30,20 @@ import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 from vaelab.inference.ais import AIS_BASE, LogJoint
+from vaelab.inference.fused_hierarchy import covered, encode_guide, guide_log_q, log_prior
 
 __all__ = ["FusedLogJoint"]
 
 
 class FusedLogJoint(LogJoint):
     """:class:`~vaelab.inference.ais.LogJoint` of ``vae`` on the batch ``x (B, D)`` whose model
-    terms skip the trace, for the VAE's one continuous latent site ``"z"`` (any prior, decoder
+    terms skip the trace: for the VAE's one continuous latent site ``"z"`` (any prior, decoder
     and likelihood; the Bernoulli one as ``binary_cross_entropy_with_logits``, equal to float
-    rounding); other site sets use the traced terms. The base draw and the guide's
-    ``q(z | x)`` (``base = "guide"``) come from the traced guide, once per batch.
+    rounding), and for several Gaussian layers that
+    :func:`~vaelab.inference.fused_hierarchy.covered` accepts (z = [z_1, …, z_L], the top
+    prior computed once per batch; from the guide, its log q too); other models use the traced
+    terms. The base draw and the one-site guide's ``q(z | x)`` (``base = "guide"``) come from the
+    traced guide, once per batch.
 
     :param vae: a :class:`~vaelab.vae.VAE` with a continuous latent.
     :param x: the data batch, the ``args`` of :func:`~vaelab.inference.ais.ais`.
@@ -37,24 +52,50 @@ class FusedLogJoint(LogJoint):
     def __init__(self, vae, x: torch.Tensor, num_chains: int, base: str = AIS_BASE):
         if not vae.latent.continuous:
             raise ValueError("AIS needs a continuous latent")
-        if len(getattr(vae, "sites", ["z"])) > 1:
-            raise ValueError("FusedLogJoint scores one latent site 'z'; this VAE has "
-                             f"{vae.sites}: use the traced LogJoint")
+        sites = list(getattr(vae, "sites", ["z"]))
         model, guide = vae.eval_pair()
-        super().__init__(model, guide, (x,), {}, num_chains, base, "z")
+        super().__init__(model, guide, (x,), {}, num_chains, base,
+                         sites if len(sites) > 1 else "z")
         self.vae, self.x = vae, x
+        self.layered = len(sites) > 1 and covered(vae)
+        if self.layered:
+            g, q = vae.generative, vae.inference
+            self.widths = list(g.latent_dims)  # the traced layout: z_1 … z_L, bottom first
+            with torch.no_grad():
+                self.p_top = g.prior(None)  # batch (), event (d_L,)
+                self.guide_enc = encode_guide(q, q.tx(x)) if base == "guide" else None
 
     def _model_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``log p(z), log p(x | z)``, each ``(C, B)``, differentiable in z."""
+        g = self.vae.generative
+        if self.layered:
+            zs = self._layers(z)
+            log_p = log_prior(self.vae, zs, self.p_top)  # (C, B)
+            return log_p, self._log_lik(g.decoder(g.decoder_input(zs)))
         if self.sites != ["z"]:
             return super()._model_terms(z)
+        log_p = g.prior(None).log_prob(z)  # (C, B)
+        return log_p, self._log_lik(g.decoder(g.latent.decoder_input(z)))
+
+    def _log_lik(self, params: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) ``(C, B)`` at the decoder's output ``params (C, B, ·)``."""
         g = self.vae.generative
-        log_prior = g.prior(None).log_prob(z)  # (C, B)
-        p_x = g.likelihood(g.decoder(g.latent.decoder_input(z)))  # batch (C, B)
+        p_x = g.likelihood(params)  # batch (C, B)
         if type(g.likelihood).__name__ == "BernoulliLikelihood":
             # Σ_d softplus(ℓ_d) − x_d ℓ_d in one kernel with a one-kernel backward, instead
             # of BernoulliImage's batched contraction (to float rounding the same value)
             logits = p_x.logits  # (C, B, D), the likelihood's clamp applied
-            return log_prior, -binary_cross_entropy_with_logits(
+            return -binary_cross_entropy_with_logits(
                 logits, self.x.expand_as(logits), reduction="none").sum(-1)
-        return log_prior, p_x.log_prob(self.x)  # (C, B) each
+        return p_x.log_prob(self.x)  # (C, B)
+
+    def _guide_log_q(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z_1, …, z_L | x) ``(C, B)`` by the guide's walk, differentiable in z."""
+        if not self.layered or self.guide_enc is None:
+            return super()._guide_log_q(z)
+        return guide_log_q(self.vae, self.guide_enc, self._layers(z))
+
+    def _layers(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """``[z_1, …, z_L]`` of the joined z, each ``(C, B, d_l)`` and contiguous (a strided
+        slice makes each linear layer a slower matmul and its backward another copy)."""
+        return [v.contiguous() for v in z.split(self.widths, -1)]

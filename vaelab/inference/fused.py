@@ -38,17 +38,25 @@ the hidden layer,
 an ``(k, B, H)`` product instead of a second pass over the ``(k, B, D)`` logits; the decoder's
 activations are written into buffers kept from chunk to chunk (a chunk sized to the last-level
 cache allocates about 32 MiB per layer, where glibc maps and unmaps fresh pages on every call).
+
+**Several Gaussian layers** (``model.layers``): :mod:`vaelab.inference.fused_hierarchy`, with
+this module's decoder and its row runner for the per-particle conditionals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import embedding_bag
 
+from vaelab.inference.fused_hierarchy import hierarchy_path
+
 __all__ = ["FUSED_LIKELIHOODS", "fused_log_weights"]
+
+T = TypeVar("T")
 
 #: the likelihoods with a fused path (class names of :mod:`vaelab.model.likelihoods`)
 FUSED_LIKELIHOODS = ("BernoulliLikelihood", "NormalLikelihood", "DiscretizedLogisticLikelihood")
@@ -87,7 +95,9 @@ def fused_log_weights(vae) -> Callable[[Tensor, int], Tensor] | None:
     """``fn(x (B, D), k) → log w (k, B)`` for ``vae``'s own guide as the proposal (its
     :meth:`~vaelab.vae.VAE.eval_pair`), or ``None`` where no fused path applies (a guide family
     other than the diagonal normal or a categorical family, a guide with extra terms on a
-    Gaussian latent, another likelihood, several latent sites).
+    Gaussian latent, another likelihood, several latent sites outside
+    :func:`vaelab.inference.fused_hierarchy.covered`). Several Gaussian layers (``model.layers``)
+    go to :mod:`vaelab.inference.fused_hierarchy`.
 
     .. note:: ``fn`` keeps the encoder's output of the last ``x`` it saw and reuses it while the
        same tensor object comes back (the chunks of one batch): do not change ``x`` in place
@@ -99,7 +109,7 @@ def fused_log_weights(vae) -> Callable[[Tensor, int], Tensor] | None:
     if getattr(g.likelihood, "clamp", 0.0) > 0:  # a clamped Bernoulli: the traced path
         return None
     if len(getattr(vae, "sites", ["z"])) > 1:  # several latent sites (model.layers)
-        return None
+        return _hierarchy_path(vae)
     for build in _PATHS:
         fn = build(vae)
         if fn is not None:
@@ -107,11 +117,11 @@ def fused_log_weights(vae) -> Callable[[Tensor, int], Tensor] | None:
     return None
 
 
-def _cached(encode: Callable[[Tensor], tuple]) -> Callable[[Tensor], tuple]:
+def _cached(encode: Callable[[Tensor], T]) -> Callable[[Tensor], T]:
     """``encode(x)`` computed once while the same ``x`` object comes back (one data batch)."""
     last: list = [None, None]
 
-    def get(x: Tensor) -> tuple:
+    def get(x: Tensor) -> T:
         if last[0] is not x:
             last[0], last[1] = x, encode(x)
         return last[1]
@@ -136,6 +146,21 @@ def _normal_path(vae) -> Callable[[Tensor, int], Tensor] | None:
         z = q_z.rsample((k,))  # (k, B, d): Pyro's particle plate draws ε of this shape
         log_w = g.prior(None).log_prob(z) - q_z.log_prob(z).sum(-1)  # (k, B)
         return log_w + decode(g.latent.decoder_input(z), x)  # (k, B)
+
+    return fn
+
+
+def _hierarchy_path(vae) -> Callable[[Tensor, int], Tensor] | None:
+    """Several Gaussian layers: :mod:`vaelab.inference.fused_hierarchy` with this module's
+    decoder and row runner."""
+    path = hierarchy_path(vae, _decoder_log_lik(vae.generative), _Rows())
+    if path is None:
+        return None
+    encode = _cached(path.encode)
+
+    @torch.no_grad()
+    def fn(x: Tensor, k: int) -> Tensor:
+        return path.log_weights(encode(x), x, k)  # (k, B)
 
     return fn
 
@@ -258,6 +283,27 @@ def _decoder_log_lik(
         return g.likelihood(out.view(k, B, -1)).log_prob(x)  # (k, B)
 
     return decode
+
+
+class _Rows:
+    """``rows(modules, u (..., in)) → (..., out)``: an MLP's modules on the rows of u, each
+    linear layer into a buffer kept per network from chunk to chunk, the activations in place
+    (on u itself where the first module is one); other modules as they are. The result may be
+    a buffer: read it before the next call on the same modules."""
+
+    def __init__(self):
+        self._bufs: dict[int, _Buffers] = {}
+
+    def __call__(self, modules: Sequence[nn.Module], u: Tensor) -> Tensor:
+        if not modules:
+            return u
+        if not all(isinstance(m, _ROW_WISE) for m in modules):
+            for m in modules:
+                u = m(u)
+            return u
+        bufs = self._bufs.setdefault(id(modules[0]), _Buffers())
+        h = _run(list(modules), u.reshape(-1, u.shape[-1]), bufs, 0)  # (rows, out)
+        return h.view(*u.shape[:-1], h.shape[-1])
 
 
 def _linear(m: nn.Linear, h: Tensor, bufs: _Buffers, key: int,

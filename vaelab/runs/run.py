@@ -193,21 +193,22 @@ def _add_log_jacobian(est: MarginalEstimate, jac: float) -> None:
 def _fused_path(run: Run, ec: EvalConfig) -> dict:
     """``eval.fused``: the fused log weights and cache-sized chunks, where they apply."""
     guide_proposal = resolved(ec.proposal).name == "guide"
-    if ec.fused and guide_proposal and len(getattr(run.vae, "sites", ["z"])) > 1:
-        note("eval.fused does not apply to several latent sites (model.layers): the traced "
-             "importance-sampling path scores this model")
-        return {}
     fused = fused_log_weights(run.vae) if ec.fused and guide_proposal else None
     if fused is None:
+        if ec.fused and guide_proposal and len(getattr(run.vae, "sites", ["z"])) > 1:
+            note("eval.fused does not apply to this model of several latent sites (the "
+                 "fused path needs Gaussian layers and an unclamped Bernoulli, normal or "
+                 "discretized logistic likelihood): the traced importance-sampling path "
+                 "scores it")
         return {}
     return {"fused": fused, "chunk_rows": cache_rows(run.vae.generative.likelihood.param_size)}
 
 
 def fused_log_joint(run: Run, ec: EvalConfig):
-    """``eval.fused`` for AIS: ``x → FusedLogJoint`` for one continuous latent site, else
+    """``eval.fused`` for AIS: ``x → FusedLogJoint`` for a continuous latent (one site, or
+    several Gaussian layers: it falls back to the traced terms where it has none), else
     ``None`` (the traced log joint)."""
-    if not ec.fused or not run.vae.latent.continuous or len(getattr(run.vae, "sites",
-                                                                     ["z"])) > 1:
+    if not ec.fused or not run.vae.latent.continuous:
         return None
     from vaelab.inference.fast_ais import FusedLogJoint
 
