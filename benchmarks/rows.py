@@ -49,7 +49,7 @@ from vaelab.vae import build_vae  # noqa: E402
 #: the reproduction rows: (recipe, variant)
 ROWS = [("iwae_static", "iwae_k1"), ("vampprior_standard", "default"), ("vampprior", "default"),
         ("gumbel_softmax", "gumbel")]
-EXTRA_ROWS = [("paulus2021", "gumbel_softmax")]
+EXTRA_ROWS = [("paulus2021", "gumbel_softmax"), ("iwae_static_2layer", "iwae_k1")]
 D = 784
 
 
