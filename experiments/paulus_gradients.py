@@ -1,7 +1,9 @@
 r"""Every discrete estimator of the ``paulus2021`` recipe at one shared checkpoint: gradient
 variance, SNR, bias and cosine on one fixed batch.
 
-The checkpoint is the best one of a run folder of the recipe's Gumbel-softmax variant
+The checkpoint is the best one (or with ``--checkpoint last`` the last commit: issue 25 names the
+Gumbel-softmax run at step 25,000, a copy of its folder taken then) of a run folder of the
+recipe's Gumbel-softmax variant
 (``vaelab reproduce paulus2021 --variant gumbel_softmax_lr`` writes ``OUT/gumbel_softmax_lr@...
 /seed0``). Its encoder, decoder and prior parameters are loaded into one VAE per estimator, built
 from the run's config with the recipe's overrides of that estimator (guide family, objective,
@@ -25,7 +27,7 @@ so those rows show the estimators without their learned control variates (``grap
 REINFORCE with a zero running mean). Each estimator runs at its own recipe temperature.
 
     python experiments/paulus_gradients.py --run RUN --out DIR [--draws 100] [--batch-size 200]
-        [--reference-draws 10000]
+        [--reference-draws 10000] [--checkpoint best|last]
     python experiments/paulus_gradients.py --smoke --out DIR   # a tiny run, made here
 """
 
@@ -107,8 +109,10 @@ def diagnose_all(run, x: torch.Tensor, draws: int, seed: int) -> list[tuple[str,
 
 
 def table(rows, ref: ReferenceGradient, run, args) -> list[str]:
-    lines = [f"# Gradients of every estimator at one checkpoint: {args.run}", "",
-             f"Checkpoint: epoch {run.epoch + 1} (best by validation) of the Gumbel-softmax run; "
+    lines = [f"# Gradients of every estimator at one checkpoint: {Path(args.run).name}", "",
+             f"Checkpoint: epoch {run.epoch + 1} ("
+             + ("best by validation" if args.checkpoint == "best" else "the last commit")
+             + ") of the Gumbel-softmax run; "
              f"one fixed batch of {args.batch_size} training images; {args.draws} gradient draws "
              f"per estimator. Reference: {ref.description}, standard error "
              + ", ".join(f"{g} {v:.3g}" for g, v in ref.standard_error.items()) + ".", "",
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--reference-draws", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                        help="the run's best-validation checkpoint, or its last commit (a copy "
+                             "of the run folder taken at step 25,000: the issue's checkpoint)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         args.draws, args.batch_size, args.reference_draws = 3, 8, 200
     elif args.run is None:
         parser.error("--run RUN_DIR is required (or --smoke)")
-    run = load_run(args.run)
+    run = load_run(args.run, checkpoint=args.checkpoint)
     if getattr(run.cfg.model.latent, "num_classes", None) != 2:
         print(f"paulus_gradients: {args.run} is not a run of binary latents (the DisARM "
               "reference needs 2 classes)", file=sys.stderr)
