@@ -208,3 +208,24 @@ def test_a_row_over_seeds_states_every_seeds_best_epoch_and_the_command_that_tra
         "--set 'train.seed=1'")
     assert _command("iwae_static", "iwae_k1", [rs[1], result(3, 5, False)]).endswith(
         "--seeds 1, once per seed: --set 'train.seed=1'; --set 'train.seed=3'")
+
+
+def test_a_row_scored_on_part_of_the_test_set_says_so_and_a_grid_member_gives_its_grids_command():
+    """A paulus2021 member scored on 2000 test images (``eval.limit``): the headline cell says
+    "on 2000 test images"; its command is the grid's (which screens, selects and trains it),
+    not the member's name."""
+    from vaelab.runs.tables import _command, _row
+
+    r = {"recipe": "paulus2021", "variant": "gumbel_softmax_lr@lr=1e-05", "seed": 0,
+         "overrides": [], "budget_paper": "b", "machine": "m",
+         "selection": {"grid": "gumbel_softmax_lr", "selected": "gumbel_softmax_lr@lr=1e-05"},
+         "is": {"log_likelihood": -98.7, "log_likelihood_stderr": 0.6, "elbo": -112.5,
+                "num_samples": 5000, "num_points": 2000},
+         "budget": {"epochs": 200, "steps": 50000, "epochs_planned": 200, "best_epoch": 139,
+                    "early_stopped": False, "finished": True, "train_wall_s": 0.0}}
+    row = _row("paulus2021", r["variant"], [r])
+    assert "-98.70 (1 seed), on 2000 test images |" in row
+    assert _command("paulus2021", r["variant"], [r]) == (
+        "vaelab reproduce paulus2021 --out DIR --variant gumbel_softmax_lr")
+    full = {**r, "is": {**r["is"], "num_points": 10000}}
+    assert "test images" not in _row("paulus2021", r["variant"], [full]).split("|")[5]

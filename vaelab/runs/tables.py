@@ -257,7 +257,9 @@ def _row(name: str, variant: str, rs: list[dict]) -> str:
     if recipe.table.metric == "elbo":
         cell, other = _discrete_cells(rs, label, main)
     else:
-        cell = main + (f", K = {k}" if k not in (None, 5000) else "")  # the header's K
+        n = sorted({r["is"]["num_points"] for r in rs if "num_points" in r.get("is", {})})
+        cell = (main + (f", K = {k}" if k not in (None, 5000) else "")  # the header's K
+                + (f", on {'/'.join(map(str, n))} test images" if n and n != [10000] else ""))
         other = _mean_sd([r.get("is", {}).get("elbo") for r in rs])
     gaps = [r["bdmc"]["gap"] for r in rs if "bdmc" in r]
     gap_s = (f"{_mean_sd(gaps)} ({rs[0]['bdmc']['num_points']} sim. pts)" if gaps else "n/a")
@@ -297,7 +299,10 @@ def _reached(rs: list[dict]) -> str:
 
 def _command(name: str, variant: str, rs: list[dict]) -> str:
     """The command that trains and scores a row's seeds: the runs' overrides but their seed,
-    which ``--seeds`` (from ``train.seed``) gives when the seeds are consecutive."""
+    which ``--seeds`` (from ``train.seed``) gives when the seeds are consecutive; for a grid's
+    selected member, the grid (which screens, selects and trains it)."""
+    grid = rs[0].get("selection", {}).get("grid")  # a grid's member: the grid's command
+    variant = grid or variant
     seeds = sorted(int(r.get("seed", 0)) for r in rs)
     sets = "".join(f" --set '{o}'" for o in rs[0].get("overrides", [])
                    if not o.replace(" ", "").startswith("train.seed="))
