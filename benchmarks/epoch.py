@@ -168,9 +168,10 @@ def vaelab_epochs(cfg, data, epochs: int, out: Path) -> tuple[list[dict], Clock]
     train_module.validate = clock.wrap("validation", originals[1])
     train_module.save_epoch = clock.wrap("I/O", originals[2])
     t0 = time.perf_counter()
-    try:
-        result = train_module.train(cfg.model_copy(update={"train": cfg.train.model_copy(
-            update={"epochs": epochs})}), out, data=data)
+    try:  # the per-epoch progress lines go to stderr: stdout is the results table
+        with contextlib.redirect_stdout(sys.stderr):
+            result = train_module.train(cfg.model_copy(update={"train": cfg.train.model_copy(
+                update={"epochs": epochs})}), out, data=data)
     finally:
         for (obj, name), fn in zip(patches, originals):
             setattr(obj, name, fn)
