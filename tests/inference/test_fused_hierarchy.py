@@ -192,3 +192,42 @@ def test_bdmc_with_the_fused_log_joint_gives_the_traced_bounds():
     torch.testing.assert_close(ours.lower, traced.lower, rtol=1e-5, atol=0.0)
     torch.testing.assert_close(ours.upper, traced.upper, rtol=1e-5, atol=0.0)
     assert bool((traced.gap != 0).all())  # the bounds differ: the comparison is not vacuous
+
+
+@pytest.mark.parametrize("scale,bounds", [("log_var", (None, None)), ("log_var", (-6.0, 2.0)),
+                                          ("softplus", (None, None))])
+def test_log_normal_equals_normal_log_prob_with_the_heads_log_scale(scale, bounds):
+    """log_normal from u = (z − μ)/σ and the head's log σ (``loc_scale_log``, no ``log`` for the
+    log_var rule) = ``Normal(μ, σ).log_prob(z).sum(-1)`` in float64 to 1e-12, on raw outputs
+    wide enough that the [−6, 2] clamp bites (1000 rows of d = 7); at the guide's own draw
+    z = μ + σ ε, u is ε; and a normal prior's log density (the standard one's shortcut, a
+    learned one's standardizing pass) equals its log_prob."""
+    from torch.distributions import Normal
+
+    from vaelab.guide.posteriors import NormalPosterior
+    from vaelab.inference.fused_hierarchy import log_normal, prior_log_prob
+    from vaelab.model.priors import LearnedNormalPrior, StandardNormalPrior
+
+    g = torch.Generator().manual_seed(0)
+    head = NormalPosterior(7, 1e-3, scale, *bounds)
+    h = 4.0 * torch.randn(1000, 14, generator=g, dtype=torch.float64)
+    loc, sigma, log_sigma = head.loc_scale_log(h)
+    want_loc, want_sigma = head.loc_scale(h)
+    assert torch.equal(loc, want_loc) and torch.equal(sigma, want_sigma)
+    torch.testing.assert_close(log_sigma, want_sigma.log(), rtol=1e-12, atol=1e-12)
+    if bounds[0] is not None:
+        assert bool((log_sigma == -3.0).any()) and bool((log_sigma == 1.0).any())  # clamped
+    z = torch.randn(1000, 7, generator=g, dtype=torch.float64)
+    want = Normal(loc, sigma).log_prob(z).sum(-1)
+    got = log_normal((z - loc) / sigma, log_sigma.sum(-1))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    eps = torch.randn(1000, 7, generator=g, dtype=torch.float64)
+    at_draw = Normal(loc, sigma).log_prob(loc + eps * sigma).sum(-1)
+    torch.testing.assert_close(log_normal(eps, log_sigma.sum(-1)), at_draw, rtol=1e-10, atol=1e-10)
+    learned = LearnedNormalPrior(7).double()
+    with torch.no_grad():  # away from N(0, I), so that the shortcut would be wrong
+        learned.loc.normal_(generator=g)
+        learned.raw_scale.normal_(generator=g)
+    for prior in (StandardNormalPrior(7).double()(None), learned(None)):
+        torch.testing.assert_close(prior_log_prob(prior, z), prior.log_prob(z), rtol=1e-12,
+                                   atol=1e-12)

@@ -62,13 +62,30 @@ class NormalPosterior(Posterior):
         self.min_scale = min_scale
         self.scale, self.log_var_min, self.log_var_max = scale, log_var_min, log_var_max
 
-    def loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loc_raw(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_loc, r)``, r clamped where the ``log_var`` rule has bounds."""
         z_loc, raw = h.split(self.latent_dim, dim=-1)  # (..., d), (..., d)
+        if self.scale == "log_var" and (self.log_var_min is not None
+                                        or self.log_var_max is not None):
+            raw = raw.clamp(self.log_var_min, self.log_var_max)  # hardtanh(r, lo, hi)
+        return z_loc, raw
+
+    def loc_scale(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z_loc, raw = self._loc_raw(h)
         if self.scale == "log_var":
-            if self.log_var_min is not None or self.log_var_max is not None:
-                raw = raw.clamp(self.log_var_min, self.log_var_max)  # hardtanh(r, lo, hi)
             return z_loc, torch.exp(0.5 * raw)
         return z_loc, softplus(raw) + self.min_scale
+
+    def loc_scale_log(self, h: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z_loc, z_scale, log z_scale)``: :meth:`loc_scale`'s values, and the log of the
+        scale without a ``log`` where the rule gives it (``log_var``: clamp(r) / 2)."""
+        if self.scale != "log_var":
+            z_loc, z_scale = self.loc_scale(h)
+            return z_loc, z_scale, z_scale.log()
+        z_loc, raw = self._loc_raw(h)
+        half = 0.5 * raw
+        return z_loc, torch.exp(half), half
 
     def forward(self, h, temperature=None):
         z_loc, z_scale = self.loc_scale(h)

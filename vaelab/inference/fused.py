@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import embedding_bag
 
-from vaelab.inference.fused_hierarchy import hierarchy_path
+from vaelab.inference.fused_hierarchy import hierarchy_path, log_normal, prior_log_prob
 
 __all__ = ["FUSED_LIKELIHOODS", "fused_log_weights"]
 
@@ -137,14 +137,19 @@ def _normal_path(vae) -> Callable[[Tensor, int], Tensor] | None:
             or getattr(q.posterior, "guide_terms", None) is not None):
         return None
     decode = _decoder_log_lik(g)
-    encode = _cached(lambda x: q.posterior.loc_scale(q.encode(x)))  # (B, d) each
+
+    def encode(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        loc, scale = q.posterior.loc_scale(q.encode(x))  # (B, d) each
+        return loc, scale, scale.log().sum(-1)  # ..., Σ log σ (B,)
+
+    encoded = _cached(encode)
 
     @torch.no_grad()
     def fn(x: Tensor, k: int) -> Tensor:
-        loc, scale = encode(x)
-        q_z = torch.distributions.Normal(loc, scale, validate_args=False)
-        z = q_z.rsample((k,))  # (k, B, d): Pyro's particle plate draws ε of this shape
-        log_w = g.prior(None).log_prob(z) - q_z.log_prob(z).sum(-1)  # (k, B)
+        loc, scale, log_scale = encoded(x)
+        eps = torch.randn(k, *loc.shape, dtype=loc.dtype, device=loc.device)
+        z = loc + eps * scale  # (k, B, d): Pyro's rsample, ε of the particle plate's shape
+        log_w = prior_log_prob(g.prior(None), z) - log_normal(eps, log_scale)  # (k, B)
         return log_w + decode(g.latent.decoder_input(z), x)  # (k, B)
 
     return fn
