@@ -98,7 +98,7 @@ def measure(args, sizes: Sizes, smoke: bool) -> list[tuple[str, float, float, fl
     reference, _ = make_step(REFERENCE, sizes, smoke)
     warm_up(reference, x, args.warmup)
     rows = []
-    for variant in estimators():
+    for variant in [v for v in estimators() if not args.variants or v in args.variants]:
         # two models at once: vaelab's networks register their own tensors (eager steps)
         step, name = make_step(variant, sizes, smoke)
         rows.append((name, *paired_rounds(reference, step, x, rounds=args.rounds,
@@ -110,6 +110,8 @@ def main(argv=None) -> int:
     p = parser(__doc__, rounds=7)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--variants", nargs="+", default=None, choices=estimators(),
+                   help="these of the recipe's variants only (default: all)")
     args = parse(p, argv, threads=1,
                  smoke_help="tiny sizes, 1 round of 2 steps (tests/test_benchmarks.py)",
                  smoke={"rounds": 1, "steps": 2, "warmup": 1})

@@ -26,7 +26,8 @@ so the decoder's first layer on the one-hot input is a sum of N weight columns (
 ``embedding_bag``) instead of a ``(k B, N K)`` GEMM. The indices are drawn as torch's
 ``multinomial`` draws one sample, :math:`c = \arg\max_k p_k / E_k` with
 :math:`E \sim \mathrm{Exp}(1)` of shape ``(k, B, N, K)``: the very draws of the traced path
-(the exponentials from torch's own uniform stream, vectorized: ``_exponential``).
+(the exponentials from torch's own uniform stream, vectorized:
+:func:`vaelab.model.distributions.exponential`).
 
 **Both.** The encoder and the log-softmax of its logits run once per data batch (cached while
 the same ``x`` comes back chunk after chunk), not once per chunk. For the Bernoulli likelihood
@@ -53,6 +54,7 @@ from torch import Tensor, nn
 from torch.nn.functional import embedding_bag
 
 from vaelab.inference.fused_hierarchy import hierarchy_path, log_normal, prior_log_prob
+from vaelab.model.distributions import exponential
 
 __all__ = ["FUSED_LIKELIHOODS", "fused_log_weights"]
 
@@ -193,7 +195,7 @@ def _categorical_path(vae) -> Callable[[Tensor, int], Tensor] | None:
         log_q, probs = encoded(x)
         log_p = g.prior.hard_dist().logits  # (N, K), normalized
         B = x.shape[0]
-        e = _exponential((k, B, N, K), probs)  # (k, B, N, K) ~ Exp(1)
+        e = exponential((k, B, N, K), probs)  # (k, B, N, K) ~ Exp(1)
         c = torch.div(probs, e, out=e).argmax(-1)  # (k, B, N): multinomial's draws
         log_w = (log_p.expand(k, B, N, K).gather(-1, c.unsqueeze(-1)).squeeze(-1)
                  - log_q.expand(k, B, N, K).gather(-1, c.unsqueeze(-1)).squeeze(-1)).sum(-1)
@@ -203,34 +205,6 @@ def _categorical_path(vae) -> Callable[[Tensor, int], Tensor] | None:
 
 
 _PATHS = (_normal_path, _categorical_path)
-
-#: whether this torch's float32 ``exponential_`` on the CPU is ``-log1p(-u)`` of its float64
-#: uniform stream (checked once, on a private generator)
-_EXP_FROM_UNIFORM: list[bool] = []
-
-
-def _exponential(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    r"""Exp(1) draws of ``shape``, bit for bit ``torch.empty(shape).exponential_()`` and the same
-    use of the global RNG. On the CPU, float32 ``exponential_`` draws a float64 uniform u and
-    returns :math:`-\log(1 - u)` one element at a time; the same stream through the vectorized
-    ``rand`` and ``log1p`` is 2x faster (a fifth of a categorical chunk's time). Used where a
-    check on a private generator finds the identity, else ``exponential_`` itself."""
-    if like.device.type != "cpu" or like.dtype != torch.float32 or not _exp_from_uniform():
-        return torch.empty(shape, dtype=like.dtype, device=like.device).exponential_()
-    u = torch.rand(shape, dtype=torch.float64)
-    return u.neg_().log1p_().neg_().to(torch.float32)
-
-
-def _exp_from_uniform() -> bool:
-    if not _EXP_FROM_UNIFORM:
-        a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-        e = torch.empty(4099).exponential_(generator=a)
-        u = torch.rand(4099, dtype=torch.float64, generator=b)
-        same = torch.equal(e, u.neg_().log1p_().neg_().float())
-        _EXP_FROM_UNIFORM.append(same and torch.equal(torch.rand(3, generator=a),
-                                                      torch.rand(3, generator=b)))
-    return _EXP_FROM_UNIFORM[0]
-
 
 #: rows of (particle, point) pushed through the decoder at a time on one thread: a block's
 #: activations stay in a core's L2 cache, where the softplus and the sums read them (about 5 %

@@ -24,6 +24,11 @@ zeros at low temperature). :func:`soft` and :func:`straight_through` (:mod:`.str
 :func:`kl_categorical` (:mod:`.discrete`) is the exact KL between the unrelaxed categoricals (the
 Jang et al. convention).
 
+Exponential draws
+-----------------
+:func:`exponential` (:mod:`.exponential`) draws Exp(1) variates bit for bit as torch's
+``exponential_`` does, twice as fast on the CPU (the exponential races of fused IS and GR-MCK).
+
 Count likelihoods
 -----------------
 :func:`count_distribution` (:mod:`.counts`) builds the per-feature Poisson, negative binomial
@@ -68,6 +73,7 @@ from vaelab.model.distributions.counts import (
 )
 from vaelab.model.distributions.discrete import joint_states, kl_categorical, logits_of
 from vaelab.model.distributions.discretized_logistic import DiscretizedLogistic
+from vaelab.model.distributions.exponential import exponential
 from vaelab.model.distributions.pixel_categorical import PixelCategorical
 from vaelab.model.distributions.relaxed_categorical import ExpRelaxedCategorical
 from vaelab.model.distributions.straight_through import soft, straight_through
@@ -84,6 +90,7 @@ __all__ = [
     "PixelCategorical",
     "UnitGrid",
     "count_distribution",
+    "exponential",
     "joint_states",
     "kl_categorical",
     "logits_of",
