@@ -101,7 +101,7 @@ def gr_mck(logits: Tensor, one_hot: Tensor, temperature: Tensor, num_gumbels: in
 
 def _moments(shared: tuple[Tensor, Tensor, Tensor, Tensor], temperature: Tensor, K: int
              ) -> tuple[Tensor, Tensor]:
-    """:math:`\bar s` ``(..., C)`` and :math:`\frac1K \\sum_k s_k s_k^\top` ``(..., C, C)``."""
+    r""":math:`\bar s` ``(..., C)`` and :math:`\frac1K \sum_k s_k s_k^\top` ``(..., C, C)``."""
     mean = torch.zeros_like(shared[1])
     second = mean.new_zeros(*mean.shape, mean.shape[-1])
     for start in range(0, K, CHUNK):
