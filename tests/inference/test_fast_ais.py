@@ -7,7 +7,7 @@ normal likelihood."""
 import pytest
 import torch
 
-from vaelab.inference.ais import ais
+from fused_pairs import ais_runs
 from vaelab.inference.fast_ais import FusedLogJoint
 from vaelab.resolve import resolve
 from vaelab.vae import build_vae
@@ -31,14 +31,7 @@ def _vae(likelihood):
 @pytest.mark.parametrize("likelihood", ["bernoulli", {"name": "normal", "scale": 0.5}])
 def test_fused_log_joint_gives_the_traced_ais_run(base, likelihood):
     vae, x = _vae(likelihood)
-    model, guide = vae.eval_pair()
-    runs = []
-    for fused in (False, True):
-        torch.manual_seed(5)
-        lj = FusedLogJoint(vae, x, num_chains=3, base=base) if fused else None
-        runs.append(ais(model, guide, x, num_steps=8, num_chains=3, num_leapfrog=3, base=base,
-                        log_joint=lj))
-    traced, ours = runs
+    traced, ours = ais_runs(vae, x, 3, base, num_steps=8, num_leapfrog=3)
     torch.testing.assert_close(ours.log_w, traced.log_w, rtol=1e-5, atol=0.0)
     torch.testing.assert_close(ours.z, traced.z, rtol=1e-5, atol=0.0)
     torch.testing.assert_close(ours.acceptance, traced.acceptance, rtol=1e-5, atol=0.0)

@@ -10,9 +10,9 @@ same, a different draw would move a log weight by O(1) nats)."""
 import pytest
 import torch
 
+from fused_pairs import estimates
 from vaelab.inference.fused import fused_log_weights
 from vaelab.inference.importance import log_weights
-from vaelab.inference.marginal import estimate_marginal
 from vaelab.resolve import resolve
 from vaelab.vae import build_vae
 
@@ -96,13 +96,7 @@ def test_fused_log_weights_equal_the_traced_ones_on_the_same_draws(case, dtype, 
                                   "categorical_relaxed", "categorical_normal"])
 def test_fused_estimate_equals_the_traced_estimate_per_point(case):
     vae, x = _vae_and_data(case, torch.float32)
-    model, guide = vae.eval_pair()
-    runs = []
-    for fused in (None, fused_log_weights(vae)):
-        torch.manual_seed(3)
-        runs.append(estimate_marginal(model, guide, x, num_samples=500, batch_size=2,
-                                      chunk_size=64, fused=fused))
-    a, b = runs
+    a, b = estimates(vae, x, num_samples=500, batch_size=2, chunk_size=64)
     torch.testing.assert_close(b.log_px, a.log_px, rtol=1e-6, atol=0.0)
     torch.testing.assert_close(b.ess, a.ess, rtol=1e-4, atol=0.0)
     torch.testing.assert_close(b.pareto_k, a.pareto_k, rtol=1e-3, atol=1e-4)

@@ -12,11 +12,11 @@ different draw would move a log weight by O(1) nats)."""
 import pytest
 import torch
 
-from vaelab.inference.ais import LogJoint, ais
+from fused_pairs import ais_runs, estimates
+from vaelab.inference.ais import LogJoint
 from vaelab.inference.fast_ais import FusedLogJoint
 from vaelab.inference.fused import fused_log_weights
 from vaelab.inference.importance import log_weights
-from vaelab.inference.marginal import estimate_marginal
 from vaelab.resolve import resolve
 from vaelab.vae import build_vae
 
@@ -105,13 +105,7 @@ def test_fused_estimate_equals_the_traced_estimate_per_point(case):
     """K = 50 in chunks of 7 (the last one 1), batches of 2 points: the same log p̂ and ESS per
     point as the traced estimate on the same draws."""
     vae, x = _vae_and_data(case)
-    model, guide = vae.eval_pair()
-    runs = []
-    for fused in (None, fused_log_weights(vae)):
-        torch.manual_seed(3)
-        runs.append(estimate_marginal(model, guide, x, num_samples=50, batch_size=2,
-                                      chunk_size=7, fused=fused))
-    a, b = runs
+    a, b = estimates(vae, x, num_samples=50, batch_size=2, chunk_size=7)
     torch.testing.assert_close(b.log_px, a.log_px, rtol=1e-5, atol=0.0)
     torch.testing.assert_close(b.ess, a.ess, rtol=1e-4, atol=0.0)
 
@@ -152,14 +146,7 @@ def test_fused_log_joint_value_and_gradient_equal_the_traced_ones(case, base):
 @pytest.mark.parametrize("base", ["prior", "guide"])
 def test_fused_log_joint_gives_the_traced_ais_run(base):
     vae, x = _vae_and_data("top_down")
-    model, guide = vae.eval_pair()
-    runs = []
-    for fused in (False, True):
-        torch.manual_seed(5)
-        lj = FusedLogJoint(vae, x, num_chains=3, base=base) if fused else None
-        runs.append(ais(model, guide, x, num_steps=6, num_chains=3, num_leapfrog=3, base=base,
-                        init_step_size=0.3, log_joint=lj))
-    traced, ours = runs
+    traced, ours = ais_runs(vae, x, 3, base, num_steps=6, num_leapfrog=3, init_step_size=0.3)
     torch.testing.assert_close(ours.log_w, traced.log_w, rtol=1e-5, atol=0.0)
     torch.testing.assert_close(ours.z, traced.z, rtol=1e-5, atol=0.0)
     assert 0.0 < float(traced.acceptance.mean()) < 1.0  # moves were proposed and judged
