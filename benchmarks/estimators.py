@@ -53,16 +53,17 @@ def estimators() -> list[str]:
     return [REFERENCE, *[v for v in names if v != REFERENCE]]
 
 
-def make_step(variant: str, sizes: Sizes, smoke: bool
-              ) -> tuple[Callable[[torch.Tensor], object], str]:
+def make_step(variant: str, sizes: Sizes, smoke: bool, extra: tuple[str, ...] = ()
+              ) -> tuple[Callable[[torch.Tensor], object], str, bool]:
     """One training step of the recipe's ``variant`` (the loop's :class:`Stepper`), its VAE
-    built on synthetic data of width ``sizes.D``, and its :func:`label`."""
+    built on synthetic data of width ``sizes.D``, its :func:`label`, and whether its objective
+    is compiled (``objective.jit = "auto"`` compiles it); ``extra``: more overrides."""
     from vaelab.data import DataSplits, Preprocessor
     from vaelab.runs.stepper import Stepper
     from vaelab.runs.train import choose_objective
     from vaelab.vae import build_vae
 
-    over = list(sizes.overrides)
+    over = [*sizes.overrides, *extra]
     if smoke and variant == "gr_mck":
         over.append('guide.family={name = "relaxed", kl = "categorical", estimator = "gr_mck", '
                     'num_gumbels = 20}')
@@ -74,7 +75,7 @@ def make_step(variant: str, sizes: Sizes, smoke: bool
     stepper = Stepper(cfg.train, vae, *choose_objective(cfg, vae, data,
                                                         Preprocessor(cfg.data, data)))
     tau = vae.latent.temperature_at(0)
-    return (lambda xb: stepper.step(xb, 1.0, tau)), label(variant, cfg)
+    return (lambda xb: stepper.step(xb, 1.0, tau)), label(variant, cfg), stepper.eager is not None
 
 
 def label(variant: str, cfg) -> str:
@@ -89,20 +90,29 @@ def label(variant: str, cfg) -> str:
     return variant + (f" ({', '.join(parts)})" if parts else "")
 
 
-def measure(args, sizes: Sizes, smoke: bool) -> list[tuple[str, float, float, float]]:
-    """(label, ms/step, reference ms/step, ratio) per estimator, in paired rounds."""
+def measure(args, sizes: Sizes, smoke: bool
+            ) -> list[tuple[str, float, float, float, float | None]]:
+    """(label, ms/step, reference ms/step, ratio, compiled / eager or ``None``) per estimator,
+    in paired rounds; an estimator whose objective compiles is also paired with its eager
+    twin (``objective.jit = false``)."""
     B = load_recipe(RECIPE).config(REFERENCE, 0, ["data.name=synthetic",
                                                   *sizes.overrides]).train.batch_size
     x = torch.bernoulli(torch.full((B, sizes.D), 0.3))
     pyro.clear_param_store()
-    reference, _ = make_step(REFERENCE, sizes, smoke)
+    reference, _, _ = make_step(REFERENCE, sizes, smoke)
     warm_up(reference, x, args.warmup)
     rows = []
     for variant in [v for v in estimators() if not args.variants or v in args.variants]:
         # two models at once: vaelab's networks register their own tensors (eager steps)
-        step, name = make_step(variant, sizes, smoke)
-        rows.append((name, *paired_rounds(reference, step, x, rounds=args.rounds,
-                                          steps=args.steps, warmup=args.warmup)))
+        step, name, compiled = make_step(variant, sizes, smoke)
+        timing = paired_rounds(reference, step, x, rounds=args.rounds, steps=args.steps,
+                               warmup=args.warmup)
+        jit = None
+        if compiled:
+            eager, _, _ = make_step(variant, sizes, smoke, ("objective.jit=false",))
+            jit = paired_rounds(eager, step, x, rounds=args.rounds, steps=args.steps,
+                                warmup=args.warmup)[2]
+        rows.append((name, *timing, jit))
     return rows
 
 
@@ -123,10 +133,12 @@ def main(argv=None) -> int:
         "784-512-256 / 256-512-784, 120 binary latents, batch 200"
     print(f"recipe {RECIPE}'s estimators, {net}, SGD step, {args.threads} thread(s), "
           f"{args.rounds} paired rounds x {args.steps} steps\n")
-    print("| estimator | ms/step | reference ms/step | ratio to trace + Gumbel-softmax |")
-    print("|---|---:|---:|---:|")
-    for name, ms, ref, ratio in rows:
-        print(f"| {name} | {ms:.2f} | {ref:.2f} | {ratio:.2f} |")
+    print("| estimator | ms/step | reference ms/step | ratio to trace + Gumbel-softmax "
+          "| compiled / eager (`objective.jit = false`) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, ms, ref, ratio, jit in rows:
+        twin = "eager (no compiled variant)" if jit is None else f"{jit:.2f}"
+        print(f"| {name} | {ms:.2f} | {ref:.2f} | {ratio:.2f} | {twin} |")
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} "
           "cores (a shared machine: ratios are paired per round, absolute times are not)")
     return 0

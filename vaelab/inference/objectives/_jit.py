@@ -68,10 +68,10 @@ class TensorArgsMixin:
 
 #: component classes whose compiled objective is tested equal to the eager one
 JIT_ALLOWLIST = frozenset({
-    "GaussianLatent",
-    "StandardNormalPrior", "LearnedNormalPrior", "LaplacePrior",
+    "GaussianLatent", "CategoricalLatent",
+    "StandardNormalPrior", "LearnedNormalPrior", "LaplacePrior", "CategoricalPrior",
     "BernoulliLikelihood", "NormalLikelihood",
-    "NormalPosterior",
+    "NormalPosterior", "RelaxedPosterior",
 })
 
 
