@@ -193,3 +193,34 @@ def test_the_committed_latents_block_is_the_regenerated_one():
                                          module._relative(export))
     if not export.exists():
         assert "no 3-seed run yet" in block
+
+
+def test_paulus_gradients_bias_beyond_noise_recovers_a_known_bias():
+    """``paulus_gradients``' split of ‖mean − reference‖ into noise and bias, on synthetic
+    draws g ~ N(μ + b, σ² I) of P = 20,000 coordinates, M = 100 draws, a reference μ with its
+    own standard error: with b = 0 the bias is below 0.2 noise (‖Δ‖² − noise² has sd √(2/P)
+    noise², 0.01 noise², so 0.2 noise is 4 sd of it), and with ‖b‖ = 3 noise it is ‖b‖ within
+    5 %; the noise equals √(P σ²/M + se²) computed from the draws' variance."""
+    from types import SimpleNamespace
+
+    import torch
+
+    module = _load(EXPERIMENTS / "paulus_gradients.py")
+    g = torch.Generator().manual_seed(0)
+    P, M, sigma = 20_000, 100, 0.5
+    mu = torch.randn(P, generator=g, dtype=torch.float64)
+    ref_noise = 0.3 * torch.randn(P, generator=g, dtype=torch.float64) / P ** 0.5
+    ref, ref_se = mu + ref_noise, 0.3
+    floor = (P * sigma ** 2 / M + ref_se ** 2) ** 0.5
+    for b_norm in (0.0, 3.0 * floor):
+        b = torch.randn(P, generator=g, dtype=torch.float64)
+        b *= b_norm / float(b.norm())
+        draws = mu + b + sigma * torch.randn(M, P, generator=g, dtype=torch.float64)
+        stats = SimpleNamespace(variance=float(draws.var(0).mean()), num_params=P)
+        noise = module.noise_norm(stats, M, ref_se)
+        assert noise == pytest.approx(floor, rel=0.01)
+        got = module.excess_bias(float((draws.mean(0) - ref).norm()), noise)
+        if b_norm == 0.0:
+            assert got < 0.2 * noise
+        else:
+            assert got == pytest.approx(b_norm, rel=0.05)
