@@ -192,7 +192,7 @@ def test_log_normal_equals_normal_log_prob_with_the_heads_log_scale(scale, bound
     from torch.distributions import Normal
 
     from vaelab.guide.posteriors import NormalPosterior
-    from vaelab.inference.fused_hierarchy import log_normal, prior_log_prob
+    from vaelab.inference.fused_hierarchy import log_normal, prior_density
     from vaelab.model.priors import LearnedNormalPrior, StandardNormalPrior
 
     g = torch.Generator().manual_seed(0)
@@ -216,5 +216,5 @@ def test_log_normal_equals_normal_log_prob_with_the_heads_log_scale(scale, bound
         learned.loc.normal_(generator=g)
         learned.raw_scale.normal_(generator=g)
     for prior in (StandardNormalPrior(7).double()(None), learned(None)):
-        torch.testing.assert_close(prior_log_prob(prior, z), prior.log_prob(z), rtol=1e-12,
+        torch.testing.assert_close(prior_density(prior)(z), prior.log_prob(z), rtol=1e-12,
                                    atol=1e-12)

@@ -30,7 +30,13 @@ import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 from vaelab.inference.ais import AIS_BASE, LogJoint
-from vaelab.inference.fused_hierarchy import covered, encode_guide, guide_log_q, log_prior
+from vaelab.inference.fused_hierarchy import (
+    covered,
+    encode_guide,
+    guide_log_q,
+    log_prior,
+    prior_density,
+)
 
 __all__ = ["FusedLogJoint"]
 
@@ -62,7 +68,7 @@ class FusedLogJoint(LogJoint):
             g, q = vae.generative, vae.inference
             self.widths = list(g.latent_dims)  # the traced layout: z_1 … z_L, bottom first
             with torch.no_grad():
-                self.p_top = g.prior(None)  # batch (), event (d_L,)
+                self.log_p_top = prior_density(g.prior(None))  # log p(z_L), once
                 self.guide_enc = encode_guide(q, q.tx(x)) if base == "guide" else None
 
     def _model_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +76,7 @@ class FusedLogJoint(LogJoint):
         g = self.vae.generative
         if self.layered:
             zs = self._layers(z)
-            log_p = log_prior(self.vae, zs, self.p_top)  # (C, B)
+            log_p = log_prior(self.vae, zs, self.log_p_top)  # (C, B)
             return log_p, self._log_lik(g.decoder(g.decoder_input(zs)))
         if self.sites != ["z"]:
             return super()._model_terms(z)

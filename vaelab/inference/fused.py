@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import embedding_bag
 
-from vaelab.inference.fused_hierarchy import hierarchy_path, log_normal, prior_log_prob
+from vaelab.inference.fused_hierarchy import hierarchy_path, log_normal, prior_density
 from vaelab.model.distributions import exponential
 
 __all__ = ["FUSED_LIKELIHOODS", "fused_log_weights"]
@@ -140,18 +140,19 @@ def _normal_path(vae) -> Callable[[Tensor, int], Tensor] | None:
         return None
     decode = _decoder_log_lik(g)
 
-    def encode(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def encode(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Callable[[Tensor], Tensor]]:
         loc, scale = q.posterior.loc_scale(q.encode(x))  # (B, d) each
-        return loc, scale, scale.log().sum(-1)  # ..., Σ log σ (B,)
+        # ..., Σ log σ (B,), and log p(z) decided once per batch
+        return loc, scale, scale.log().sum(-1), prior_density(g.prior(None))
 
     encoded = _cached(encode)
 
     @torch.no_grad()
     def fn(x: Tensor, k: int) -> Tensor:
-        loc, scale, log_scale = encoded(x)
+        loc, scale, log_scale, log_p = encoded(x)
         eps = torch.randn(k, *loc.shape, dtype=loc.dtype, device=loc.device)
         z = loc + eps * scale  # (k, B, d): Pyro's rsample, ε of the particle plate's shape
-        log_w = prior_log_prob(g.prior(None), z) - log_normal(eps, log_scale)  # (k, B)
+        log_w = log_p(z) - log_normal(eps, log_scale)  # (k, B)
         return log_w + decode(g.latent.decoder_input(z), x)  # (k, B)
 
     return fn

@@ -57,7 +57,7 @@ from vaelab.model.hierarchy import GaussianConditional
 from vaelab.model.networks import MLP
 
 __all__ = ["BatchEncoding", "GuideEncoding", "HierarchyPath", "covered", "encode_guide",
-           "guide_log_q", "hierarchy_path", "log_normal", "log_prior", "prior_log_prob", "walk"]
+           "guide_log_q", "hierarchy_path", "log_normal", "log_prior", "prior_density", "walk"]
 
 #: ``run(modules, u (..., in)) → (..., out)``: a network's modules applied in turn to u
 Run = Callable[[Sequence[nn.Module], Tensor], Tensor]
@@ -182,7 +182,7 @@ def _merge(hat: Gauss, p: Gauss) -> Gauss:
 
 def walk(vae, enc: GuideEncoding, draw: Draw, run: Run
          ) -> tuple[list[Tensor], dict[int, Gauss]]:
-    """Visit the guide's layers in its order, ``z_l = draw(l, loc, scale)``.
+    """Visit the guide's layers in its order, ``z_l = draw(l, loc, scale, log_scale)``.
 
     :returns: ``[z_1, …, z_L]`` and, for the ladder, the model conditionals' (loc, scale, log
         scale) of p(z_l | z_{l+1}) that its merges computed (layer → triple).
@@ -212,25 +212,27 @@ def _normal_log_prob(loc: Tensor, scale: Tensor, log_scale: Tensor, z: Tensor) -
     return log_normal((z - loc) / scale, log_scale.sum(-1))
 
 
-def prior_log_prob(p_top: Distribution, z: Tensor) -> Tensor:
-    """log p(z_L), ``(..., B)``: :func:`log_normal` for a diagonal normal prior (a standard
-    one without the standardizing pass), else the prior's own ``log_prob``."""
+def prior_density(p_top: Distribution) -> Callable[[Tensor], Tensor]:
+    """``z (..., d) → log p(z) (...)`` of the prior ``p_top``, decided once (per batch, not per
+    chunk or leapfrog step): :func:`log_normal` for a diagonal normal prior (a standard one
+    without the standardizing pass), else the prior's own ``log_prob``."""
     if not (isinstance(p_top, Independent) and type(p_top.base_dist) in (Normal, dist.Normal)
             and p_top.reinterpreted_batch_ndims == 1):
-        return p_top.log_prob(z)
+        return p_top.log_prob
     loc, scale = cast(Normal, p_top.base_dist).loc, cast(Normal, p_top.base_dist).scale
     if bool((loc == 0).all()) and bool((scale == 1).all()):
-        return log_normal(z, z.new_zeros(()))
-    return log_normal((z - loc) / scale, scale.log().sum(-1))
+        return lambda z: log_normal(z, z.new_zeros(()))
+    log_scale = scale.log().sum(-1)
+    return lambda z: log_normal((z - loc) / scale, log_scale)
 
 
-def log_prior(vae, zs: Sequence[Tensor], p_top: Distribution, run: Run = plain,
-              model: dict[int, Gauss] | None = None) -> Tensor:
+def log_prior(vae, zs: Sequence[Tensor], log_p_top: Callable[[Tensor], Tensor],
+              run: Run = plain, model: dict[int, Gauss] | None = None) -> Tensor:
     r""":math:`\log p(z_L) + \sum_l \log p(z_l \mid z_{l+1})` at ``zs = [z_1, …, z_L]``,
-    ``(..., B)``; ``model``: conditionals' (loc, scale, log scale) already computed (the
-    ladder's)."""
+    ``(..., B)``; ``log_p_top``: the top prior's :func:`prior_density`; ``model``:
+    conditionals' (loc, scale, log scale) already computed (the ladder's)."""
     g, model = vae.generative, model or {}
-    log_p = prior_log_prob(p_top, zs[-1])  # (..., B)
+    log_p = log_p_top(zs[-1])  # (..., B)
     for k in range(len(zs) - 2, -1, -1):
         gauss = model[k] if k in model else _conditional(g.conditionals[k], zs[k + 1], run)
         log_p = log_p + _normal_log_prob(*gauss, zs[k])
@@ -255,7 +257,7 @@ class BatchEncoding:
     """What one batch's chunks share."""
 
     guide: GuideEncoding
-    p_top: Distribution  #: p(z_L), batch (), event (d_L,)
+    log_p_top: Callable[[Tensor], Tensor]  #: log p(z_L) (:func:`prior_density`)
 
 
 class HierarchyPath:
@@ -273,7 +275,7 @@ class HierarchyPath:
     def encode(self, x: Tensor) -> BatchEncoding:
         q, g = self.vae.inference, self.vae.generative
         with torch.no_grad():
-            return BatchEncoding(encode_guide(q, q.tx(x)), g.prior(None))
+            return BatchEncoding(encode_guide(q, q.tx(x)), prior_density(g.prior(None)))
 
     def log_weights(self, batch: BatchEncoding, x: Tensor, k: int) -> Tensor:
         """``log w (k, B)`` of k particles for ``x (B, D)``: the guide's draws in its order."""
@@ -286,7 +288,7 @@ class HierarchyPath:
             return z
 
         zs, model = walk(self.vae, batch.guide, draw, self.run)
-        log_w = log_prior(self.vae, zs, batch.p_top, self.run, model)  # (k, B)
+        log_w = log_prior(self.vae, zs, batch.log_p_top, self.run, model)  # (k, B)
         for term in log_q:
             log_w = log_w - term
         g = self.vae.generative
