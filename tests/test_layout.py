@@ -98,7 +98,8 @@ def test_the_cycle_check_finds_a_cycle():
 
 #: the library: the mathematics and what it stands on; it imports nothing else of vaelab
 LIBRARY = ("vaelab.model", "vaelab.guide", "vaelab.data", "vaelab.inference", "vaelab.registry",
-           "vaelab.config", "vaelab.devices", "vaelab.seed", "vaelab.notes", "vaelab.vae")
+           "vaelab.config", "vaelab.devices", "vaelab.seed", "vaelab.notes", "vaelab.vae",
+           "vaelab._version")
 #: the lab: everything that writes a run folder
 LAB = ("vaelab.runs",)
 #: the edge: configs turned into objects (resolve, with the catalog of every component, and the

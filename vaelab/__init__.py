@@ -18,10 +18,10 @@ Components of your own (:mod:`vaelab.registry`)::
                                                       # or just prior = "my_module:LogisticPrior"
 """
 
-__version__ = "0.1.0"
-
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from vaelab._version import __version__ as __version__
 
 #: public name → the module defining it; imported on first use (PEP 562), so that
 #: ``vaelab --help`` and ``import vaelab`` do not pay for torch, Pyro and the data stack

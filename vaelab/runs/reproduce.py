@@ -36,6 +36,7 @@ import torch
 
 from vaelab.config import RunConfig, json_safe
 from vaelab.runs.checkpoint import atomic_write_text, read_metrics
+from vaelab.runs.provenance import code_identity
 from vaelab.runs.recipes import (
     Recipe,
     load_recipe,
@@ -154,7 +155,10 @@ def reproduce(
                   "published": recipe.published(variant), "pythae": recipe.pythae(variant),
                   "budget_paper": recipe.meta.get("budget", ""),
                   "budget": _budget_reached(cfg, history),
-                  "machine": _machine(world)}
+                  "machine": _machine(world),
+                  # the code that trained each epoch is in metrics.jsonl; this one scored it
+                  "code": code_identity(),
+                  "trained_with": sorted({r["code"] for r in history if "code" in r})}
         if variant in selections:
             result["selection"] = selections[variant]
         if evaluate:

@@ -44,6 +44,7 @@ from vaelab.runs.folder import (
     commit,
     latest_commit,
 )
+from vaelab.runs.provenance import code_label
 from vaelab.runs.resume import (
     Progress,
     check_folder,
@@ -337,6 +338,7 @@ def train(
                     f"{row['epoch']}; {progress.last_good()}")
             stop.check(row["epoch"], row["step"], progress.epoch)
             in_warmup = row["epoch"] < tc.warmup_epochs
+            row["code"] = code_label()  # which code trained this epoch (a resume may change it)
             is_best = progress.record(_ordered(row), tc.patience_counts_warmup or not in_warmup)
             if is_best or best_model is None:
                 best_model = {k: v.detach().clone() for k, v in vae.state_dict().items()}
@@ -354,7 +356,7 @@ def train(
 
 
 _ROW_KEYS = ("epoch", "step", "train_loss", "valid_elbo", "valid_bound", "beta", "temperature",
-             "epoch_time")
+             "epoch_time", "code")
 
 
 def _ordered(row: dict[str, Any]) -> dict[str, Any]:
