@@ -44,7 +44,7 @@ def code_identity() -> dict[str, str | bool | None]:
 
 
 def identify(archived: str, package: Path) -> dict[str, str | bool | None]:
-    """:func:`code_identity` of a package folder ``package`` whose ``_commit.COMMIT`` reads
+    """:func:`code_identity` of a package folder ``package`` whose ``_version.COMMIT`` reads
     ``archived``."""
     out: dict[str, str | bool | None] = {"version": __version__, "commit": None,
                                          "modified": None}
