@@ -298,8 +298,11 @@ def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
                                            for label, net in per_particle_networks(vae)))
     if hierarchical(vae):
         nets = "per particle " + nets
+    # the GEMM rate's spread over the rounds: how far the machine drifted while they ran
+    lo, hi = flops / max(t["limit"]) / 1e9, flops / min(t["limit"]) / 1e9
     rows.append(f"| … limit: {flops / 1e9:.1f} GFLOP in {limit:.2f} s "
-                f"({flops / limit / 1e9:.1f} GFLOP/s), {nets}, chunk {chunk} × {B} rows "
+                f"({flops / limit / 1e9:.1f} GFLOP/s; rounds {lo:.0f}–{hi:.0f}), {nets}, "
+                f"chunk {chunk} × {B} rows "
                 f"| {threads} | max |Δ log p̂| {vaelab_path.split(' ')[0]} − "
                 f"hand-written = {diff:.1e} nats | | | | | {load:.2f} |")
     return rows
