@@ -157,8 +157,7 @@ def reproduce(
                   "budget": _budget_reached(cfg, history),
                   "machine": _machine(world),
                   # the code that trained each epoch is in metrics.jsonl; this one scored it
-                  "code": code_identity(),
-                  "trained_with": sorted({r["code"] for r in history if "code" in r})}
+                  "code": code_identity()}
         if variant in selections:
             result["selection"] = selections[variant]
         if evaluate:
