@@ -39,7 +39,7 @@ figures hold for it.
 Paired rounds (each variant once per round from the same seed, order rotated), medians of the
 per-round ratios, with the 1-minute load average (the machine is shared).
 
-    python benchmarks/ais.py [--rounds 5] [--steps 30] [--points 100] [--threads 1 2]
+    python benchmarks/ais.py [--rounds 9] [--steps 30] [--points 100] [--threads 1 2]
                              [--recipes iwae_static iwae_static_2layer]
     python benchmarks/ais.py --smoke   # tiny network, 4 steps: seconds
 """
@@ -233,7 +233,7 @@ def measure(name: str, args, x: torch.Tensor, threads: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = parser(__doc__, rounds=5)
+    p = parser(__doc__, rounds=9)
     p.add_argument("--steps", type=int, default=30, help="T annealing steps")
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))

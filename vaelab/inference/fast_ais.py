@@ -26,19 +26,23 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from vaelab.inference.ais import AIS_BASE, LogJoint
+from vaelab.inference.ais import AIS_BASE, LogJoint, _Terms
 from vaelab.inference.fused_hierarchy import (
     covered,
+    diagonal_normal,
     encode_guide,
     guide_log_q,
+    log_normal,
     log_prior,
     prior_density,
 )
 
-__all__ = ["FusedLogJoint"]
+__all__ = ["FusedLogJoint", "normal_score"]
 
 
 class FusedLogJoint(LogJoint):
@@ -64,24 +68,70 @@ class FusedLogJoint(LogJoint):
                          sites if len(sites) > 1 else "z")
         self.vae, self.x = vae, x
         self.layered = len(sites) > 1 and covered(vae)
+        self.fused = self.layered or self.sites == ["z"]  # else the traced terms
+        g, q = vae.generative, vae.inference
         if self.layered:
-            g, q = vae.generative, vae.inference
             self.widths = list(g.latent_dims)  # the traced layout: z_1 … z_L, bottom first
-            with torch.no_grad():
-                self.log_p_top = prior_density(g.prior(None))  # log p(z_L), once
-                self.guide_enc = encode_guide(q, q.tx(x)) if base == "guide" else None
+        with torch.no_grad():
+            # log p(z) (of z_L with layers) decided once per batch: a learned prior's mixture
+            # (VampPrior's pseudo-input encoding) is not recomputed at every leapfrog step
+            p_top = g.prior(None) if self.fused else None
+            self.log_p_top = None if p_top is None else prior_density(p_top)
+            self.guide_enc = (encode_guide(q, q.tx(x)) if self.layered and base == "guide"
+                              else None)
+        normal = None if p_top is None or self.layered else diagonal_normal(p_top)
+        #: ``z → (log p(z), ∇ log p(z))`` in closed form for one site with a diagonal normal
+        #: prior (no backward pass through the prior), else ``None``
+        self.prior_score = None if normal is None else normal_score(*normal)
+
+    def __call__(self, z: torch.Tensor) -> _Terms:
+        """Both ends and their gradients at ``z (C, B, d)`` in one backward pass: each term
+        reads its own leaf copy of z, so one ``autograd.grad`` of their sum returns each term's
+        gradient separately (the traced :class:`LogJoint` runs one backward per term); a
+        diagonal normal prior's gradient in closed form."""
+        if not self.fused:
+            return super().__call__(z)
+        g = self.vae.generative
+        with torch.enable_grad():
+            z_lik = z.detach().requires_grad_(True)
+            if self.layered:
+                log_lik = self._log_lik(g.decoder(g.decoder_input(self._layers(z_lik))))
+            else:
+                log_lik = self._log_lik(g.decoder(g.latent.decoder_input(z_lik)))
+            terms, leaves = [log_lik], [z_lik]
+            if self.prior_score is None:
+                leaves.append(z.detach().requires_grad_(True))
+                terms.append(self._log_prior(leaves[-1]))
+            if self.base == "guide":
+                leaves.append(z.detach().requires_grad_(True))
+                terms.append(self.q_z.log_prob(leaves[-1]) if self.q_z is not None
+                             else self._guide_log_q(leaves[-1]))  # (C, B)
+            grads = torch.autograd.grad(torch.stack([t.sum() for t in terms]).sum(), leaves)
+        if self.prior_score is None:
+            log_prior, grad_prior = terms[1].detach(), grads[1]
+        else:
+            log_prior, grad_prior = self.prior_score(z)
+        log_fT, grad_fT = log_prior + log_lik.detach(), grad_prior + grads[0]
+        if self.base == "guide":
+            return _Terms(terms[-1].detach(), log_fT, grads[-1], grad_fT)
+        return _Terms(log_prior, log_fT, grad_prior, grad_fT)
+
+    def _log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) ``(C, B)`` (with layers: the top prior and every conditional)."""
+        assert self.log_p_top is not None
+        if self.layered:
+            return log_prior(self.vae, self._layers(z), self.log_p_top)
+        return self.log_p_top(z)
 
     def _model_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``log p(z), log p(x | z)``, each ``(C, B)``, differentiable in z."""
+        if not self.fused:
+            return super()._model_terms(z)
         g = self.vae.generative
         if self.layered:
-            zs = self._layers(z)
-            log_p = log_prior(self.vae, zs, self.log_p_top)  # (C, B)
-            return log_p, self._log_lik(g.decoder(g.decoder_input(zs)))
-        if self.sites != ["z"]:
-            return super()._model_terms(z)
-        log_p = g.prior(None).log_prob(z)  # (C, B)
-        return log_p, self._log_lik(g.decoder(g.latent.decoder_input(z)))
+            return self._log_prior(z), self._log_lik(g.decoder(g.decoder_input(
+                self._layers(z))))
+        return self._log_prior(z), self._log_lik(g.decoder(g.latent.decoder_input(z)))
 
     def _log_lik(self, params: torch.Tensor) -> torch.Tensor:
         """log p(x | z) ``(C, B)`` at the decoder's output ``params (C, B, ·)``."""
@@ -105,3 +155,19 @@ class FusedLogJoint(LogJoint):
         """``[z_1, …, z_L]`` of the joined z, each ``(C, B, d_l)`` and contiguous (a strided
         slice makes each linear layer a slower matmul and its backward another copy)."""
         return [v.contiguous() for v in z.split(self.widths, -1)]
+
+
+def normal_score(loc: torch.Tensor, scale: torch.Tensor
+                 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    r"""``z (..., d) → (log N(z; loc, diag scale²) (...), its gradient in z (..., d))``: with
+    :math:`u = (z - μ)/σ`, :math:`\log p = -\tfrac12 u \cdot u - \sum \log σ - \tfrac d2
+    \log 2π` and :math:`∇_z \log p = -u / σ` (for N(0, I): :math:`-z`)."""
+    if bool((loc == 0).all()) and bool((scale == 1).all()):
+        return lambda z: (log_normal(z, z.new_zeros(())), -z)
+    log_scale = scale.log().sum(-1)
+
+    def score(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = (z - loc) / scale
+        return log_normal(u, log_scale), -u / scale
+
+    return score

@@ -212,14 +212,23 @@ def _normal_log_prob(loc: Tensor, scale: Tensor, log_scale: Tensor, z: Tensor) -
     return log_normal((z - loc) / scale, log_scale.sum(-1))
 
 
+def diagonal_normal(p_top: Distribution) -> tuple[Tensor, Tensor] | None:
+    """``(loc, scale)`` of a diagonal normal prior (one event dimension), else ``None``."""
+    if not (isinstance(p_top, Independent) and type(p_top.base_dist) in (Normal, dist.Normal)
+            and p_top.reinterpreted_batch_ndims == 1):
+        return None
+    base = cast(Normal, p_top.base_dist)
+    return base.loc, base.scale
+
+
 def prior_density(p_top: Distribution) -> Callable[[Tensor], Tensor]:
     """``z (..., d) → log p(z) (...)`` of the prior ``p_top``, decided once (per batch, not per
     chunk or leapfrog step): :func:`log_normal` for a diagonal normal prior (a standard one
     without the standardizing pass), else the prior's own ``log_prob``."""
-    if not (isinstance(p_top, Independent) and type(p_top.base_dist) in (Normal, dist.Normal)
-            and p_top.reinterpreted_batch_ndims == 1):
+    normal = diagonal_normal(p_top)
+    if normal is None:
         return p_top.log_prob
-    loc, scale = cast(Normal, p_top.base_dist).loc, cast(Normal, p_top.base_dist).scale
+    loc, scale = normal
     if bool((loc == 0).all()) and bool((scale == 1).all()):
         return lambda z: log_normal(z, z.new_zeros(()))
     log_scale = scale.log().sum(-1)
