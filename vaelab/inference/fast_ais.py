@@ -50,10 +50,11 @@ class FusedLogJoint(LogJoint):
     terms skip the trace: for the VAE's one continuous latent site ``"z"`` (any prior, decoder
     and likelihood; the Bernoulli one as ``binary_cross_entropy_with_logits``, equal to float
     rounding), and for several Gaussian layers that
-    :func:`~vaelab.inference.fused_hierarchy.covered` accepts (z = [z_1, …, z_L], the top
-    prior computed once per batch; from the guide, its log q too); other models use the traced
-    terms. The base draw and the one-site guide's ``q(z | x)`` (``base = "guide"``) come from the
-    traced guide, once per batch.
+    :func:`~vaelab.inference.fused_hierarchy.covered` accepts (z = [z_1, …, z_L]; from the
+    guide, its log q too); other models use the traced terms. The (top) prior is built once
+    per batch, and a diagonal normal one's gradient is taken in closed form. The base draw
+    and the one-site guide's ``q(z | x)`` (``base = "guide"``) come from the traced guide,
+    once per batch.
 
     :param vae: a :class:`~vaelab.vae.VAE` with a continuous latent.
     :param x: the data batch, the ``args`` of :func:`~vaelab.inference.ais.ais`.
