@@ -26,8 +26,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
 
@@ -37,12 +35,12 @@ from vaelab.inference.fused_hierarchy import (
     diagonal_normal,
     encode_guide,
     guide_log_q,
-    log_normal,
     log_prior,
+    normal_score,
     prior_density,
 )
 
-__all__ = ["FusedLogJoint", "normal_score"]
+__all__ = ["FusedLogJoint"]
 
 
 class FusedLogJoint(LogJoint):
@@ -92,13 +90,9 @@ class FusedLogJoint(LogJoint):
         diagonal normal prior's gradient in closed form."""
         if not self.fused:
             return super().__call__(z)
-        g = self.vae.generative
         with torch.enable_grad():
             z_lik = z.detach().requires_grad_(True)
-            if self.layered:
-                log_lik = self._log_lik(g.decoder(g.decoder_input(self._layers(z_lik))))
-            else:
-                log_lik = self._log_lik(g.decoder(g.latent.decoder_input(z_lik)))
+            log_lik = self._log_lik_at(z_lik)
             terms, leaves = [log_lik], [z_lik]
             if self.prior_score is None:
                 leaves.append(z.detach().requires_grad_(True))
@@ -124,15 +118,12 @@ class FusedLogJoint(LogJoint):
             return log_prior(self.vae, self._layers(z), self.log_p_top)
         return self.log_p_top(z)
 
-    def _model_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``log p(z), log p(x | z)``, each ``(C, B)``, differentiable in z."""
-        if not self.fused:
-            return super()._model_terms(z)
+    def _log_lik_at(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) ``(C, B)`` at the joined ``z``, differentiable in z."""
         g = self.vae.generative
         if self.layered:
-            return self._log_prior(z), self._log_lik(g.decoder(g.decoder_input(
-                self._layers(z))))
-        return self._log_prior(z), self._log_lik(g.decoder(g.latent.decoder_input(z)))
+            return self._log_lik(g.decoder(g.decoder_input(self._layers(z))))
+        return self._log_lik(g.decoder(g.latent.decoder_input(z)))
 
     def _log_lik(self, params: torch.Tensor) -> torch.Tensor:
         """log p(x | z) ``(C, B)`` at the decoder's output ``params (C, B, ·)``."""
@@ -157,18 +148,3 @@ class FusedLogJoint(LogJoint):
         slice makes each linear layer a slower matmul and its backward another copy)."""
         return [v.contiguous() for v in z.split(self.widths, -1)]
 
-
-def normal_score(loc: torch.Tensor, scale: torch.Tensor
-                 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    r"""``z (..., d) → (log N(z; loc, diag scale²) (...), its gradient in z (..., d))``: with
-    :math:`u = (z - μ)/σ`, :math:`\log p = -\tfrac12 u \cdot u - \sum \log σ - \tfrac d2
-    \log 2π` and :math:`∇_z \log p = -u / σ` (for N(0, I): :math:`-z`)."""
-    if bool((loc == 0).all()) and bool((scale == 1).all()):
-        return lambda z: (log_normal(z, z.new_zeros(())), -z)
-    log_scale = scale.log().sum(-1)
-
-    def score(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        u = (z - loc) / scale
-        return log_normal(u, log_scale), -u / scale
-
-    return score

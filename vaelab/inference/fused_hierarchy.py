@@ -57,7 +57,8 @@ from vaelab.model.hierarchy import GaussianConditional
 from vaelab.model.networks import MLP
 
 __all__ = ["BatchEncoding", "GuideEncoding", "HierarchyPath", "covered", "encode_guide",
-           "guide_log_q", "hierarchy_path", "log_normal", "log_prior", "prior_density", "walk"]
+           "guide_log_q", "hierarchy_path", "log_normal", "log_prior", "normal_score",
+           "prior_density", "walk"]
 
 #: ``run(modules, u (..., in)) → (..., out)``: a network's modules applied in turn to u
 Run = Callable[[Sequence[nn.Module], Tensor], Tensor]
@@ -221,6 +222,15 @@ def diagonal_normal(p_top: Distribution) -> tuple[Tensor, Tensor] | None:
     return base.loc, base.scale
 
 
+def _standardizer(loc: Tensor, scale: Tensor
+                  ) -> tuple[Callable[[Tensor], Tensor], Tensor | None, Tensor]:
+    """``(z ↦ u = (z − μ)/σ, σ, Σ log σ)`` of a diagonal normal, decided once: for N(0, I)
+    the identity, ``None`` and 0 (no standardizing pass)."""
+    if bool((loc == 0).all()) and bool((scale == 1).all()):
+        return (lambda z: z), None, loc.new_zeros(())
+    return (lambda z: (z - loc) / scale), scale, scale.log().sum(-1)
+
+
 def prior_density(p_top: Distribution) -> Callable[[Tensor], Tensor]:
     """``z (..., d) → log p(z) (...)`` of the prior ``p_top``, decided once (per batch, not per
     chunk or leapfrog step): :func:`log_normal` for a diagonal normal prior (a standard one
@@ -228,11 +238,22 @@ def prior_density(p_top: Distribution) -> Callable[[Tensor], Tensor]:
     normal = diagonal_normal(p_top)
     if normal is None:
         return p_top.log_prob
-    loc, scale = normal
-    if bool((loc == 0).all()) and bool((scale == 1).all()):
-        return lambda z: log_normal(z, z.new_zeros(()))
-    log_scale = scale.log().sum(-1)
-    return lambda z: log_normal((z - loc) / scale, log_scale)
+    standardize, _, log_scale = _standardizer(*normal)
+    return lambda z: log_normal(standardize(z), log_scale)
+
+
+def normal_score(loc: Tensor, scale: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    r"""``z (..., d) → (log N(z; loc, diag scale²) (...), its gradient in z (..., d))``: with
+    :math:`u = (z - μ)/σ`, :math:`\log p = -\tfrac12 u \cdot u - \sum \log σ - \tfrac d2
+    \log 2π` and :math:`∇_z \log p = -u / σ` (for N(0, I): :math:`-z`), without a backward
+    pass."""
+    standardize, sigma, log_scale = _standardizer(loc, scale)
+
+    def score(z: Tensor) -> tuple[Tensor, Tensor]:
+        u = standardize(z)
+        return log_normal(u, log_scale), -u if sigma is None else -u / sigma
+
+    return score
 
 
 def log_prior(vae, zs: Sequence[Tensor], log_p_top: Callable[[Tensor], Tensor],
