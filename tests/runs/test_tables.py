@@ -144,6 +144,33 @@ def test_a_run_with_convergence_checks_gets_its_line_and_seeds_get_a_t_interval(
     assert f"+1.10 ± {half:.2f} (95 % t-interval, n = 3 seeds)" in text
 
 
+def _exported(folder: Path, variant: str, limit: int | None, log_px: list[float]) -> None:
+    """An exported iwae_static run, seed 0, scored on ``len(log_px)`` test points (``limit``)."""
+    run = folder / variant / "seed0"
+    run.mkdir(parents=True)
+    r = {**_discrete_result(0, -50.0), "recipe": "iwae_static", "variant": variant,
+         "format_version": 1, "is_points": {"file": "is_points.tsv", "split": "test",
+                                            "limit": limit, "columns": ["point", "log_px", "elbo"]}}
+    (run / "result.json").write_text(json.dumps(r))
+    (run / "is_points.tsv").write_text("# h\npoint\tlog_px\telbo\n" + "".join(
+        f"{i}\t{v:.4f}\t{2 * v:.4f}\n" for i, v in enumerate(log_px)))
+
+
+def test_a_row_on_every_test_image_pairs_with_one_on_a_spread_subset(tmp_path):
+    """The bake-off rescores its best rows on all test images and keeps the rest on 2000: a row
+    on all 10 points (log p̂ = image index) pairs with one on 4 spread points (images 0, 3, 6,
+    9; log p̂ = image index + 1) over those 4 images, +1.00 exactly (pairing by position would
+    give +4.00); two different partial subsets do not pair."""
+    _exported(tmp_path / "a", "iwae_k1", None, [float(i) for i in range(10)])
+    _exported(tmp_path / "a", "iwae_k5", 4, [i + 1.0 for i in (0, 3, 6, 9)])
+    text = paired_table([tmp_path / "a"])
+    assert "| iwae_static | iwae_k5 − iwae_k1 | +1.00 ± 0.00 (se) | +2.00 ± 0.00 (se) | 4 |" \
+        in text
+    _exported(tmp_path / "b", "iwae_k1", 5, [0.0] * 5)
+    _exported(tmp_path / "b", "iwae_k5", 4, [0.0] * 4)
+    assert paired_table([tmp_path / "b"]) == ""
+
+
 def test_export_refuses_a_machine_path(tmp_path):
     """A run whose result names a place on the machine (an override with an absolute path) is
     not exported: one line naming the value."""

@@ -29,7 +29,7 @@ from vaelab.data.errors import ChecksumError, DataError, DataUnavailableError, M
 from vaelab.data.files import RemoteFile, resolve_file
 from vaelab.data.preprocess import Preprocessor, bits_per_dim, check_binary
 from vaelab.data.splits import SPLITS, DataSplits
-from vaelab.data.subsets import spread_indices, subset_indices
+from vaelab.data.subsets import common_positions, spread_indices, subset_indices
 from vaelab.data.values import read_values
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "DataError",
     "DataSplits",
     "SPLITS",
+    "common_positions",
     "spread_indices",
     "subset_indices",
     "DataUnavailableError",

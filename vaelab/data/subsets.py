@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["spread_indices", "subset_indices"]
+__all__ = ["common_positions", "spread_indices", "subset_indices"]
 
 
 def spread_indices(n: int, limit: int | None) -> torch.Tensor:
@@ -28,6 +28,18 @@ def spread_indices(n: int, limit: int | None) -> torch.Tensor:
     if limit <= 0:
         raise ValueError(f"a subset needs a positive size, got {limit}")
     return torch.linspace(0, n - 1, limit, dtype=torch.float64).round().long()  # (limit,)
+
+
+def common_positions(n: int, limit_a: int | None, limit_b: int | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points of a split of ``n`` that both :func:`spread_indices` subsets hold, as their
+    positions in each: ``(pos_a, pos_b)``, ``(m,)`` each, in increasing order of the point, so
+    that ``values_a[pos_a]`` and ``values_b[pos_b]`` are the same ``m`` points. Two evaluations
+    of different ``eval.limit`` (2000 test images and all 10,000, say) pair on these."""
+    at = {j: i for i, j in enumerate(spread_indices(n, limit_a).tolist())}
+    pairs = [(at[j], i) for i, j in enumerate(spread_indices(n, limit_b).tolist()) if j in at]
+    return (torch.tensor([a for a, _ in pairs], dtype=torch.long),
+            torch.tensor([b for _, b in pairs], dtype=torch.long))
 
 
 def subset_indices(n: int, limit: int | None, rule: Literal["spread", "first"] = "spread"):

@@ -249,19 +249,16 @@ def ais_minus_is(run, ec_is, ec_ais, folder: Path, ais_folder: Path | None = Non
 
     :returns: ``mean``, ``stderr``, ``frac_ais_higher`` and ``num_points`` (only
         ``num_points = 0`` when no point was scored by both)."""
-    from vaelab.data.subsets import spread_indices
+    from vaelab.data.subsets import common_positions
 
     n = getattr(run.data, ec_is.split).shape[0]
     is_est = evaluate_in_blocks(run, ec_is, folder / "is")
     ais_est = evaluate_in_blocks(run, ec_ais, ais_folder or folder / "ais",
                                  block=ec_ais.block_size or AIS_BLOCK)
-    at = {j: i for i, j in enumerate(spread_indices(n, ec_is.limit).tolist())}
-    pairs = [(at[j], i) for i, j in enumerate(spread_indices(n, ec_ais.limit).tolist())
-             if j in at]
-    if not pairs:
+    at_is, at_ais = common_positions(n, ec_is.limit, ec_ais.limit)
+    if not at_is.numel():
         return {"num_points": 0}
-    d = (ais_est.log_px[[i for _, i in pairs]].double()
-         - is_est.log_px[[i for i, _ in pairs]].double())  # (m,)
+    d = ais_est.log_px[at_ais].double() - is_est.log_px[at_is].double()  # (m,)
     return {"mean": float(d.mean()), "stderr": float(d.std() / math.sqrt(d.numel())),
             "frac_ais_higher": float((d > 0).double().mean()), "num_points": d.numel()}
 

@@ -111,8 +111,10 @@ def _block_points(result: dict) -> tuple[dict, torch.Tensor, torch.Tensor] | Non
 
 def paired_table(folders: list[str | Path]) -> str:
     r"""Paired differences between the variants of each recipe, image by image on the test
-    images both scored: for each (variant, reference) of the recipe's ``paired`` list (default:
-    every variant against the first evaluated one, in the recipe's order), seed by seed, the
+    images both scored (:func:`_common_points`: a row on all test images pairs with one on a
+    spread subset, over the subset's images): for each (variant, reference) of the recipe's
+    ``paired`` list (default: every variant against the first evaluated one, in the recipe's
+    order), seed by seed, the
     mean of :math:`\log \hat p_v(x_n) - \log \hat p_{ref}(x_n)`
     (IS) and of the ELBO difference with their standard errors over the images (with several
     seeds: the mean ± sd of the per-seed means). Much tighter than the difference of two rows:
@@ -134,14 +136,37 @@ def paired_table(folders: list[str | Path]) -> str:
                 a = _is_points(r) if v == variant else None
                 other = every.get((ref_recipe, ref_variant, seed))
                 b = _is_points(other) if a and other else None
-                if a and b and a[0] == b[0]:
-                    per_seed.append([a[1] - b[1], a[2] - b[2]])  # (N,) each
+                at = _common_points(a, b) if a and b else None
+                if at is not None:
+                    pa, pb = at
+                    per_seed.append([a[1][pa] - b[1][pb], a[2][pa] - b[2][pb]])  # (m,) each
             if not per_seed:
                 continue
             cells = [_paired_cell([d[i] for d in per_seed]) for i in (0, 1)]
             lines.append(f"| {name} | {variant} − {ref} | {cells[0]} | {cells[1]} | "
                          f"{per_seed[0][0].numel()} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def _common_points(a: tuple, b: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Where two runs' IS points (:func:`_is_points`) hold the same test images, their
+    positions in each (:func:`~vaelab.data.subsets.common_positions`): every point when both
+    scored the same subset, the smaller subset's images when one scored the whole split (its
+    size is then that run's number of points: a row rescored on all 10,000 test images pairs
+    with one scored on 2000); None for another split, or two different partial subsets."""
+    from vaelab.data.subsets import common_positions
+
+    (sa, va, _), (sb, vb, _) = a, b
+    if sa["split"] != sb["split"]:
+        return None
+    if sa["limit"] == sb["limit"]:
+        every = torch.arange(va.numel())
+        return (every, every) if va.numel() == vb.numel() else None
+    whole = [r.numel() for s, r in ((sa, va), (sb, vb)) if s["limit"] is None]
+    if not whole:
+        return None
+    pa, pb = common_positions(whole[0], sa["limit"], sb["limit"])
+    return (pa, pb) if pa.numel() == min(va.numel(), vb.numel()) else None
 
 
 def _paired_cell(diffs: list[torch.Tensor]) -> str:
