@@ -137,7 +137,7 @@ def paired_table(folders: list[str | Path]) -> str:
                 other = every.get((ref_recipe, ref_variant, seed))
                 b = _is_points(other) if a and other else None
                 at = _common_points(a, b) if a and b else None
-                if at is not None:
+                if a and b and at is not None:
                     pa, pb = at
                     per_seed.append([a[1][pa] - b[1][pb], a[2][pa] - b[2][pb]])  # (m,) each
             if not per_seed:
