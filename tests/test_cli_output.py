@@ -321,6 +321,17 @@ def test_list_recipes_states_the_measured_cost(tmp_path, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("vampprior:"))
     assert f"about {360.0 * epochs / 3600 + 1.0:.1f} h per run" in line, line
     assert "x86_64, 2 thread(s)" in line and "1 measured run(s)" in line
+    # an exported grid member (the repository's layout): its 200 epochs and its grid's three
+    # screens of 40 epochs at 10 s an epoch, plus IS: (200 + 3 x 40) x 10 + 400 s = 1.0 h
+    member = tmp_path / "exported" / "paulus2021" / "graph_lr@lr=1e-06" / "seed0"
+    member.mkdir(parents=True)
+    (member / "result.json").write_text(json.dumps({
+        "format_version": 1, "recipe": "paulus2021", "variant": "graph_lr@lr=1e-06",
+        "machine": "x86_64, 1 thread(s)", "overrides": [],
+        "budget": {"epochs": 200, "train_wall_s": 2000.0}, "is": {"wall_s": 400.0}}))
+    assert main(["reproduce", "--list-recipes", "--out", str(tmp_path / "exported")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("paulus2021:"))
+    assert "about 1.0 h per run" in line and "1 measured run(s)" in line, line
 
 
 def test_reproduce_help_documents_the_small_run(capsys):

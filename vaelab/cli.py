@@ -820,7 +820,8 @@ def _cmd_reproduce(args) -> int:
                   f"budget: {r.meta.get('budget', '?')}; {rp.cost_estimate(name, args.out)}")
         if args.out is None:
             print("(costs are measured from finished runs: --list-recipes --out DIR reads the "
-                  "recipe folders under DIR)")
+                  "recipe folders under DIR, or runs exported there, e.g. --out "
+                  "experiments/results/reproduce in the repository)")
         return 0
     if args.plot and not args.table:
         raise ValueError("--plot PATH goes with --table DIR...")

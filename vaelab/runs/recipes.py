@@ -137,6 +137,10 @@ class Recipe:
         """The variant names of grid ``grid``'s members, in the recipe's order."""
         return [member_name(grid, m) for m in self.table.grids[grid].members]
 
+    def grid_of(self, variant: str) -> Grid | None:
+        """The grid whose member ``variant`` is (``GRID@...``), or None."""
+        return self.table.grids.get(_grid_of(variant))
+
     def published(self, variant: str) -> float | None:
         """The published figure of ``variant`` (a grid member: its grid's)."""
         return self.table.published.get(variant, self.table.published.get(_grid_of(variant)))

@@ -273,21 +273,27 @@ _TIMED_STAGES = ("is", "paper_metric", "ais", "ais_vs_is", "bdmc")
 
 def cost_estimate(name: str, folder: str | Path | None = None) -> str:
     """What one run (variant × seed) of recipe ``name`` costs at the recipe's own budget, from
-    the runs measured on this machine under ``folder`` (a recipe folder ``DIR/VARIANT/seedS``,
-    or a folder of recipe folders): the training time per epoch times the recipe's epochs (an
-    upper bound where early stopping applies), plus the evaluation stages as measured (a run
-    that shrank them with ``--set`` is measured at its own size). "not measured here" when no
-    run of the recipe is there."""
+    the runs measured under ``folder``: a recipe folder ``DIR/VARIANT/seedS``, a folder of
+    recipe folders, or the runs exported from them (``--export``, e.g. the repository's
+    ``experiments/results/reproduce``, whose ``result.json`` keep the times and the machine):
+    the training time per epoch times the recipe's epochs (an upper bound where early stopping
+    applies; for a grid's member, its grid's screening runs too), plus the evaluation stages as
+    measured (a run that shrank them with ``--set`` is
+    measured at its own size). "not measured here" when no run of the recipe is there."""
     recipe = load_recipe(name)
     found = []
     if folder is not None:
-        for pattern in ("*/seed*/reproduce/result.json", "*/*/seed*/reproduce/result.json"):
+        for pattern, exported in (("*/seed*/reproduce/result.json", False),
+                                  ("*/*/seed*/reproduce/result.json", False),
+                                  ("*/seed*/result.json", True),
+                                  ("*/*/seed*/result.json", True)):
             for path in sorted(Path(folder).glob(pattern)):
                 try:
                     got = json.loads(path.read_text())
                 except (OSError, ValueError):
                     continue
-                if isinstance(got, dict) and got.get("recipe") == name:
+                if (isinstance(got, dict) and got.get("recipe") == name
+                        and ("format_version" in got) == exported):
                     found.append(got)
     hours = []
     for got in found:
@@ -295,8 +301,12 @@ def cost_estimate(name: str, folder: str | Path | None = None) -> str:
         epochs = budget.get("epochs") or 0
         if not epochs or budget.get("train_wall_s") is None:
             continue
-        planned = recipe.config(got["variant"]).train.epochs
-        seconds = budget["train_wall_s"] / epochs * planned
+        per_epoch = budget["train_wall_s"] / epochs
+        seconds = per_epoch * recipe.config(got["variant"]).train.epochs
+        grid = recipe.grid_of(got["variant"])
+        if grid is not None and grid.screen:  # a grid's selected member: its screens too
+            screen = recipe.config(got["variant"], 0, grid.screen).train.epochs
+            seconds += per_epoch * screen * len(grid.members)
         seconds += sum((got.get(k) or {}).get("wall_s") or 0.0 for k in _TIMED_STAGES)
         hours.append((seconds / 3600, got.get("machine", "?"), got.get("overrides") or []))
     if not hours:
@@ -306,4 +316,4 @@ def cost_estimate(name: str, folder: str | Path | None = None) -> str:
         str(o).startswith(("eval.", "recipe.")) for _, _, ov in hours for o in ov) else ""
     return (f"cost: about {mean:.1f} h per run (variant x seed) on {hours[0][1]}, from "
             f"{len(hours)} measured run(s) in {folder}: training per epoch x the recipe's "
-            f"epochs, plus the evaluation stages{shrunk}")
+            f"epochs (and a grid's screens), plus the evaluation stages{shrunk}")
