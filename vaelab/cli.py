@@ -310,6 +310,9 @@ def _add_reproduce(sub) -> None:
                    help="recipe name (omit with --list-recipes)")
     p.add_argument("--out", help="folder of the recipe's runs (OUT/VARIANT/seedS)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per variant")
+    p.add_argument("--first-seed", type=int, default=0, metavar="S",
+                   help="skip the first S seeds: train seeds S .. S+N-1 (of --seeds N), e.g. "
+                        "--first-seed 1 --seeds 2 beside a seed 0 exported to the repository")
     p.add_argument("--variant", action="append", default=[],
                    help="variant to run (repeatable; default: all); a grid's name trains its "
                         "members and evaluates the one the validation set selects")
@@ -836,6 +839,8 @@ def _cmd_reproduce(args) -> int:
         raise ValueError("give a recipe and --out DIR (or --list-recipes, --table DIR...)")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
     recipe = rp.load_recipe(args.recipe)
     for v in args.variant:  # an unknown variant fails before anything runs
         recipe.config(recipe.table.grids[v].base if v in recipe.table.grids else v)
@@ -844,10 +849,11 @@ def _cmd_reproduce(args) -> int:
     if not args.train_only:
         tip = rp.faster_command(args.recipe, args.out, args.variant, args.overrides, args.seeds,
                                 cores=os.cpu_count() or 1, load=os.getloadavg()[0],
-                                world_size=World.from_env().size)
+                                world_size=World.from_env().size, first_seed=args.first_seed)
         if tip:
             _say(f"note: {tip}")
-    rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, variants=args.variant or None,
+    rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, first_seed=args.first_seed,
+                        variants=args.variant or None,
                         overrides=rp.parse_overrides(args.overrides),
                         evaluate=not args.train_only, progress=_bars(args), say=_say)
     if World.from_env().is_main:  # under torchrun, rank 0 reports

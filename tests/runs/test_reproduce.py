@@ -512,7 +512,19 @@ def test_paired_table_is_the_per_image_difference_of_two_variants(tmp_path, caps
     assert "two runs of iwae_static / iwae_k1, seed 0" in capsys.readouterr().err
 
 
-def test_chart_is_the_table_of_seeds_and_is_drawn(tmp_path, capsys):
+def test_first_seed_trains_only_the_later_seeds(tmp_path, capsys):
+    """``--first-seed 1 --seeds 1`` (more seeds beside an exported seed 0) trains seed 1 alone,
+    in ``seed1/`` with ``train.seed = 1``; a negative one is refused in one line (exit 2)."""
+    rows = reproduce("gumbel_softmax", tmp_path, variants=["gumbel"], seeds=1, first_seed=1,
+                     overrides=[*TINY, "eval.limit=20"], evaluate=False)
+    assert [r["seed"] for r in rows] == [1]
+    assert sorted(p.name for p in (tmp_path / "gumbel").iterdir()) == ["seed1"]
+    assert "seed = 1" in (tmp_path / "gumbel" / "seed1" / "config.toml").read_text()
+    assert main(["reproduce", "gumbel_softmax", "--out", str(tmp_path), "--first-seed", "-1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--first-seed must be at least 0, got -1")
+
+
+
     """The chart's row is the table's: the relaxed Gumbel row's headline is the discrete
     model's one-hot ELBO of the first m draws of the IS pass (here m = K = 20), as the mean of
     its 2 seeds ± the sd of the two values (the table's cell), never the relaxed-sample figure,
@@ -639,6 +651,8 @@ def test_reproduce_names_the_faster_command_only_when_it_is_the_machines_only_jo
                             cores=4, load=0.0)
     assert "--out 'my runs' --set 'guide.family={name = \"x\"}' --train-only`" in quoted
     assert "--nproc_per_node=4" in quoted
+    assert "--seeds 2 --first-seed 1 --train-only`" in faster_command(
+        "iwae_static", "d", [], [], 2, cores=2, load=0.1, first_seed=1)
     assert faster_command("iwae_static", "d", [], [], 1, cores=2, load=ALONE_BELOW) is None
     assert faster_command("iwae_static", "d", [], [], 1, cores=1, load=0.0) is None
     assert faster_command("iwae_static", "d", [], [], 1, cores=2, load=0.0, world_size=2) is None

@@ -59,7 +59,8 @@ ALONE_BELOW = 0.5
 
 
 def faster_command(name: str, out: str | Path, variants: list[str], overrides: list[str],
-                   seeds: int, *, cores: int, load: float, world_size: int = 1) -> str | None:
+                   seeds: int, *, cores: int, load: float, world_size: int = 1,
+                   first_seed: int = 0) -> str | None:
     """The faster way to score a recipe when this command is the machine's only job, or None.
 
     ``vaelab reproduce`` keeps one thread (a recipe's ``train.num_threads = 1``) so that two long
@@ -76,6 +77,7 @@ def faster_command(name: str, out: str | Path, variants: list[str], overrides: l
     args = f"{name} --out {shlex.quote(str(out))}" + "".join(f" --variant {v}" for v in variants)
     args += "".join(f" --set {shlex.quote(o)}" for o in overrides)
     args += f" --seeds {seeds}" if seeds != 1 else ""
+    args += f" --first-seed {first_seed}" if first_seed else ""
     return (f"this is the only job on {cores} cores (load {load:.2f}): the evaluation stages run "
             f"faster as {cores} processes of one thread (docs/scaling.md): "
             f"`vaelab reproduce {args} --train-only`, then "
@@ -103,6 +105,7 @@ def reproduce(
     out: str | Path,
     *,
     seeds: int = 1,
+    first_seed: int = 0,
     variants: list[str] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     evaluate: bool = True,
@@ -113,6 +116,9 @@ def reproduce(
     write ``out/reproduce.md`` and each run's ``reproduce/result.json``.
 
     :param seeds: seeds per variant: ``train.seed``, ``train.seed + 1``, ...
+    :param first_seed: skip the first ``first_seed`` of them: seeds ``train.seed + first_seed``
+        … ``train.seed + first_seed + seeds − 1`` (more seeds beside runs that exist elsewhere,
+        e.g. exported to the repository).
     :param variants: the variants to run (default: all of the recipe's).
     :param overrides: ``KEY=VALUE`` applied last (e.g. a smaller budget, stated in the table as
         the budget reached).
@@ -139,7 +145,8 @@ def reproduce(
         sel = select_on_validation(recipe, v, out, overrides, tell)
         selections[sel["selected"]] = sel
     variants = [selections_of(selections, v) for v in variants]
-    for i, (variant, s) in enumerate((v, s) for v in variants for s in range(seeds)):
+    offsets = range(first_seed, first_seed + seeds)
+    for i, (variant, s) in enumerate((v, s) for v in variants for s in offsets):
         cfg = recipe.config(variant, s, overrides)
         run_dir = out / variant / f"seed{cfg.train.seed}"
         resume = latest_commit(run_dir) is not None
