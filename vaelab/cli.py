@@ -313,6 +313,10 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--first-seed", type=int, default=0, metavar="S",
                    help="skip the first S seeds: train seeds S .. S+N-1 (of --seeds N), e.g. "
                         "--first-seed 1 --seeds 2 beside a seed 0 exported to the repository")
+    p.add_argument("--members-from", default=None, metavar="DIR",
+                   help="exported runs (--export's DEST, e.g. experiments/results/reproduce): "
+                        "grid members its selection records hold, trained elsewhere with the "
+                        "same settings, are not trained again")
     p.add_argument("--variant", action="append", default=[],
                    help="variant to run (repeatable; default: all); a grid's name trains its "
                         "members and evaluates the one the validation set selects")
@@ -841,6 +845,9 @@ def _cmd_reproduce(args) -> int:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     if args.first_seed < 0:
         raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
+    if args.members_from is not None and not Path(args.members_from).is_dir():
+        raise ValueError(f"--members-from {args.members_from}: no such folder (the DEST of "
+                         "--export, e.g. experiments/results/reproduce)")
     recipe = rp.load_recipe(args.recipe)
     for v in args.variant:  # an unknown variant fails before anything runs
         recipe.config(recipe.table.grids[v].base if v in recipe.table.grids else v)
@@ -853,7 +860,7 @@ def _cmd_reproduce(args) -> int:
         if tip:
             _say(f"note: {tip}")
     rows = rp.reproduce(args.recipe, args.out, seeds=args.seeds, first_seed=args.first_seed,
-                        variants=args.variant or None,
+                        variants=args.variant or None, members_from=args.members_from,
                         overrides=rp.parse_overrides(args.overrides),
                         evaluate=not args.train_only, progress=_bars(args), say=_say)
     if World.from_env().is_main:  # under torchrun, rank 0 reports

@@ -375,6 +375,52 @@ def test_a_screened_grid_selects_on_short_runs_and_trains_the_selected_member_in
     assert len(read_metrics(tmp_path / row["variant"] / "seed0")) == 2  # TINY's full 2 epochs
 
 
+def test_grid_members_recorded_in_an_export_are_not_trained_again(tmp_path, monkeypatch,
+                                                                   capsys):
+    """A grid's members trained on one machine (its selection record, written after every
+    member, exported beside the runs) are taken from the record on another (``--members-from``):
+    no screen is trained again, the same member is selected and trained in full; a member
+    whose recorded settings differ, or that had not finished, is trained again."""
+    from vaelab.runs import recipes as rp
+    from vaelab.runs.tables import export_runs
+
+    real = rp.load_recipe("iwae_static")
+    meta = {**real.meta, "grids": {"lr": {"base": "iwae_k1", "screen": ["train.epochs=1"],
+                                          "members": [["train.lr=1e-3"], ["train.lr=3e-4"]]}}}
+    fake = rp.Recipe("iwae_static", meta, real.raw)
+    monkeypatch.setattr("vaelab.runs.reproduce.load_recipe", lambda name: fake)
+    a, b = fake.grid_members("lr")
+    sets = [*TINY, "recipe.ais.points=0", "recipe.bdmc.points=0"]
+    reproduce("iwae_static", tmp_path / "one", variants=["lr"], overrides=sets, evaluate=False)
+    first = json.loads((tmp_path / "one" / "lr.selection.json").read_text())
+    assert first["recipe"] == "iwae_static" and first["selected"] in (a, b)
+    assert all(first["members"][m]["finished"] and len(first["members"][m]["settings_sha256"])
+               == 64 for m in (a, b))
+    assert export_runs(tmp_path / "export", [tmp_path / "one"]) == [
+        tmp_path / "export" / "iwae_static" / "lr.selection.json"]
+
+    [row] = reproduce("iwae_static", tmp_path / "two", variants=["lr"], overrides=sets,
+                      evaluate=False, members_from=tmp_path / "export")
+    assert not (tmp_path / "two" / "screen").exists()  # no member trained again
+    again = json.loads((tmp_path / "two" / "lr.selection.json").read_text())
+    assert again == first and row["variant"] == first["selected"]
+    assert (tmp_path / "two" / first["selected"] / "seed0" / "metrics.jsonl").is_file()
+
+    record = tmp_path / "export" / "iwae_static" / "lr.selection.json"
+    edited = json.loads(record.read_text())
+    edited["members"][a]["settings_sha256"] = "0" * 64  # trained with other settings
+    edited["members"][b]["finished"] = False  # stopped before its budget
+    record.write_text(json.dumps(edited))
+    reproduce("iwae_static", tmp_path / "three", variants=["lr"], overrides=sets,
+              evaluate=False, members_from=tmp_path / "export")
+    assert {p.name for p in (tmp_path / "three" / "screen").iterdir()} == {a, b}
+    from vaelab.cli import main as cli
+
+    assert cli(["reproduce", "iwae_static", "--out", str(tmp_path / "four"), "--members-from",
+                str(tmp_path / "nowhere")]) == 2
+    assert "--members-from" in capsys.readouterr().err
+
+
 def test_paulus2021_grids_one_per_estimator_screened_at_10000_steps():
     """[P21] every estimator's learning rate chosen on validation: one grid per variant, 3
     learning rates, screened at 40 epochs × 250 steps = 10,000 steps, the full run at 50,000."""

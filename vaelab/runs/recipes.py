@@ -28,8 +28,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vaelab.config import ConfigError, RunConfig
 from vaelab.resolve import apply_overrides, parse_value, resolve
 
-__all__ = ["ChainSettings", "Grid", "Recipe", "RecipeTable", "load_recipe", "member_name",
-           "parse_overrides", "recipe_names", "with_recipe_overrides"]
+__all__ = ["SELECTION_SUFFIX", "ChainSettings", "Grid", "Recipe", "RecipeTable", "load_recipe",
+           "member_name", "parse_overrides", "recipe_names", "selection_file",
+           "with_recipe_overrides"]
+
+#: a grid's selection record is ``GRID`` + this, in the recipe folder and in its export
+SELECTION_SUFFIX = ".selection.json"
+
+
+def selection_file(grid: str) -> str:
+    """The name of grid ``grid``'s selection record (members, their validation scores, the
+    selected one), in the recipe folder and beside its exported runs."""
+    return f"{grid}{SELECTION_SUFFIX}"
 
 
 class ChainSettings(BaseModel):

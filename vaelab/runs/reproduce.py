@@ -42,6 +42,7 @@ from vaelab.runs.recipes import (
     load_recipe,
     parse_overrides,
     recipe_names,
+    selection_file,
     with_recipe_overrides,
 )
 from vaelab.runs.stages import ais_minus_is, evaluate_in_blocks, evaluate_run
@@ -107,6 +108,7 @@ def reproduce(
     seeds: int = 1,
     first_seed: int = 0,
     variants: list[str] | None = None,
+    members_from: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     evaluate: bool = True,
     progress: bool = False,
@@ -120,6 +122,9 @@ def reproduce(
         … ``train.seed + first_seed + seeds − 1`` (more seeds beside runs that exist elsewhere,
         e.g. exported to the repository).
     :param variants: the variants to run (default: all of the recipe's).
+    :param members_from: a folder of exported runs (``--export``'s ``DEST``) whose grid
+        selection records name members already trained, elsewhere or in an earlier session
+        (:func:`recorded_members`): those are not trained again.
     :param overrides: ``KEY=VALUE`` applied last (e.g. a smaller budget, stated in the table as
         the budget reached).
     :param evaluate: also evaluate (else train only).
@@ -142,7 +147,8 @@ def reproduce(
     overrides = [f"train.progress={str(progress).lower()}", *overrides]
     selections = {}
     for v in [v for v in variants if v in recipe.table.grids]:
-        sel = select_on_validation(recipe, v, out, overrides, tell)
+        sel = select_on_validation(recipe, v, out, overrides, tell,
+                                   recorded_members(members_from, name, v))
         selections[sel["selected"]] = sel
     variants = [selections_of(selections, v) for v in variants]
     offsets = range(first_seed, first_seed + seeds)
@@ -184,50 +190,84 @@ def selections_of(selections: dict[str, dict], variant: str) -> str:
     return next((m for m, sel in selections.items() if sel["grid"] == variant), variant)
 
 
+def recorded_members(folder: str | Path | None, recipe: str, grid: str) -> dict[str, dict]:
+    """The members of ``grid`` that a selection record holds: ``folder/RECIPE/GRID.selection.json``
+    (what ``--export`` writes beside the runs; ``{}`` without one). A member recorded with its
+    settings' digest (:func:`~vaelab.runs.resume.settings_digest`) and ``finished`` is not
+    trained again by :func:`select_on_validation` when its settings are unchanged."""
+    path = None if folder is None else Path(folder) / recipe / selection_file(grid)
+    if path is None or not path.is_file():
+        return {}
+    got = json.loads(path.read_text())
+    return dict(got.get("members") or {}) if got.get("grid") == grid else {}
+
+
 def select_on_validation(recipe: Recipe, grid: str, out: Path, overrides: list[str],
-                         tell: Callable[[str], None]) -> dict:
+                         tell: Callable[[str], None],
+                         recorded: dict[str, dict] | None = None) -> dict:
     """Train (resuming) every member of ``grid`` at the recipe's first seed, and select the
     one with the best validation score (:func:`~vaelab.runs.resume.valid_score`: the K-sample
     bound where ``train.valid_particles`` > 1, else the ELBO) over its epochs; no test point
     is read. With the grid's ``screen`` overrides, the members are screening runs under
     ``out/screen/`` and the selected one is then trained at the full budget by the caller.
-    Writes ``out/GRID.selection.json``.
+    Writes ``out/GRID.selection.json`` after every member (``selected`` is null until the
+    last), so that a grid's members can be trained over several sessions or machines.
 
-    :returns: ``grid``, ``note``, ``score`` (the validation score's name), ``members`` (name →
-        its best validation score and epoch) and ``selected``."""
+    :param recorded: members from an earlier record (:func:`recorded_members`): one whose
+        digest equals its settings' now and that ``finished`` its budget is taken from the
+        record, not trained again (the caller trains the selected one if its folder is gone).
+    :returns: ``recipe``, ``grid``, ``note``, ``score`` (the validation score's name),
+        ``members`` (name → its best validation score and epoch, whether it finished, the
+        digest of its settings) and ``selected``."""
     from vaelab.runs.folder import latest_commit
-    from vaelab.runs.resume import valid_score
+    from vaelab.runs.resume import settings_digest, valid_score
     from vaelab.runs.stepper import NonFiniteLossError
     from vaelab.runs.train import train
 
     members: dict[str, dict] = {}
     names = recipe.grid_members(grid)
     screen = recipe.table.grids[grid].screen
+    score = "valid_bound" if recipe.config(names[0], 0, overrides).train.valid_particles > 1 \
+        else "valid_elbo"
+    sel = {"recipe": recipe.name, "grid": grid, "note": recipe.table.grids[grid].note,
+           "score": score, "screen": screen, "members": members, "selected": None}
     for j, member in enumerate(names):
         cfg = recipe.config(member, 0, [*overrides, *screen])
+        digest = settings_digest(cfg)
         run_dir = (out / "screen" if screen else out) / member / f"seed{cfg.train.seed}"
+        known = (recorded or {}).get(member) or {}
+        if known.get("settings_sha256") == digest and (known.get("finished")
+                                                       or "diverged" in known):
+            members[member] = known
+            tell(f"grid {grid}, member {j + 1}/{len(names)}: {member}: taken from the record "
+                 + ("(diverged)" if "diverged" in known else
+                    f"({score} {known['valid_score']:.2f}, epoch {known['best_epoch']})")
+                 + ", not trained again")
+            continue
         tell(f"grid {grid}, member {j + 1}/{len(names)}: {member} ({run_dir}): training, "
              f"{_epochs(cfg.train.epochs)}, for the selection on validation")
         try:
             train(cfg, run_dir, resume=latest_commit(run_dir) is not None)
         except NonFiniteLossError as err:  # a diverged member is recorded, never selected
-            members[member] = {"diverged": str(err).split("\n")[0]}
+            members[member] = {"diverged": str(err).split("\n")[0], "settings_sha256": digest}
             tell(f"grid {grid}: {member} diverged ({members[member]['diverged']}); left out")
-            continue
-        best = max(read_metrics(run_dir), key=valid_score)
-        members[member] = {"valid_score": valid_score(best), "best_epoch": best["epoch"]}
+        else:
+            history = read_metrics(run_dir)
+            best = max(history, key=valid_score)
+            members[member] = {"valid_score": valid_score(best), "best_epoch": best["epoch"],
+                               "finished": _budget_reached(cfg, history)["finished"],
+                               "settings_sha256": digest}
+        atomic_write_text(out / selection_file(grid), json.dumps(json_safe(sel), indent=1))
     finite = [m for m in members if "valid_score" in members[m]]
     if not finite:
         raise NonFiniteLossError(f"grid {grid}: every member diverged; see {out}")
     selected = max(finite, key=lambda m: members[m]["valid_score"])
-    score = "valid_bound" if recipe.config(names[0], 0, overrides).train.valid_particles > 1 \
-        else "valid_elbo"
-    sel = {"grid": grid, "note": recipe.table.grids[grid].note, "score": score,
-           "screen": screen, "members": members, "selected": selected}
+    sel["selected"] = selected
+    out.mkdir(parents=True, exist_ok=True)  # every member may have come from the record
     tell(f"grid {grid}: selected {selected} (best {score} "
          f"{members[selected]['valid_score']:.2f} of {len(finite)} finite members of "
          f"{len(members)})")
-    atomic_write_text(out / f"{grid}.selection.json", json.dumps(json_safe(sel), indent=1))
+    atomic_write_text(out / selection_file(grid), json.dumps(json_safe(sel), indent=1))
     return sel
 
 

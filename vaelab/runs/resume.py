@@ -10,11 +10,14 @@ left, and yields the commit to resume from (:mod:`vaelab.runs.folder`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vaelab.config import RunConfig, to_dict
 from vaelab.notes import note
@@ -29,7 +32,7 @@ from vaelab.runs.folder import (
 )
 
 __all__ = ["RESUMABLE_KEYS", "Progress", "check_folder", "check_resume", "saved_best_model",
-           "valid_score", "writing"]
+           "settings_digest", "trained_settings", "valid_score", "writing"]
 
 #: settings that may change when a run is resumed (extend it, watch it, run it elsewhere, log
 #: it); ``section.*`` stands for every key of a section
@@ -96,18 +99,26 @@ class Progress:
                    state["best_epoch"], state["stale_epochs"])
 
 
+def trained_settings(cfg: dict) -> dict[str, Any]:
+    """The settings of a config (:func:`~vaelab.config.to_dict`) that decide what its training
+    computes, as dotted key → value: every key but :data:`RESUMABLE_KEYS` and the [eval]
+    section, i.e. what a resumed run may not change."""
+    return {f"{section}.{key}": value
+            for section, table in cfg.items() if section not in ("eval", "version", "plugins")
+            for key, value in table.items() if not _resumable(f"{section}.{key}")}
+
+
+def settings_digest(cfg: RunConfig) -> str:
+    """SHA-256 of :func:`trained_settings`: equal for two configs that train the same run (a
+    grid member recorded in one session is recognised in another)."""
+    text = json.dumps(trained_settings(to_dict(cfg)), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _config_changes(saved: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ, ignoring :data:`RESUMABLE_KEYS` and the [eval] section."""
-    out = []
-    for section in saved.keys() | new.keys():
-        if section in ("eval", "version", "plugins"):
-            continue
-        a, b = saved.get(section, {}), new.get(section, {})
-        for key in a.keys() | b.keys():
-            name = f"{section}.{key}"
-            if not _resumable(name) and a.get(key) != b.get(key):
-                out.append(name)
-    return sorted(out)
+    a, b = trained_settings(saved), trained_settings(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def _resumable(name: str) -> bool:

@@ -38,8 +38,14 @@ from pathlib import Path
 import torch
 
 from vaelab.runs.convergence import CONVERGENCE_FILE, convergence_table
-from vaelab.runs.export import EXPORT_FORMAT, POINTS_FILE, read_points, write_export
-from vaelab.runs.recipes import Recipe, load_recipe
+from vaelab.runs.export import (
+    EXPORT_FORMAT,
+    POINTS_FILE,
+    machine_paths,
+    read_points,
+    write_export,
+)
+from vaelab.runs.recipes import SELECTION_SUFFIX, Recipe, load_recipe
 from vaelab.runs.stats import across_seeds, stat, t_interval
 
 __all__ = ["BEGIN", "END", "EXPORT_FORMAT", "chart_rows", "export_runs", "missing_figures",
@@ -392,11 +398,25 @@ def export_runs(dest: str | Path, folders: list[str | Path]) -> list[Path]:
     """Write the small results of every evaluated run under the recipe folders ``folders`` to
     ``dest/RECIPE/VARIANT/seedS/``: ``config.toml`` (the resolved config), ``metrics.jsonl``,
     ``result.json`` (without ``run_dir``, with ``format_version`` and ``is_points``) and
-    :data:`POINTS_FILE`; no checkpoints. A run whose IS stage is incomplete is left out.
+    :data:`POINTS_FILE`; no checkpoints. A run whose IS stage is incomplete is left out. Each
+    grid's selection record (``GRID.selection.json``, complete or still growing) goes to
+    ``dest/RECIPE/``, whence ``--members-from`` reads the members it holds.
 
-    :returns: the folders written.
+    :returns: the folders (and selection records) written.
     :raises ValueError: a file would carry a machine path (named, in one line)."""
     written = []
+    for folder in folders:
+        for path in sorted(Path(folder).glob(f"*{SELECTION_SUFFIX}")):
+            sel = json.loads(path.read_text())
+            if "recipe" not in sel:  # a record from before it named its recipe
+                continue
+            found = machine_paths(sel, path.name)
+            if found:
+                raise ValueError(f"{path}: would export a machine path, {found[0]}")
+            target = Path(dest) / sel["recipe"] / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(sel, indent=1) + "\n")
+            written.append(target)
     for r in _results([Path(f) for f in folders]):
         points = None if "format_version" in r else _block_points(r)
         if points is None:
