@@ -801,6 +801,25 @@ def _cmd_report(args) -> int:
 COMMANDS["report"] = _cmd_report
 
 
+def _check_run_args(args) -> None:
+    """``vaelab reproduce RECIPE``'s arguments, each bad one refused in one line before anything
+    runs (an unknown variant included)."""
+    from vaelab.runs import reproduce as rp
+
+    if args.recipe is None or args.out is None:
+        raise ValueError("give a recipe and --out DIR (or --list-recipes, --table DIR...)")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
+    if args.members_from is not None and not Path(args.members_from).is_dir():
+        raise ValueError(f"--members-from {args.members_from}: no such folder (the DEST of "
+                         "--export, e.g. experiments/results/reproduce)")
+    recipe = rp.load_recipe(args.recipe)
+    for v in args.variant:
+        recipe.config(recipe.table.grids[v].base if v in recipe.table.grids else v)
+
+
 def _cmd_reproduce(args) -> int:
     from vaelab.runs import reproduce as rp
 
@@ -839,18 +858,7 @@ def _cmd_reproduce(args) -> int:
 
             print(f"chart: {save_reproduce_chart(args.plot, rp.chart_rows(args.table))}")
         return 0
-    if args.recipe is None or args.out is None:
-        raise ValueError("give a recipe and --out DIR (or --list-recipes, --table DIR...)")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.first_seed < 0:
-        raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}")
-    if args.members_from is not None and not Path(args.members_from).is_dir():
-        raise ValueError(f"--members-from {args.members_from}: no such folder (the DEST of "
-                         "--export, e.g. experiments/results/reproduce)")
-    recipe = rp.load_recipe(args.recipe)
-    for v in args.variant:  # an unknown variant fails before anything runs
-        recipe.config(recipe.table.grids[v].base if v in recipe.table.grids else v)
+    _check_run_args(args)
     from vaelab.runs.world import World
 
     if not args.train_only:
