@@ -402,8 +402,8 @@ def results_block(runs: list[dict], suite: str, export: str) -> str:
         "model, with hard one-hot latents: IS log p̂(x) with "
         f"K = {', '.join(map(str, k))} draws from the guide's posterior on {_points_text(runs)}; "
         "the test ELBO is the mean of the same K log-weights. Compute, as measured: "
-        f"{train_h:.2f} h of training and {is_h:.2f} h of IS over {len(runs)} runs "
-        f"({'/'.join(map(str, threads))} thread(s) each).",
+        f"{train_h:.2f} h of training and {is_h:.2f} h of IS over {len(runs)} "
+        f"run{'' if len(runs) == 1 else 's'} ({'/'.join(map(str, threads))} thread(s) each).",
         "",
         "| run | latent | seeds | test −ELBO | −log p̂(x), IS | "
         + ("exact −log p(x), all images | " if exact else "")
