@@ -277,9 +277,9 @@ def _add_bdmc(sub) -> None:
 REPRODUCE_EPILOG = """\
 stages, for each variant x seed: training, then IS (eval.num_samples = 5000 draws on the whole
 test split, or eval.limit points), AIS on recipe.ais.points test points, BDMC on
-recipe.bdmc.points simulated points (continuous latents), Jang et al.'s metric (relaxed
-categorical guides). Each prints a line per block; each block is saved when done, so an
-interrupted run continues where it stopped when the same command is run again.
+recipe.bdmc.points simulated points (continuous latents), the relaxed-sample figure (relaxed
+categorical guides; it bounds neither model). Each prints a line per block; each block is saved
+when done, so an interrupted run continues where it stopped when the same command is run again.
 
 make it smaller with --set (eval.limit does not shrink AIS or BDMC):
   --set train.epochs=N             fewer epochs (the table states the budget reached)

@@ -403,8 +403,8 @@ def test_sharded_evaluation_equals_one_process_per_point(tmp_path):
 
 
 #: ``vaelab reproduce`` on a tiny budget: IS on the 100 test points in blocks of 20 (5 blocks:
-#: rounds of 2, 2, 1), AIS on 70 (4 blocks), BDMC on 5 simulated points, Jang's metric on the
-#: 100 images (5 blocks)
+#: rounds of 2, 2, 1), AIS on 70 (4 blocks), BDMC on 5 simulated points, the relaxed-sample
+#: figure on the 100 images (5 blocks)
 REPRODUCE = ["data.name=synthetic", "data.limit=300", "train.epochs=1",
              "train.max_steps_per_epoch=2", "train.valid_limit=50", "train.progress=false",
              "eval.limit=100", "eval.num_samples=20", "eval.block_size=20",
@@ -461,11 +461,11 @@ def _blocks(folder: Path) -> torch.Tensor:
 def test_reproduce_on_two_processes_gives_the_one_process_numbers_and_resumes(tmp_path):
     """Trained and evaluated by ``reproduce`` in one process, then evaluated again from the same
     trained runs by ``reproduce`` on 2 processes: the IS and AIS blocks, point by point, and the
-    stages built on them (AIS − IS) and Jang's metric (one process with ``eval.block_size``
-    scores the same blocks) exactly equal; BDMC exactly what one process gives for the blocks a
-    torchrun job scores; rank 1 wrote nothing. Then a crash is
-    simulated (one IS block and the stage summaries lost): the 2 processes recompute that block
-    alone and reach the same numbers."""
+    stages built on them (AIS − IS) and the relaxed-sample figure (one process with
+    ``eval.block_size`` scores the same blocks) exactly equal; BDMC exactly what one process
+    gives for the blocks a torchrun job scores; rank 1 wrote nothing. Then a crash is simulated
+    (one IS block and the stage summaries lost): the 2 processes recompute that block alone and
+    reach the same numbers."""
     import shutil
 
     from vaelab.inference.relaxed_bound import jang_bound

@@ -570,7 +570,7 @@ def test_first_seed_trains_only_the_later_seeds(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("--first-seed must be at least 0, got -1")
 
 
-
+def test_chart_is_the_table_of_seeds_and_is_drawn(tmp_path, capsys):
     """The chart's row is the table's: the relaxed Gumbel row's headline is the discrete
     model's one-hot ELBO of the first m draws of the IS pass (here m = K = 20), as the mean of
     its 2 seeds ± the sd of the two values (the table's cell), never the relaxed-sample figure,
@@ -579,9 +579,18 @@ def test_first_seed_trains_only_the_later_seeds(tmp_path, capsys):
     import statistics
 
     sets = [*TINY, "eval.limit=20"]
-    rows = reproduce("gumbel_softmax", tmp_path, variants=["gumbel"], seeds=2, overrides=sets)
+    lines: list[str] = []
+    rows = reproduce("gumbel_softmax", tmp_path, variants=["gumbel"], seeds=2, overrides=sets,
+                     say=lines.append)
     elbo = [r["is"]["first_draws"]["elbo"] for r in rows]
     assert len(set(elbo)) == 2 and rows[0]["is"]["first_draws"]["m"] == 20  # min(1000, K)
+    # the line after each evaluation names the one-hot bounds and labels the relaxed figure
+    done = [line for line in lines if line.startswith("evaluated ")]
+    first, relaxed = rows[1]["is"]["first_draws"], rows[1]["paper_metric"]["jang_bound"]
+    assert len(done) == 2 and done[1].endswith(
+        f"one-hot ELBO {first['elbo']:.2f} and IW bound {first['iw_bound']:.2f} (first 20 "
+        f"draws), relaxed-sample figure {relaxed:.2f} (bounds neither model) (nats per point)")
+    assert not any("Jang" in line for line in lines)
     [chart] = chart_rows([tmp_path])
     assert (chart["metric"], chart["seeds"], chart["published"]) == (
         "one-hot ELBO, first 20 draws", 2, -101.5)

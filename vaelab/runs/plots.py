@@ -254,11 +254,12 @@ def save_usage_heatmap(path, aggregate, classes_used=None, title: str = "") -> P
 def save_reproduce_chart(path, rows: list[dict], title: str = "") -> Path:
     """The reproducibility table as a chart, one line per row (from
     :func:`vaelab.runs.tables.chart_rows`). Left: how far each row is from its published figure,
-    vaelab − published in its headline metric (IS log p(x), or the paper's metric) ± its error
-    bar, with pythae's rerun − published beside it and the goal's ±0.5-nat band shaded; a row
-    with no published figure shows its value as text. Right: how tight the number is, from the
-    other side: AIS − IS paired on the same test images, and the BDMC gap on simulated data,
-    each ± its standard error (blank for the discrete-latent rows, which have neither).
+    vaelab − published in its headline metric (IS log p(x), or a discrete row's one-hot bound)
+    ± its error bar, with pythae's rerun − published beside it and the goal's ±0.5-nat band
+    shaded; a row with no published figure shows its value as text. Right: how tight the number
+    is, from the other side: AIS − IS paired on the same test images, and the BDMC gap on
+    simulated data, each ± its standard error (blank for the discrete-latent rows, which have
+    neither).
 
     :param rows: dicts with ``label``, ``metric``, ``value``, ``err``, ``seeds``, ``reached``,
         ``published``, ``pythae``, ``ais_minus_is`` and ``bdmc_gap``.

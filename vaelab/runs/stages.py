@@ -29,8 +29,8 @@ block seeded by its index and saved as it completes, each stage's summary is wri
 (``is.json``, ``ais.json``, ...), so a restart skips what is done and reaches the numbers an
 uninterrupted pass gives. Under torchrun every stage is sharded: the IS and AIS blocks still to
 do go one per process per round, with the numbers one process gives (a block's seed is its
-index); BDMC and Jang's metric share their blocks as ``vaelab bdmc`` does. Every process reads
-the run folder; rank 0 alone writes.
+index); BDMC and the relaxed-sample figure share their blocks as ``vaelab bdmc`` does. Every
+process reads the run folder; rank 0 alone writes.
 """
 
 from __future__ import annotations
